@@ -1,0 +1,473 @@
+package hostfs
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"sort"
+	"strings"
+)
+
+// StatePath is where the ownership record lives, relative to the host root.
+const StatePath = "var/lib/nodetrust/state.json"
+
+// File is one desired file.
+type File struct {
+	// Path is slash-separated and relative to the host root.
+	Path string
+	// Base is a directory that must already exist (a runtime's config dir,
+	// a trust anchor dir); missing directories between it and Path are
+	// created and owned.
+	Base string
+	Data []byte
+	// Merger, when set, names the Options.Mergers entry that merges Data
+	// into a file at Path that nodetrust did not write, instead of refusing
+	// to touch it.
+	Merger string
+	// Refresh marks files whose change requires a trust store refresh.
+	Refresh bool
+	// Late files reference other files: they are written after, and
+	// removed before, all others.
+	Late bool
+}
+
+// Merger merges nodetrust's content into a file someone else wrote.
+type Merger interface {
+	// Merge returns base with ours added.
+	Merge(base, ours []byte) ([]byte, error)
+	// Unmerge returns current with everything ours added removed.
+	Unmerge(current, ours []byte) ([]byte, error)
+}
+
+// Owned is the record of one file nodetrust wrote or merged into.
+type Owned struct {
+	// SHA256 of the content last written; empty while a create is intended
+	// but not yet confirmed.
+	SHA256  string      `json:"sha256,omitempty"`
+	Merge   *MergeState `json:"merge,omitempty"`
+	Refresh bool        `json:"refresh,omitempty"`
+	Late    bool        `json:"late,omitempty"`
+}
+
+// MergeState keeps what a merged file is restored from.
+type MergeState struct {
+	// Base is the content without nodetrust's entries: the original file
+	// byte for byte, or the operator's edited file with nodetrust's entries
+	// removed.
+	Base []byte `json:"base"`
+	// Ours is nodetrust's own content that was merged into Base.
+	Ours []byte `json:"ours"`
+	// Merger names the Options.Mergers entry that did the merge.
+	Merger string `json:"merger"`
+}
+
+// Options are the hooks of an Apply.
+type Options struct {
+	// Mergers by name, for File.Merger and for unmerging recorded merges.
+	Mergers map[string]Merger
+	// Refresh, when set, runs after any change to a Refresh file, and again
+	// on later applies until it succeeds.
+	Refresh func() error
+}
+
+// State is the ownership record.
+type State struct {
+	Version        int              `json:"version"`
+	Files          map[string]Owned `json:"files,omitempty"`
+	Dirs           []string         `json:"dirs,omitempty"`
+	RefreshPending bool             `json:"refreshPending,omitempty"`
+	// Applied is the caller's description of what was applied, kept opaque.
+	Applied json.RawMessage `json:"applied,omitempty"`
+}
+
+// Result says what an Apply did.
+type Result struct {
+	Written []string
+	Removed []string
+	// Failed holds one error per target that could not be written or
+	// removed; everything else was still applied.
+	Failed []error
+	// Refreshed is true when the refresh hook ran; RefreshErr is its error.
+	Refreshed  bool
+	RefreshErr error
+}
+
+// LoadState reads the ownership record; a missing record is an empty one.
+func (r *Root) LoadState() (State, error) {
+	data, err := r.ReadFile(StatePath)
+	if errors.Is(err, fs.ErrNotExist) {
+		return State{Version: 1, Files: map[string]Owned{}}, nil
+	}
+	if err != nil {
+		return State{}, fmt.Errorf("read ownership record: %w", err)
+	}
+	var st State
+	if err := json.Unmarshal(data, &st); err != nil {
+		return State{}, fmt.Errorf("ownership record %s is corrupt (move it away to start over; files it listed are then left alone): %w", StatePath, err)
+	}
+	if st.Files == nil {
+		st.Files = map[string]Owned{}
+	}
+	return st, nil
+}
+
+// Apply makes the files nodetrust owns under the root match desired, and
+// records applied in the ownership record. Only an unreadable ownership
+// record or a failure to save it is returned as an error; failures of single
+// targets are in Result.Failed.
+//
+// st is the record as returned by LoadState.
+func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Options) (Result, error) {
+	a := &applier{root: r, opts: opts, old: st, dirs: map[string]bool{}, next: cloneState(st)}
+	a.next.Applied = applied
+	a.plan(desired)
+	if err := a.saveIntent(); err != nil {
+		return Result{}, err
+	}
+	a.execute()
+	pending := a.refreshNeeded || st.RefreshPending
+	if opts.Refresh != nil && pending {
+		a.res.Refreshed = true
+		a.res.RefreshErr = opts.Refresh()
+	}
+	a.next.RefreshPending = pending && (opts.Refresh == nil || a.res.RefreshErr != nil)
+	return a.res, r.saveState(a.next)
+}
+
+// op is one planned change.
+type op struct {
+	path   string
+	data   []byte // content to write; nil with remove
+	remove bool
+	mode   fs.FileMode
+	base   string // with writes: the directory that must exist
+	owned  Owned  // the record entry after success; unused with remove
+	create bool   // path was not owned before
+}
+
+type applier struct {
+	root          *Root
+	opts          Options
+	old, next     State
+	dirs          map[string]bool // directories verified free of symlinks
+	writes        []op
+	removes       []op
+	refreshNeeded bool
+	res           Result
+}
+
+func (a *applier) fail(p string, err error) {
+	a.res.Failed = append(a.res.Failed, fmt.Errorf("%s: %w", p, err))
+}
+
+// plan compares desired files with the record and the disk.
+func (a *applier) plan(desired []File) {
+	want := make(map[string]bool, len(desired))
+	sorted := append([]File(nil), desired...)
+	sort.SliceStable(sorted, func(i, j int) bool {
+		if sorted[i].Late != sorted[j].Late {
+			return !sorted[i].Late
+		}
+		return sorted[i].Path < sorted[j].Path
+	})
+	for _, f := range sorted {
+		if want[f.Path] {
+			a.fail(f.Path, errors.New("desired twice"))
+			continue
+		}
+		want[f.Path] = true
+		a.planFile(f)
+	}
+	var gone []string
+	for p := range a.old.Files {
+		if !want[p] {
+			gone = append(gone, p)
+		}
+	}
+	sort.Slice(gone, func(i, j int) bool {
+		li, lj := a.old.Files[gone[i]].Late, a.old.Files[gone[j]].Late
+		if li != lj {
+			return li
+		}
+		return gone[i] < gone[j]
+	})
+	for _, p := range gone {
+		a.planRemoval(p, a.old.Files[p])
+	}
+}
+
+func (a *applier) planFile(f File) {
+	cur, mode, err := a.root.readIfExists(f.Path)
+	if err != nil {
+		a.fail(f.Path, err)
+		return
+	}
+	owned, isOwned := a.old.Files[f.Path]
+	next := Owned{Refresh: f.Refresh, Late: f.Late}
+	content := f.Data
+	switch {
+	case isOwned && owned.Merge != nil && cur != nil:
+		base := owned.Merge.Base
+		if hash(cur) != owned.SHA256 { // edited by the operator after our merge
+			if base, err = a.unmerge(owned.Merge, cur); err != nil {
+				a.fail(f.Path, err)
+				return
+			}
+		}
+		if content, err = a.merge(f, base); err != nil {
+			a.fail(f.Path, err)
+			return
+		}
+		next.Merge = &MergeState{Base: base, Ours: f.Data, Merger: f.Merger}
+	case isOwned || cur == nil:
+		// Ours (or a merged file someone deleted, which is ours from now on),
+		// or nothing there yet.
+	case f.Merger != "":
+		if content, err = a.merge(f, cur); err != nil {
+			a.fail(f.Path, err)
+			return
+		}
+		next.Merge = &MergeState{Base: cur, Ours: f.Data, Merger: f.Merger}
+	default:
+		a.fail(f.Path, errors.New("exists and was not written by nodetrust; left alone"))
+		return
+	}
+	next.SHA256 = hash(content)
+	if cur != nil && bytes.Equal(cur, content) {
+		a.next.Files[f.Path] = next
+		return
+	}
+	if mode == 0 {
+		mode = 0o644
+	}
+	a.refreshNeeded = a.refreshNeeded || f.Refresh
+	a.writes = append(a.writes, op{path: f.Path, data: content, mode: mode, base: f.Base, owned: next, create: !isOwned})
+}
+
+func (a *applier) merge(f File, base []byte) ([]byte, error) {
+	m, ok := a.opts.Mergers[f.Merger]
+	if !ok {
+		return nil, fmt.Errorf("no merger %q", f.Merger)
+	}
+	out, err := m.Merge(base, f.Data)
+	if err != nil {
+		return nil, fmt.Errorf("merge into the existing file: %w", err)
+	}
+	return out, nil
+}
+
+// unmerge removes nodetrust's entries from a merged file the operator edited.
+func (a *applier) unmerge(ms *MergeState, cur []byte) ([]byte, error) {
+	m, ok := a.opts.Mergers[ms.Merger]
+	if !ok {
+		return nil, fmt.Errorf("no merger %q to remove nodetrust's entries from the edited file; left as is", ms.Merger)
+	}
+	out, err := m.Unmerge(cur, ms.Ours)
+	if err != nil {
+		return nil, fmt.Errorf("remove nodetrust's entries from the edited file: %w", err)
+	}
+	return out, nil
+}
+
+func (a *applier) planRemoval(p string, owned Owned) {
+	cur, mode, err := a.root.readIfExists(p)
+	if err != nil {
+		a.fail(p, err)
+		return
+	}
+	if cur == nil {
+		delete(a.next.Files, p)
+		return
+	}
+	a.refreshNeeded = a.refreshNeeded || owned.Refresh
+	if owned.Merge == nil {
+		a.removes = append(a.removes, op{path: p, remove: true})
+		return
+	}
+	restore := owned.Merge.Base
+	if hash(cur) != owned.SHA256 {
+		if restore, err = a.unmerge(owned.Merge, cur); err != nil {
+			a.fail(p, err)
+			return
+		}
+	}
+	a.removes = append(a.removes, op{path: p, data: restore, mode: mode})
+}
+
+// saveIntent records, before anything is written, the ownership of every
+// path about to be created or merged and every directory about to be made,
+// so a crash at any point leaves a record the next run converges from.
+func (a *applier) saveIntent() error {
+	intent := cloneState(a.old)
+	changed := false
+	for _, w := range a.writes {
+		if !w.create {
+			continue
+		}
+		o := w.owned
+		if o.Merge == nil {
+			o.SHA256 = ""
+		}
+		intent.Files[w.path] = o
+		changed = true
+		for _, d := range a.missingDirs(w.path, w.base) {
+			intent.Dirs = addDir(intent.Dirs, d)
+		}
+	}
+	if a.refreshNeeded && !intent.RefreshPending {
+		intent.RefreshPending = true
+		changed = true
+	}
+	if !changed {
+		return nil
+	}
+	return a.root.saveState(intent)
+}
+
+func (a *applier) execute() {
+	for _, w := range a.writes {
+		if err := a.write(w); err != nil {
+			a.fail(w.path, err)
+			if w.create {
+				delete(a.next.Files, w.path)
+			}
+			continue
+		}
+		a.next.Files[w.path] = w.owned
+		a.res.Written = append(a.res.Written, w.path)
+	}
+	for _, rm := range a.removes {
+		var err error
+		if rm.remove {
+			err = a.root.remove(rm.path, false)
+		} else {
+			err = a.root.atomicWrite(rm.path, rm.data, rm.mode)
+		}
+		if err != nil {
+			a.fail(rm.path, err)
+			continue
+		}
+		delete(a.next.Files, rm.path)
+		a.res.Removed = append(a.res.Removed, rm.path)
+	}
+	a.removeEmptyDirs()
+}
+
+func (a *applier) write(w op) error {
+	if w.base != "" && !a.isDir(w.base) {
+		if _, err := a.root.stat(w.base); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		return fmt.Errorf("directory %s does not exist", w.base)
+	}
+	for _, d := range a.missingDirs(w.path, w.base) {
+		if err := a.root.mkdir(d); err != nil {
+			return err
+		}
+		a.dirs[d] = true
+		a.next.Dirs = addDir(a.next.Dirs, d)
+	}
+	return a.root.atomicWrite(w.path, w.data, w.mode)
+}
+
+// isDir reports, with a cache for one apply, whether d is a directory
+// reached without symlinks.
+func (a *applier) isDir(d string) bool {
+	if !a.dirs[d] && a.root.IsDir(d) {
+		a.dirs[d] = true
+	}
+	return a.dirs[d]
+}
+
+// missingDirs lists the directories between base and p's parent that do not
+// exist yet, outermost first.
+func (a *applier) missingDirs(p, base string) []string {
+	var out []string
+	for d := path.Dir(p); d != "." && d != base && (base == "" || strings.HasPrefix(d, base+"/")); d = path.Dir(d) {
+		if a.isDir(d) {
+			break
+		}
+		out = append([]string{d}, out...)
+	}
+	return out
+}
+
+// removeEmptyDirs removes recorded directories that no desired file needs
+// and that are empty, deepest first. A directory holding someone else's
+// files stays, and stays recorded.
+func (a *applier) removeEmptyDirs() {
+	needed := map[string]bool{}
+	for p := range a.next.Files {
+		for d := path.Dir(p); d != "."; d = path.Dir(d) {
+			needed[d] = true
+		}
+	}
+	dirs := append([]string(nil), a.next.Dirs...)
+	sort.Slice(dirs, func(i, j int) bool { return len(dirs[i]) > len(dirs[j]) })
+	for _, d := range dirs {
+		if needed[d] {
+			continue
+		}
+		if a.root.remove(d, true) == nil {
+			a.next.Dirs = removeDir(a.next.Dirs, d)
+		}
+	}
+}
+
+// saveState writes the record when its bytes differ from what is on disk.
+func (r *Root) saveState(st State) error {
+	data, err := json.MarshalIndent(st, "", "  ")
+	if err != nil {
+		return err
+	}
+	data = append(data, '\n')
+	cur, err := r.ReadFile(StatePath)
+	if err == nil && bytes.Equal(cur, data) {
+		return nil
+	}
+	for _, d := range []string{"var", "var/lib", "var/lib/nodetrust"} {
+		if err := r.mkdir(d); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("save ownership record: %w", err)
+		}
+	}
+	if err := r.atomicWrite(StatePath, data, 0o600); err != nil {
+		return fmt.Errorf("save ownership record: %w", err)
+	}
+	return nil
+}
+
+func cloneState(st State) State {
+	out := st
+	out.Files = make(map[string]Owned, len(st.Files))
+	for k, v := range st.Files {
+		out.Files[k] = v
+	}
+	out.Dirs = append([]string(nil), st.Dirs...)
+	return out
+}
+
+func addDir(dirs []string, d string) []string {
+	i := sort.SearchStrings(dirs, d)
+	if i < len(dirs) && dirs[i] == d {
+		return dirs
+	}
+	return append(dirs[:i], append([]string{d}, dirs[i:]...)...)
+}
+
+func removeDir(dirs []string, d string) []string {
+	i := sort.SearchStrings(dirs, d)
+	if i < len(dirs) && dirs[i] == d {
+		return append(dirs[:i], dirs[i+1:]...)
+	}
+	return dirs
+}
+
+func hash(b []byte) string {
+	s := sha256.Sum256(b)
+	return hex.EncodeToString(s[:])
+}
