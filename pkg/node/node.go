@@ -1,0 +1,172 @@
+// Package node makes one host root match a desired set of sources: it reads
+// facts about the node (present runtimes, OS trust store), keeps the last
+// applied version of sources that are now rejected or unreadable, plans the
+// file tree and applies it through hostfs. Both `nodetrust apply` and the
+// agent sync through Sync.
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nodetrust/nodetrust/pkg/containerd"
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/plan"
+	"github.com/nodetrust/nodetrust/pkg/source"
+	"github.com/nodetrust/nodetrust/pkg/truststore"
+)
+
+// Options configure a Sync.
+type Options struct {
+	// NodeLabels select sources by node selector; nil ignores selectors.
+	NodeLabels labels.Set
+	// Refresh rebuilds the OS trust store; nil uses Store.Refresh, which
+	// runs the OS command chrooted into the host root.
+	Refresh func(ctx context.Context, st truststore.Store, hostRoot string) error
+}
+
+// Report says what a Sync found and did.
+type Report struct {
+	// Applied are the sources that apply on this node, including those kept
+	// from the last apply because they are now rejected or unreadable.
+	Applied     []source.Source
+	Kept        []source.ID // of Applied, those kept from the last apply
+	NotSelected int
+	Rejected    []*source.Rejection
+	InputErrors []error
+	Warnings    []plan.Warning
+	Written     []string
+	Removed     []string
+	Failed      []error
+	Refreshed   bool
+	RefreshErr  error
+	Hash        string
+}
+
+// OK reports whether everything applied: no rejection, no unreadable
+// input, no failed target and no failed refresh.
+func (r Report) OK() bool {
+	return len(r.Rejected) == 0 && len(r.InputErrors) == 0 && len(r.Failed) == 0 && r.RefreshErr == nil
+}
+
+// Changed reports whether the sync wrote or removed anything.
+func (r Report) Changed() bool { return len(r.Written)+len(r.Removed) > 0 }
+
+// Sync makes root match set. The error is for a sync that could not run at
+// all (unreadable ownership record); everything else is in the Report.
+func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) (Report, error) {
+	st, err := root.LoadState()
+	if err != nil {
+		return Report{}, err
+	}
+	rep := Report{Rejected: set.Rejected, InputErrors: set.Errors}
+	effective, kept, err := withKept(set, st.Applied)
+	if err != nil {
+		return Report{}, err
+	}
+	rep.Kept = kept
+	facts := Detect(root)
+	facts.NodeLabels = opts.NodeLabels
+	p := plan.Build(effective, facts)
+	rep.Applied, rep.NotSelected, rep.Warnings, rep.Hash = p.Sources, p.NotSelected, p.Warnings, p.Hash
+
+	applied, err := json.Marshal(storeAll(p.Sources))
+	if err != nil {
+		return Report{}, err
+	}
+	res, err := root.Apply(st, p.Files, applied, hostfs.Options{
+		Mergers: map[string]hostfs.Merger{containerd.MergerName: containerd.HostsMerger{}},
+		Refresh: refresher(ctx, root, facts, opts),
+	})
+	if err != nil {
+		return Report{}, err
+	}
+	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
+	rep.Refreshed, rep.RefreshErr = res.Refreshed, res.RefreshErr
+	return rep, nil
+}
+
+// withKept adds to the valid sources the last applied version of every
+// source that is now rejected, or, when the set is incomplete, of every
+// source that was not read.
+func withKept(set source.Set, applied json.RawMessage) ([]source.Source, []source.ID, error) {
+	var prev []source.Stored
+	if len(applied) > 0 {
+		if err := json.Unmarshal(applied, &prev); err != nil {
+			return nil, nil, fmt.Errorf("ownership record: applied sources: %w", err)
+		}
+	}
+	valid := make(map[source.ID]bool, len(set.Sources))
+	for _, s := range set.Sources {
+		valid[s.ID] = true
+	}
+	rejected := make(map[source.ID]bool, len(set.Rejected))
+	for _, r := range set.Rejected {
+		rejected[r.ID] = true
+	}
+	out := append([]source.Source(nil), set.Sources...)
+	var kept []source.ID
+	for _, st := range prev {
+		if valid[st.ID] || (!rejected[st.ID] && set.Complete()) {
+			continue
+		}
+		s, err := st.Source()
+		if err != nil {
+			return nil, nil, err
+		}
+		s.NodeSelector = nil // it applied here last time; keep it as it was
+		out = append(out, s)
+		kept = append(kept, st.ID)
+	}
+	return out, kept, nil
+}
+
+func storeAll(ss []source.Source) []source.Stored {
+	out := make([]source.Stored, len(ss))
+	for i, s := range ss {
+		out[i] = s.Store()
+	}
+	return out
+}
+
+// Detect reads the facts of the node under root.
+func Detect(root *hostfs.Root) plan.Facts {
+	f := plan.Facts{
+		Containerd: root.IsDir(plan.ContainerdDir),
+		Docker:     root.IsDir(plan.DockerDir),
+		Containers: root.IsDir(plan.ContainersDir),
+	}
+	data, err := root.ReadFileInRoot(truststore.OSReleasePath)
+	if errors.Is(err, fs.ErrNotExist) { // os-release(5): fall back to /usr/lib
+		data, err = root.ReadFileInRoot("usr/lib/os-release")
+	}
+	if err != nil {
+		f.TrustStoreErr = fmt.Errorf("host trust is unsupported: cannot read /%s: %w", truststore.OSReleasePath, err)
+		return f
+	}
+	st, err := truststore.Detect(data)
+	if err != nil {
+		f.TrustStoreErr = err
+		return f
+	}
+	f.TrustStore = &st
+	return f
+}
+
+func refresher(ctx context.Context, root *hostfs.Root, f plan.Facts, opts Options) func() error {
+	if f.TrustStore == nil {
+		return nil
+	}
+	st := *f.TrustStore
+	return func() error {
+		if opts.Refresh != nil {
+			return opts.Refresh(ctx, st, root.Dir())
+		}
+		return st.Refresh(ctx, root.Dir())
+	}
+}

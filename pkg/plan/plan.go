@@ -1,0 +1,163 @@
+// Package plan turns validated sources and facts about a node into the
+// desired file tree, without touching the host: one CA file per source and
+// registry for each present runtime, a containerd hosts.toml per registry,
+// trust anchors for host-trust sources, and a short hash of what applies.
+package plan
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"path"
+	"sort"
+	"strings"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nodetrust/nodetrust/pkg/certs"
+	"github.com/nodetrust/nodetrust/pkg/containerd"
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/registry"
+	"github.com/nodetrust/nodetrust/pkg/source"
+	"github.com/nodetrust/nodetrust/pkg/truststore"
+)
+
+// Runtime config directories, relative to the host root. A runtime is
+// present when its directory exists.
+const (
+	ContainerdDir = "etc/containerd"
+	DockerDir     = "etc/docker"
+	ContainersDir = "etc/containers"
+)
+
+// Facts describe the node a plan is for.
+type Facts struct {
+	// Which runtimes are present: their config directories exist.
+	Containerd, Docker, Containers bool
+	// TrustStore is the OS trust store; nil when unsupported, with the
+	// reason in TrustStoreErr.
+	TrustStore    *truststore.Store
+	TrustStoreErr error
+	// NodeLabels select sources by nodetrust.io/node-selector; nil ignores
+	// selectors (standalone apply without --node-labels).
+	NodeLabels labels.Set
+}
+
+// Plan is the desired state of one node.
+type Plan struct {
+	Files []hostfs.File
+	// Sources are the sources that apply on this node, sorted by ID.
+	Sources []source.Source
+	// NotSelected counts sources whose node selector does not match.
+	NotSelected int
+	// Warnings are about applying sources on this node, keyed by source.
+	Warnings []Warning
+	// Hash identifies what applies: equal on nodes with the same sources.
+	Hash string
+}
+
+// Warning is a problem that does not stop a source from applying.
+type Warning struct {
+	ID      source.ID
+	Message string
+}
+
+// Build computes the plan. It is pure and deterministic.
+func Build(sources []source.Source, f Facts) Plan {
+	var p Plan
+	for _, s := range sources {
+		if f.NodeLabels != nil && !s.Matches(f.NodeLabels) {
+			p.NotSelected++
+			continue
+		}
+		p.Sources = append(p.Sources, s)
+	}
+	sort.Slice(p.Sources, func(i, j int) bool { return p.Sources[i].ID.Less(p.Sources[j].ID) })
+
+	hostsCAs := map[registry.Host][]string{}
+	for _, s := range p.Sources {
+		for _, w := range s.Warnings {
+			p.Warnings = append(p.Warnings, Warning{s.ID, w})
+		}
+		bundle := certs.EncodePEM(s.Certs)
+		name := FileName(s.ID)
+		for _, r := range s.Registries {
+			if f.Containerd {
+				p.add(ContainerdDir, path.Join(ContainerdDir, "certs.d", string(r), name), bundle)
+				hostsCAs[r] = append(hostsCAs[r], name)
+			}
+			if f.Docker {
+				p.add(DockerDir, path.Join(DockerDir, "certs.d", string(r), name), bundle)
+			}
+			if f.Containers {
+				p.add(ContainersDir, path.Join(ContainersDir, "certs.d", string(r), name), bundle)
+			}
+		}
+		if s.HostTrust {
+			p.anchors(s, f)
+		}
+	}
+	for r, cas := range hostsCAs {
+		sort.Strings(cas)
+		p.Files = append(p.Files, hostfs.File{
+			Path:   path.Join(ContainerdDir, "certs.d", string(r), containerd.HostsFile),
+			Base:   ContainerdDir,
+			Data:   containerd.RenderHosts(cas),
+			Merger: containerd.MergerName,
+			Late:   true,
+		})
+	}
+	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
+	p.Hash = Hash(p.Sources)
+	return p
+}
+
+func (p *Plan) add(base, file string, data []byte) {
+	p.Files = append(p.Files, hostfs.File{Path: file, Base: base, Data: data})
+}
+
+// anchors adds one anchor file per certificate, as trust stores expect.
+func (p *Plan) anchors(s source.Source, f Facts) {
+	if f.TrustStore == nil {
+		msg := "host trust requested but not installed"
+		if f.TrustStoreErr != nil {
+			msg = f.TrustStoreErr.Error()
+		}
+		p.Warnings = append(p.Warnings, Warning{s.ID, msg})
+		return
+	}
+	st := f.TrustStore
+	stem := strings.TrimSuffix(FileName(s.ID), ".crt")
+	for _, c := range s.Certs {
+		p.Files = append(p.Files, hostfs.File{
+			Path:    path.Join(st.AnchorDir, stem+"_"+c.SHA256[:16]+st.Ext),
+			Base:    st.AnchorDir,
+			Data:    certs.EncodePEM([]certs.Cert{c}),
+			Refresh: true,
+		})
+	}
+}
+
+// FileName is the CA file of a source: nodetrust_<kind>_<namespace>_<name>.crt.
+// Namespaces and names never contain "_", so no two sources share a name.
+func FileName(id source.ID) string {
+	return "nodetrust_" + strings.ToLower(id.Kind) + "_" + id.Namespace + "_" + id.Name + ".crt"
+}
+
+// Hash returns a short, stable hash of what the sources install.
+func Hash(sources []source.Source) string {
+	h := sha256.New()
+	for _, s := range sources {
+		h.Write([]byte(s.ID.String()))
+		for _, r := range s.Registries {
+			h.Write([]byte("\x00r" + string(r)))
+		}
+		if s.HostTrust {
+			h.Write([]byte("\x00t"))
+		}
+		for _, c := range s.Certs {
+			h.Write([]byte("\x00c" + c.SHA256))
+		}
+		h.Write([]byte("\n"))
+	}
+	return hex.EncodeToString(h.Sum(nil))[:12]
+}
