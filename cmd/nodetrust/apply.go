@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/source"
+)
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("apply", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	path := fl.String("f", "", "manifest file or directory holding the complete desired set of sources")
+	hostRoot := fl.String("host-root", "/", "root of the host filesystem to write into")
+	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
+	output := fl.String("output", "text", "text or json")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	switch {
+	case fl.NArg() > 0:
+		return usageError{fmt.Errorf("apply: unexpected argument %q", fl.Arg(0))}
+	case *path == "":
+		return usageError{errors.New("apply: -f PATH is required")}
+	case *output != "text" && *output != "json":
+		return usageError{fmt.Errorf("apply: --output must be text or json, not %q", *output)}
+	}
+	opts := node.Options{}
+	if *nodeLabels != "" {
+		set, err := labels.ConvertSelectorToLabelsMap(*nodeLabels)
+		if err != nil {
+			return usageError{fmt.Errorf("apply: --node-labels: %w", err)}
+		}
+		opts.NodeLabels = set
+	}
+	set, err := source.ReadPath(*path, time.Now())
+	if errors.Is(err, fs.ErrNotExist) {
+		return usageError{fmt.Errorf("apply: -f %s: %w", *path, err)}
+	}
+	if err != nil {
+		return fmt.Errorf("apply: read %s: %w", *path, err)
+	}
+	root, err := hostfs.Open(*hostRoot)
+	if err != nil {
+		return usageError{fmt.Errorf("apply: --host-root: %w", err)}
+	}
+	defer root.Close()
+	rep, err := node.Sync(ctx, root, set, opts)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	if *output == "json" {
+		err = writeJSON(stdout, rep)
+		writeRejections(stderr, rep)
+	} else {
+		err = writeText(stdout, rep)
+	}
+	if err != nil {
+		return err
+	}
+	if !rep.OK() {
+		return errProblem
+	}
+	return nil
+}
+
+func writeRejections(w io.Writer, rep node.Report) {
+	for _, r := range rep.Rejected {
+		fmt.Fprintf(w, "rejected %s\n", r.Error())
+	}
+}
+
+func writeText(w io.Writer, rep node.Report) error {
+	writeRejections(w, rep)
+	for _, e := range rep.InputErrors {
+		fmt.Fprintf(w, "unreadable %v (nothing is removed while input is unreadable)\n", e)
+	}
+	for _, f := range rep.Failed {
+		fmt.Fprintf(w, "failed %v\n", f)
+	}
+	if rep.RefreshErr != nil {
+		fmt.Fprintf(w, "failed trust store refresh: %v\n", rep.RefreshErr)
+	}
+	for _, warn := range rep.Warnings {
+		fmt.Fprintf(w, "warning %s: %s\n", warn.ID, warn.Message)
+	}
+	for _, id := range rep.Kept {
+		fmt.Fprintf(w, "kept %s as last applied\n", id)
+	}
+	_, err := fmt.Fprintf(w, "%d sources applied, %d rejected, %d not selected, %d warnings; %d files written, %d removed, %d failed; state %s\n",
+		len(rep.Applied), len(rep.Rejected), rep.NotSelected, len(rep.Warnings),
+		len(rep.Written), len(rep.Removed), len(rep.Failed), rep.Hash)
+	return err
+}
+
+// jsonReport is the --output json form of a report.
+type jsonReport struct {
+	OK          bool            `json:"ok"`
+	Hash        string          `json:"hash"`
+	Applied     []string        `json:"applied"`
+	Kept        []string        `json:"kept"`
+	NotSelected int             `json:"notSelected"`
+	Rejected    []jsonRejection `json:"rejected"`
+	Warnings    []jsonRejection `json:"warnings"`
+	InputErrors []string        `json:"inputErrors"`
+	Written     []string        `json:"written"`
+	Removed     []string        `json:"removed"`
+	Failed      []string        `json:"failed"`
+	Refreshed   bool            `json:"refreshed"`
+	RefreshErr  string          `json:"refreshError,omitempty"`
+}
+
+type jsonRejection struct {
+	Source string `json:"source"`
+	Reason string `json:"reason"`
+}
+
+func writeJSON(w io.Writer, rep node.Report) error {
+	out := jsonReport{
+		OK: rep.OK(), Hash: rep.Hash, NotSelected: rep.NotSelected, Refreshed: rep.Refreshed,
+		Applied: []string{}, Kept: []string{}, Rejected: []jsonRejection{}, Warnings: []jsonRejection{},
+		InputErrors: errStrings(rep.InputErrors), Written: nonNil(rep.Written), Removed: nonNil(rep.Removed),
+		Failed: errStrings(rep.Failed),
+	}
+	for _, s := range rep.Applied {
+		out.Applied = append(out.Applied, s.ID.String())
+	}
+	for _, id := range rep.Kept {
+		out.Kept = append(out.Kept, id.String())
+	}
+	for _, r := range rep.Rejected {
+		out.Rejected = append(out.Rejected, jsonRejection{r.ID.String(), r.Reason})
+	}
+	for _, warn := range rep.Warnings {
+		out.Warnings = append(out.Warnings, jsonRejection{warn.ID.String(), warn.Message})
+	}
+	if rep.RefreshErr != nil {
+		out.RefreshErr = rep.RefreshErr.Error()
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(out)
+}
+
+func errStrings(errs []error) []string {
+	out := make([]string, 0, len(errs))
+	for _, e := range errs {
+		out = append(out, e.Error())
+	}
+	return out
+}
+
+func nonNil(ss []string) []string {
+	if ss == nil {
+		return []string{}
+	}
+	return ss
+}

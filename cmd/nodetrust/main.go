@@ -1,0 +1,84 @@
+// Command nodetrust installs registry CA certificates from labelled
+// Kubernetes Secrets and ConfigMaps into a node's container runtimes and,
+// optionally, its OS trust store.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Set at build time with -ldflags "-X main.version=... -X main.commit=...".
+var (
+	version = "dev"
+	commit  = "unknown"
+)
+
+// Exit statuses of the external contract.
+const (
+	exitOK      = 0
+	exitProblem = 1 // a source was rejected or a write failed
+	exitUsage   = 2
+)
+
+// usageError marks errors in the command line.
+type usageError struct{ error }
+
+// problemError marks a run that finished with rejected sources or failed targets.
+var errProblem = errors.New("not everything applied")
+
+const usage = `usage: nodetrust <command> [flags]
+
+commands:
+  apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
+           make ROOT match the sources in PATH once, then exit
+  version  print version and commit
+
+Run "nodetrust <command> -h" for the flags of a command.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(exitCode(err, os.Stderr))
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return usageError{errors.New("no command given\n" + usage)}
+	}
+	switch args[0] {
+	case "apply":
+		return runApply(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		_, err := fmt.Fprintf(stdout, "nodetrust %s (commit %s)\n", version, commit)
+		return err
+	case "-h", "--help", "help":
+		_, err := fmt.Fprint(stdout, usage)
+		return err
+	default:
+		return usageError{fmt.Errorf("unknown command %q\n%s", args[0], usage)}
+	}
+}
+
+func exitCode(err error, stderr io.Writer) int {
+	var ue usageError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.Is(err, errProblem):
+		return exitProblem
+	case errors.As(err, &ue):
+		fmt.Fprintln(stderr, "nodetrust:", err)
+		return exitUsage
+	default:
+		fmt.Fprintln(stderr, "nodetrust:", err)
+		return exitProblem
+	}
+}
