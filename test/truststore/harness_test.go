@@ -1,0 +1,381 @@
+package truststore
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// chrootPath is the PATH given to every process run inside a Debian root.
+const chrootPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// requireReal skips the test unless the real-component suites were asked for.
+func requireReal(t *testing.T) {
+	t.Helper()
+	if os.Getenv("NODETRUST_REAL") != "1" {
+		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh) to run it")
+	}
+}
+
+// requireRoot skips the test unless it runs as root (debootstrap, chroot).
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("real-component test needs root (tar --same-owner, chroot)")
+	}
+}
+
+// testDir is the directory of this package's sources (go test's working dir).
+func testDir(t *testing.T) string {
+	t.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		t.Fatal("runtime.Caller failed")
+	}
+	return filepath.Dir(file)
+}
+
+// repoRoot is the nodetrust repository root, two levels above this package.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	return filepath.Clean(filepath.Join(testDir(t), "..", ".."))
+}
+
+var (
+	binOnce sync.Once
+	binPath string
+	binErr  error
+	binDir  string
+)
+
+// TestMain removes the shared build directory after all tests ran.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// nodetrustBin returns $NODETRUST_BIN, or builds ./cmd/nodetrust once per run.
+func nodetrustBin(t *testing.T) string {
+	t.Helper()
+	binOnce.Do(func() {
+		if p := os.Getenv("NODETRUST_BIN"); p != "" {
+			binPath, binErr = filepath.Abs(p)
+			return
+		}
+		dir, err := os.MkdirTemp("", "nodetrust-bin-")
+		if err != nil {
+			binErr = err
+			return
+		}
+		binDir = dir
+		binPath = filepath.Join(dir, "nodetrust")
+		start := time.Now()
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/nodetrust")
+		cmd.Dir = repoRoot(t)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			binErr = fmt.Errorf("go build ./cmd/nodetrust in %s: %v\n%s", cmd.Dir, err, out)
+			return
+		}
+		t.Logf("built nodetrust in %s", time.Since(start).Round(time.Millisecond))
+	})
+	if binErr != nil {
+		t.Fatal(binErr)
+	}
+	return binPath
+}
+
+// debianRoot extracts a fresh Debian bookworm root (cached by
+// test/scripts/debian-root.sh) into a temporary directory and returns it.
+func debianRoot(t *testing.T) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	script := filepath.Join(testDir(t), "..", "scripts", "debian-root.sh")
+	start := time.Now()
+	cmd := exec.Command("bash", script, root)
+	out, err := cmd.CombinedOutput()
+	t.Logf("debian-root.sh (%s):\n%s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
+	if err != nil {
+		t.Fatalf("debian-root.sh %s: %v", root, err)
+	}
+	return root
+}
+
+// result is the outcome of one nodetrust run.
+type result struct {
+	code   int
+	output string
+	took   time.Duration
+}
+
+// apply runs `nodetrust apply -f manifests --host-root root`.
+func apply(t *testing.T, bin, manifests, root string) result {
+	t.Helper()
+	start := time.Now()
+	cmd := exec.Command(bin, "apply", "-f", manifests, "--host-root", root)
+	out, err := cmd.CombinedOutput()
+	r := result{output: string(out), took: time.Since(start)}
+	var exitErr *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exitErr):
+		r.code = exitErr.ExitCode()
+	default:
+		t.Fatalf("running nodetrust: %v", err)
+	}
+	t.Logf("nodetrust apply -f %s --host-root %s: exit %d in %s\n%s",
+		manifests, root, r.code, r.took.Round(time.Millisecond), strings.TrimSpace(r.output))
+	return r
+}
+
+// inRoot runs argv chrooted into root, with "/" as working directory and an
+// explicit PATH, and returns its combined output and error.
+func inRoot(root string, argv ...string) (string, error) {
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Chroot: root}
+	cmd.Dir = "/"
+	cmd.Env = []string{chrootPath, "LC_ALL=C"}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// pki is a throwaway CA and a leaf serving certificate for 127.0.0.1 it signed.
+type pki struct {
+	caDER   []byte
+	caPEM   []byte
+	leafPEM []byte
+	leaf    tls.Certificate
+}
+
+func newPKI(t *testing.T, cn string) pki {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(now.UnixNano()),
+		Subject:               pkix.Name{CommonName: cn, Organization: []string{"nodetrust test"}},
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              now.Add(24 * time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, err := x509.ParseCertificate(caDER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(now.UnixNano() + 1),
+		Subject:      pkix.Name{CommonName: "127.0.0.1"},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(24 * time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:     []string{"localhost"},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pki{
+		caDER:   caDER,
+		caPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
+		leafPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
+		leaf:    tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey},
+	}
+}
+
+// secretManifest is a labelled Secret that asks for host trust of caPEM.
+func secretManifest(namespace, name string, caPEM []byte) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Secret
+metadata:
+  name: %s
+  namespace: %s
+  labels:
+    nodetrust.io/ca: "true"
+  annotations:
+    nodetrust.io/host-trust: "true"
+type: Opaque
+data:
+  ca.crt: %s
+`, name, namespace, base64.StdEncoding.EncodeToString(caPEM))
+}
+
+// pemCerts returns the DER of every CERTIFICATE block in data.
+func pemCerts(data []byte) [][]byte {
+	var ders [][]byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			return ders
+		}
+		if b.Type == "CERTIFICATE" {
+			ders = append(ders, b.Bytes)
+		}
+	}
+}
+
+// containsDER reports whether the PEM data holds a certificate equal to der.
+func containsDER(data, der []byte) bool {
+	for _, d := range pemCerts(data) {
+		if bytes.Equal(d, der) {
+			return true
+		}
+	}
+	return false
+}
+
+// bundleHas reports whether ROOT/etc/ssl/certs/ca-certificates.crt holds der.
+func bundleHas(t *testing.T, root string, der []byte) bool {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(root, "etc/ssl/certs/ca-certificates.crt"))
+	if err != nil {
+		t.Fatalf("reading the CA bundle: %v", err)
+	}
+	if n := len(pemCerts(data)); n < 100 {
+		t.Fatalf("CA bundle holds only %d certificates: the root's ca-certificates looks broken", n)
+	}
+	return containsDER(data, der)
+}
+
+// entry is one file, directory or symlink seen by snapshot.
+type entry struct {
+	mode    fs.FileMode
+	modTime time.Time
+	sum     string // sha256 of a file's contents, or a symlink's target
+}
+
+func (e entry) String() string {
+	return fmt.Sprintf("%v %s %.12s", e.mode, e.modTime.Format(time.RFC3339Nano), e.sum)
+}
+
+// snapshot walks dirs (relative to root) without following symlinks and
+// records mode, mtime and contents of everything under them.
+func snapshot(t *testing.T, root string, dirs ...string) map[string]entry {
+	t.Helper()
+	snap := map[string]entry{}
+	for _, dir := range dirs {
+		base := filepath.Join(root, dir)
+		err := filepath.WalkDir(base, func(path string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			info, err := d.Info()
+			if err != nil {
+				return err
+			}
+			e := entry{mode: info.Mode(), modTime: info.ModTime()}
+			switch {
+			case info.Mode()&fs.ModeSymlink != 0:
+				e.sum, err = os.Readlink(path)
+			case info.Mode().IsRegular():
+				var data []byte
+				data, err = os.ReadFile(path)
+				h := sha256.Sum256(data)
+				e.sum = hex.EncodeToString(h[:])
+			}
+			if err != nil {
+				return err
+			}
+			rel, _ := filepath.Rel(root, path)
+			snap[rel] = e
+			return nil
+		})
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("walking %s: %v", base, err)
+		}
+	}
+	return snap
+}
+
+// diffSnapshots lists what differs between two snapshots; contentOnly ignores
+// mtimes.
+func diffSnapshots(before, after map[string]entry, contentOnly bool) []string {
+	var diffs []string
+	for p, b := range before {
+		a, ok := after[p]
+		switch {
+		case !ok:
+			diffs = append(diffs, "removed "+p)
+		case contentOnly && (a.mode != b.mode || a.sum != b.sum):
+			diffs = append(diffs, fmt.Sprintf("changed %s: %v -> %v", p, b, a))
+		case !contentOnly && a != b:
+			diffs = append(diffs, fmt.Sprintf("changed %s: %v -> %v", p, b, a))
+		}
+	}
+	for p := range after {
+		if _, ok := before[p]; !ok {
+			diffs = append(diffs, "added "+p)
+		}
+	}
+	sort.Strings(diffs)
+	return diffs
+}
+
+// filesHolding lists the regular files under ROOT/dir whose PEM contents hold der.
+func filesHolding(t *testing.T, root, dir string, der []byte) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(filepath.Join(root, dir), func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		data, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if containsDER(data, der) {
+			rel, _ := filepath.Rel(root, path)
+			found = append(found, rel)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("walking %s: %v", dir, err)
+	}
+	sort.Strings(found)
+	return found
+}
