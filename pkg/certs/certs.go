@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
 	"fmt"
@@ -65,11 +66,26 @@ func Parse(data []byte) (found []Cert, skipped []string, err error) {
 		found = append(found, newCert(c))
 	}
 	if found == nil && skipped == nil && !bytes.Contains(data, []byte("-----BEGIN")) {
-		if c, perr := x509.ParseCertificate(bytes.TrimSpace(data)); perr == nil {
+		if c := parseDER(data); c != nil {
 			found = append(found, newCert(c))
 		}
 	}
 	return found, skipped, nil
+}
+
+// parseDER parses one DER certificate, allowing only white space after it
+// (a DER file saved with a trailing newline). The DER itself may end in a
+// white-space byte, so its end is taken from its ASN.1 length, not trimmed.
+func parseDER(data []byte) *x509.Certificate {
+	rest, err := asn1.Unmarshal(data, &asn1.RawValue{})
+	if err != nil || len(bytes.TrimSpace(rest)) > 0 {
+		return nil
+	}
+	c, err := x509.ParseCertificate(data[:len(data)-len(rest)])
+	if err != nil {
+		return nil
+	}
+	return c
 }
 
 func newCert(c *x509.Certificate) Cert {

@@ -54,6 +54,26 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// TestParseDERWhitespaceEnd is the regression test for DER certificates
+// whose last byte is a white-space value (about 1 in 40 ECDSA signatures).
+func TestParseDERWhitespaceEnd(t *testing.T) {
+	for tries := 0; tries < 5000; tries++ {
+		a := certstest.NewCA(t, "A")
+		last := a.Cert.Raw[len(a.Cert.Raw)-1]
+		if last != ' ' && last != '\n' && last != '\t' && last != '\r' && last != '\v' && last != '\f' {
+			continue
+		}
+		got, _, err := certs.Parse(a.Cert.Raw)
+		require.NoError(t, err)
+		require.Len(t, got, 1)
+		got, _, err = certs.Parse(append(append([]byte{}, a.Cert.Raw...), '\n'))
+		require.NoError(t, err)
+		require.Len(t, got, 1, "trailing newline after DER")
+		return
+	}
+	t.Fatal("no certificate ending in white space was generated")
+}
+
 func TestNormalizeDedupesAndSorts(t *testing.T) {
 	a := certstest.NewCA(t, "A")
 	b := certstest.NewCA(t, "B")
