@@ -37,6 +37,9 @@ const usage = `usage: nodetrust <command> [flags]
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
            make ROOT match the sources in PATH once, then exit
+  agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
+           keep the host in line with labelled sources in the cluster (DaemonSet mode);
+           --source-dir DIR watches a manifest directory instead
   version  print version and commit
 
 Run "nodetrust <command> -h" for the flags of a command.
@@ -56,6 +59,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	switch args[0] {
 	case "apply":
 		return runApply(ctx, args[1:], stdout, stderr)
+	case "agent":
+		return runAgent(ctx, args[1:], stderr)
 	case "version", "--version":
 		_, err := fmt.Fprintf(stdout, "nodetrust %s (commit %s)\n", version, commit)
 		return err

@@ -95,6 +95,8 @@ type Result struct {
 	// Refreshed is true when the refresh hook ran; RefreshErr is its error.
 	Refreshed  bool
 	RefreshErr error
+	// Owned lists every file nodetrust owns after the apply.
+	Owned []string
 }
 
 // LoadState reads the ownership record; a missing record is an empty one.
@@ -136,6 +138,10 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 		a.res.RefreshErr = opts.Refresh()
 	}
 	a.next.RefreshPending = pending && (opts.Refresh == nil || a.res.RefreshErr != nil)
+	a.res.Owned = make([]string, 0, len(a.next.Files))
+	for p := range a.next.Files {
+		a.res.Owned = append(a.res.Owned, p)
+	}
 	return a.res, r.saveState(a.next)
 }
 

@@ -46,6 +46,8 @@ type Report struct {
 	Refreshed   bool
 	RefreshErr  error
 	Hash        string
+	// Owned lists every file nodetrust owns on the node after the sync.
+	Owned []string
 }
 
 // OK reports whether everything applied: no rejection, no unreadable
@@ -87,7 +89,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		return Report{}, err
 	}
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
-	rep.Refreshed, rep.RefreshErr = res.Refreshed, res.RefreshErr
+	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	return rep, nil
 }
 

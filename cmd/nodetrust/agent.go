@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+)
+
+// saNamespaceFile holds the pod's namespace in a ServiceAccount token mount.
+const saNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+type agentFlags struct {
+	kubeconfig, nodeName, namespaces, hostRoot, healthAddr, sourceDir, nodeLabels, logLevel string
+	resync                                                                                  time.Duration
+}
+
+func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
+	var f agentFlags
+	fl := flag.NewFlagSet("agent", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster config when empty")
+	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
+	fl.StringVar(&f.namespaces, "namespaces", "", "comma-separated namespaces to read sources from (default: the pod's own, from $POD_NAMESPACE)")
+	fl.StringVar(&f.hostRoot, "host-root", "/host", "root of the host filesystem")
+	fl.StringVar(&f.healthAddr, "health-addr", ":8080", "address serving /healthz, /readyz and /metrics")
+	fl.DurationVar(&f.resync, "resync", 5*time.Minute, "period of a full sync without events")
+	fl.StringVar(&f.sourceDir, "source-dir", "", "read sources from this manifest directory instead of the API")
+	fl.StringVar(&f.nodeLabels, "node-labels", "", "with --source-dir: this node's labels (k=v,...) for node selectors")
+	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return usageError{err}
+	}
+	if fl.NArg() > 0 {
+		return usageError{fmt.Errorf("agent: unexpected argument %q", fl.Arg(0))}
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return usageError{fmt.Errorf("agent: --log-level: %w", err)}
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	klog.SetSlogLogger(log.With("component", "client-go"))
+
+	opts, err := agentOptions(f, log)
+	if err != nil {
+		return err
+	}
+	defer opts.Root.Close()
+	a := agent.New(opts)
+	lis, err := net.Listen("tcp", f.healthAddr)
+	if err != nil {
+		return usageError{fmt.Errorf("agent: --health-addr: %w", err)}
+	}
+	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			log.Error("health server", "err", err)
+		}
+	}()
+	defer func() {
+		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info("starting", "version", version, "commit", commit, "hostRoot", f.hostRoot, "healthAddr", lis.Addr().String())
+	return a.Run(ctx)
+}
+
+// agentOptions builds the agent's inputs: a manifest directory, or the API.
+func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
+	opts := agent.Options{Logger: log, Resync: f.resync}
+	if f.sourceDir != "" {
+		var nodeLabels labels.Set
+		if f.nodeLabels != "" {
+			set, err := labels.ConvertSelectorToLabelsMap(f.nodeLabels)
+			if err != nil {
+				return opts, usageError{fmt.Errorf("agent: --node-labels: %w", err)}
+			}
+			nodeLabels = set
+		}
+		opts.Inputs = agent.NewDir(f.sourceDir, nodeLabels)
+	} else {
+		if f.nodeLabels != "" {
+			return opts, usageError{errors.New("agent: --node-labels goes with --source-dir; with the API, the Node's labels apply")}
+		}
+		if f.nodeName == "" {
+			return opts, usageError{errors.New("agent: --node-name or $NODE_NAME is required")}
+		}
+		namespaces, err := agentNamespaces(f.namespaces)
+		if err != nil {
+			return opts, err
+		}
+		client, err := kubeClient(f.kubeconfig)
+		if err != nil {
+			return opts, err
+		}
+		cluster := agent.NewCluster(client, f.nodeName, namespaces)
+		opts.Inputs, opts.Publisher = cluster, cluster
+	}
+	root, err := hostfs.Open(f.hostRoot)
+	if err != nil {
+		return opts, usageError{fmt.Errorf("agent: --host-root: %w", err)}
+	}
+	opts.Root = root
+	return opts, nil
+}
+
+func agentNamespaces(flagValue string) ([]string, error) {
+	v := flagValue
+	if v == "" {
+		v = os.Getenv("POD_NAMESPACE")
+	}
+	if v == "" {
+		data, err := os.ReadFile(saNamespaceFile)
+		if err != nil {
+			return nil, usageError{errors.New("agent: --namespaces, $POD_NAMESPACE or a ServiceAccount namespace file is required")}
+		}
+		v = strings.TrimSpace(string(data))
+	}
+	var out []string
+	for _, ns := range strings.Split(v, ",") {
+		if ns = strings.TrimSpace(ns); ns != "" {
+			out = append(out, ns)
+		}
+	}
+	return out, nil
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
+	var cfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, usageError{fmt.Errorf("agent: kubernetes client config: %w", err)}
+	}
+	cfg.UserAgent = "nodetrust/" + version
+	return kubernetes.NewForConfig(cfg)
+}

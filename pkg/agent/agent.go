@@ -1,0 +1,225 @@
+// Package agent keeps a node's trust files in line with the labelled CA
+// sources in the cluster (or in a directory of manifests). It is level
+// triggered: every event — a source or Node change, a file drifting, a
+// periodic resync — requests one sync, and a single worker recomputes the
+// whole desired state and applies it with the same code as `nodetrust
+// apply`. It never syncs before its caches are complete, so an empty cache
+// can never read as "remove every CA".
+package agent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/source"
+	"github.com/nodetrust/nodetrust/pkg/truststore"
+)
+
+// Node states reported in the nodetrust.io/state annotation.
+const (
+	StateReady    = "Ready"
+	StateDegraded = "Degraded"
+	StatePending  = "Pending"
+)
+
+// Inputs supplies the desired sources and the node's labels. Collect is only
+// called once Wait returned nil.
+type Inputs interface {
+	// Wait blocks until the inputs are complete (caches synced) and starts
+	// sending change notifications to notify.
+	Wait(ctx context.Context, notify func()) error
+	// Collect returns the current desired set and node labels (nil labels
+	// ignore node selectors).
+	Collect() (source.Set, labels.Set)
+}
+
+// Publisher reports a sync's outcome outside the node (Node annotations,
+// Events). It returns an error when the report did not get through, so the
+// agent retries it.
+type Publisher interface {
+	Publish(ctx context.Context, st Status, rep node.Report) (Published, error)
+}
+
+// Published says what a Publish call changed outside the node.
+type Published struct {
+	Patched bool // the Node's annotations
+	Events  int  // Kubernetes Events created
+}
+
+// Status is the node's state as reported by the agent.
+type Status struct {
+	State   string
+	Applied string // short hash of the applied desired state
+	Sources int
+	Message string
+}
+
+// Options configure an Agent.
+type Options struct {
+	Root      *hostfs.Root
+	Inputs    Inputs
+	Publisher Publisher // nil: nothing to publish (source-dir mode)
+	Logger    *slog.Logger
+	// Resync is the period of a full sync with no event; it also catches
+	// drift that file notifications missed.
+	Resync time.Duration
+	// Retry is the delay before another sync after a failure to publish or
+	// to apply everything.
+	Retry time.Duration
+	// Refresh overrides the trust store refresh (tests); see node.Options.
+	Refresh func(ctx context.Context, st truststore.Store, hostRoot string) error
+	// NoDrift disables file notifications (tests of the resync path).
+	NoDrift bool
+}
+
+// Agent runs the sync loop.
+type Agent struct {
+	opts    Options
+	log     *slog.Logger
+	kick    chan struct{}
+	ready   atomic.Bool
+	metrics *Metrics
+}
+
+// New returns an agent; call Run.
+func New(opts Options) *Agent {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Resync == 0 {
+		opts.Resync = 5 * time.Minute
+	}
+	if opts.Retry == 0 {
+		opts.Retry = 5 * time.Second
+	}
+	return &Agent{opts: opts, log: opts.Logger, kick: make(chan struct{}, 1), metrics: newMetrics()}
+}
+
+// Trigger requests a sync. Requests made while one is pending collapse into it.
+func (a *Agent) Trigger() {
+	select {
+	case a.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Ready reports whether a sync has completed since start.
+func (a *Agent) Ready() bool { return a.ready.Load() }
+
+// Metrics returns the agent's metrics.
+func (a *Agent) Metrics() *Metrics { return a.metrics }
+
+// Run waits for the inputs, then syncs on every trigger until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	a.log.Info("waiting for inputs to be complete")
+	if err := a.opts.Inputs.Wait(ctx, a.Trigger); err != nil {
+		return fmt.Errorf("wait for inputs: %w", err)
+	}
+	var drift *driftWatch
+	if !a.opts.NoDrift {
+		var err error
+		if drift, err = newDriftWatch(a.opts.Root, a.Trigger, a.log); err != nil {
+			return err
+		}
+		defer drift.close()
+	}
+	resync := time.NewTicker(a.opts.Resync)
+	defer resync.Stop()
+	var retry <-chan time.Time
+	a.Trigger()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+		case <-retry:
+		case <-a.kick:
+		}
+		retry = nil
+		ok, owned := a.sync(ctx)
+		if !ok {
+			retry = time.After(a.opts.Retry)
+		}
+		if drift != nil && owned != nil {
+			drift.update(owned)
+		}
+	}
+}
+
+// sync runs one sync and reports whether everything went through, and the
+// files nodetrust owns afterwards (nil when the sync could not run).
+func (a *Agent) sync(ctx context.Context) (bool, []string) {
+	start := time.Now()
+	set, nodeLabels := a.opts.Inputs.Collect()
+	rep, err := node.Sync(ctx, a.opts.Root, set, node.Options{NodeLabels: nodeLabels, Refresh: a.opts.Refresh})
+	if err != nil {
+		a.metrics.syncFailed()
+		a.log.Error("sync failed", "err", err)
+		return false, nil
+	}
+	st := StatusOf(rep)
+	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
+	if applied && !a.ready.Swap(true) {
+		a.log.Info("first sync complete: ready")
+	}
+	published := true
+	if a.opts.Publisher != nil {
+		pub, err := a.opts.Publisher.Publish(ctx, st, rep)
+		if err != nil {
+			a.log.Warn("publish node status", "err", err)
+			published = false
+		}
+		a.metrics.published(pub)
+	}
+	a.metrics.synced(rep, applied, time.Now())
+	level := slog.LevelInfo
+	if !rep.Changed() && st.State == StateReady {
+		level = slog.LevelDebug
+	}
+	a.log.Log(ctx, level, "sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
+		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
+		"rejected", len(rep.Rejected), "message", st.Message, "duration", time.Since(start))
+	return applied && published, rep.Owned
+}
+
+// maxMessage bounds nodetrust.io/message.
+const maxMessage = 512
+
+// StatusOf derives the node's status from a sync report.
+func StatusOf(rep node.Report) Status {
+	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied)}
+	var parts []string
+	for _, r := range rep.Rejected {
+		parts = append(parts, "rejected "+r.Error())
+	}
+	for _, e := range rep.InputErrors {
+		parts = append(parts, "unreadable input: "+e.Error())
+	}
+	for _, f := range rep.Failed {
+		parts = append(parts, "failed "+f.Error())
+	}
+	if rep.RefreshErr != nil {
+		parts = append(parts, "trust store refresh failed: "+rep.RefreshErr.Error())
+	}
+	if len(parts) > 0 {
+		st.State = StateDegraded
+		st.Message = oneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))
+	}
+	return st
+}
+
+func oneLine(s string) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > maxMessage {
+		s = s[:maxMessage-3] + "..."
+	}
+	return s
+}

@@ -1,0 +1,318 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/source"
+)
+
+// Node annotations of the external contract.
+const (
+	AnnotationState    = "nodetrust.io/state"
+	AnnotationApplied  = "nodetrust.io/applied"
+	AnnotationSources  = "nodetrust.io/sources"
+	AnnotationMessage  = "nodetrust.io/message"
+	AnnotationSyncedAt = "nodetrust.io/synced-at"
+)
+
+// EventReason is the reason of the Event emitted for a rejected source.
+const EventReason = "Rejected"
+
+// Cluster reads sources from the Kubernetes API through informers and
+// publishes the node's status as Node annotations and Events.
+type Cluster struct {
+	client     kubernetes.Interface
+	nodeName   string
+	namespaces []string
+	now        func() time.Time
+
+	factories []informers.SharedInformerFactory
+	secrets   []corelisters.SecretLister
+	configMap []corelisters.ConfigMapLister
+	nodes     corelisters.NodeLister
+
+	objects     map[source.ID]corev1.ObjectReference // of the last Collect, for Events
+	lastPatched Status
+	emitted     map[source.ID]string // rejection reason already reported
+}
+
+// NewCluster watches labelled sources in namespaces and the Node nodeName.
+func NewCluster(client kubernetes.Interface, nodeName string, namespaces []string) *Cluster {
+	return &Cluster{client: client, nodeName: nodeName, namespaces: namespaces, now: time.Now, emitted: map[source.ID]string{}}
+}
+
+// Wait starts the informers and blocks until their caches are synced.
+func (c *Cluster) Wait(ctx context.Context, notify func()) error {
+	onChange := cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { notify() },
+		UpdateFunc: func(any, any) { notify() },
+		DeleteFunc: func(any) { notify() },
+	}
+	selectLabelled := informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = source.LabelCA + "=true"
+	})
+	for _, ns := range c.namespaces {
+		f := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithNamespace(ns), selectLabelled)
+		for _, inf := range []cache.SharedIndexInformer{f.Core().V1().Secrets().Informer(), f.Core().V1().ConfigMaps().Informer()} {
+			if err := inf.SetTransform(stripNonCertData); err != nil {
+				return err
+			}
+			if _, err := inf.AddEventHandler(onChange); err != nil {
+				return err
+			}
+		}
+		c.secrets = append(c.secrets, f.Core().V1().Secrets().Lister())
+		c.configMap = append(c.configMap, f.Core().V1().ConfigMaps().Lister())
+		c.factories = append(c.factories, f)
+	}
+	nf := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.nodeName).String()
+	}))
+	nodeInf := nf.Core().V1().Nodes().Informer()
+	if err := nodeInf.SetTransform(stripManagedFields); err != nil {
+		return err
+	}
+	_, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc: func(any) { notify() },
+		UpdateFunc: func(oldObj, newObj any) {
+			o, n := oldObj.(*corev1.Node), newObj.(*corev1.Node)
+			if !maps.Equal(o.Labels, n.Labels) { // our own annotation patches are not a reason to sync
+				notify()
+			}
+		},
+		DeleteFunc: func(any) { notify() },
+	})
+	if err != nil {
+		return err
+	}
+	c.nodes = nf.Core().V1().Nodes().Lister()
+	c.factories = append(c.factories, nf)
+	for _, f := range c.factories {
+		f.Start(ctx.Done())
+	}
+	for _, f := range c.factories {
+		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("cache of %v did not sync: %w", typ, ctx.Err())
+			}
+		}
+	}
+	return nil
+}
+
+// stripNonCertData keeps only certificate keys of cached sources, so the
+// agent never holds private keys (tls.key) and its cache stays small.
+func stripNonCertData(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *corev1.Secret:
+		o.ManagedFields = nil
+		maps.DeleteFunc(o.Data, func(k string, _ []byte) bool { return !source.IsCertKey(k) })
+		maps.DeleteFunc(o.StringData, func(k string, _ string) bool { return !source.IsCertKey(k) })
+	case *corev1.ConfigMap:
+		o.ManagedFields = nil
+		maps.DeleteFunc(o.Data, func(k string, _ string) bool { return !source.IsCertKey(k) })
+		maps.DeleteFunc(o.BinaryData, func(k string, _ []byte) bool { return !source.IsCertKey(k) })
+	}
+	return obj, nil
+}
+
+func stripManagedFields(obj any) (any, error) {
+	if n, ok := obj.(*corev1.Node); ok {
+		n.ManagedFields = nil
+	}
+	return obj, nil
+}
+
+// Collect reads the desired set from the caches.
+func (c *Cluster) Collect() (source.Set, labels.Set) {
+	var set source.Set
+	now := c.now()
+	c.objects = map[source.ID]corev1.ObjectReference{}
+	add := func(src source.Source, err error, ref corev1.ObjectReference) {
+		id := source.ID{Kind: ref.Kind, Namespace: ref.Namespace, Name: ref.Name}
+		c.objects[id] = ref
+		if err != nil {
+			set.Rejected = append(set.Rejected, rejection(id, err))
+			return
+		}
+		set.Sources = append(set.Sources, src)
+	}
+	for i, ns := range c.namespaces {
+		secrets, err := c.secrets[i].Secrets(ns).List(labels.Everything())
+		if err != nil {
+			set.Errors = append(set.Errors, err)
+		}
+		for _, s := range secrets {
+			if source.Labelled(s.Labels) {
+				src, err := source.FromSecret(s, now)
+				add(src, err, ref(source.KindSecret, &s.ObjectMeta))
+			}
+		}
+		cms, err := c.configMap[i].ConfigMaps(ns).List(labels.Everything())
+		if err != nil {
+			set.Errors = append(set.Errors, err)
+		}
+		for _, cm := range cms {
+			if source.Labelled(cm.Labels) {
+				src, err := source.FromConfigMap(cm, now)
+				add(src, err, ref(source.KindConfigMap, &cm.ObjectMeta))
+			}
+		}
+	}
+	set.Sort()
+	n, err := c.nodes.Get(c.nodeName)
+	if err != nil {
+		// Without the Node, selectors cannot be evaluated: keep what applies.
+		set.Errors = append(set.Errors, fmt.Errorf("node %s: %w", c.nodeName, err))
+		return set, labels.Set{}
+	}
+	return set, labels.Set(n.Labels)
+}
+
+func rejection(id source.ID, err error) *source.Rejection {
+	if r, ok := err.(*source.Rejection); ok {
+		return r
+	}
+	return &source.Rejection{ID: id, Reason: err.Error()}
+}
+
+func ref(kind string, m *metav1.ObjectMeta) corev1.ObjectReference {
+	return corev1.ObjectReference{Kind: kind, APIVersion: "v1", Namespace: m.Namespace, Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion}
+}
+
+// Publish patches the Node's annotations when a value changed and creates
+// one Event per rejection, shared by every node.
+func (c *Cluster) Publish(ctx context.Context, st Status, rep node.Report) (Published, error) {
+	var pub Published
+	events, evErr := c.emitEvents(ctx, rep.Rejected)
+	pub.Events = events
+	patched, err := c.patchNode(ctx, st)
+	pub.Patched = patched
+	if err == nil {
+		err = evErr
+	}
+	return pub, err
+}
+
+func annotations(st Status) map[string]string {
+	return map[string]string{
+		AnnotationState:   st.State,
+		AnnotationApplied: st.Applied,
+		AnnotationSources: fmt.Sprint(st.Sources),
+		AnnotationMessage: st.Message,
+	}
+}
+
+func (c *Cluster) patchNode(ctx context.Context, st Status) (bool, error) {
+	want := annotations(st)
+	if st == c.lastPatched {
+		return false, nil
+	}
+	if n, err := c.nodes.Get(c.nodeName); err == nil && hasAnnotations(n.Annotations, want) {
+		c.lastPatched = st
+		return false, nil
+	}
+	patch := map[string]any{"metadata": map[string]any{"annotations": withSyncedAt(want, c.now())}}
+	data, err := json.Marshal(patch)
+	if err != nil {
+		return false, err
+	}
+	if _, err := c.client.CoreV1().Nodes().Patch(ctx, c.nodeName, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
+		return false, fmt.Errorf("patch node %s: %w", c.nodeName, err)
+	}
+	c.lastPatched = st
+	return true, nil
+}
+
+func withSyncedAt(m map[string]string, now time.Time) map[string]string {
+	out := maps.Clone(m)
+	out[AnnotationSyncedAt] = now.UTC().Format(time.RFC3339)
+	return out
+}
+
+func hasAnnotations(have, want map[string]string) bool {
+	for k, v := range want {
+		if got, ok := have[k]; !ok || got != v {
+			return false
+		}
+	}
+	return true
+}
+
+// emitEvents creates an Event for each new rejection. Its name is derived
+// from the source and the reason, so when many nodes reject the same source
+// the first creates it and the others find it there.
+func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) (int, error) {
+	current := map[source.ID]bool{}
+	created := 0
+	var firstErr error
+	for _, r := range rejected {
+		current[r.ID] = true
+		if c.emitted[r.ID] == r.Reason {
+			continue
+		}
+		ev := c.event(r)
+		_, err := c.client.CoreV1().Events(r.ID.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+		switch {
+		case err == nil:
+			created++
+		case apierrors.IsAlreadyExists(err):
+		default:
+			if firstErr == nil {
+				firstErr = fmt.Errorf("create event for %s: %w", r.ID, err)
+			}
+			continue
+		}
+		c.emitted[r.ID] = r.Reason
+	}
+	for id := range c.emitted {
+		if !current[id] {
+			delete(c.emitted, id)
+		}
+	}
+	return created, firstErr
+}
+
+func (c *Cluster) event(r *source.Rejection) *corev1.Event {
+	sum := sha256.Sum256([]byte(r.ID.String() + "\x00" + r.Reason))
+	name := r.ID.Name
+	if len(name) > 200 {
+		name = name[:200]
+	}
+	obj, ok := c.objects[r.ID]
+	if !ok {
+		obj = corev1.ObjectReference{Kind: r.ID.Kind, APIVersion: "v1", Namespace: r.ID.Namespace, Name: r.ID.Name}
+	}
+	now := metav1.NewTime(c.now())
+	return &corev1.Event{
+		ObjectMeta:          metav1.ObjectMeta{Name: name + ".nodetrust-" + hex.EncodeToString(sum[:])[:10], Namespace: r.ID.Namespace},
+		InvolvedObject:      obj,
+		Reason:              EventReason,
+		Message:             oneLine(r.Reason),
+		Type:                corev1.EventTypeWarning,
+		Source:              corev1.EventSource{Component: "nodetrust", Host: c.nodeName},
+		FirstTimestamp:      now,
+		LastTimestamp:       now,
+		Count:               1,
+		ReportingController: "nodetrust.io/agent",
+		ReportingInstance:   c.nodeName,
+	}
+}

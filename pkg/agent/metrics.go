@@ -1,0 +1,136 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/nodetrust/nodetrust/pkg/node"
+)
+
+// Metrics are the agent's Prometheus metrics. They are few and fixed, so
+// they are written in the text exposition format directly rather than
+// through a client library.
+type Metrics struct {
+	mu             sync.Mutex
+	syncs          uint64
+	failures       uint64
+	written        uint64
+	removed        uint64
+	patches        uint64
+	events         uint64
+	lastSuccess    time.Time
+	sourcesApplied int
+	expiry         map[[2]string]time.Time // (source, sha256) → NotAfter
+}
+
+func newMetrics() *Metrics { return &Metrics{expiry: map[[2]string]time.Time{}} }
+
+func (m *Metrics) synced(rep node.Report, ok bool, now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.syncs++
+	if !ok {
+		m.failures++
+	} else {
+		m.lastSuccess = now
+	}
+	m.written += uint64(len(rep.Written))
+	m.removed += uint64(len(rep.Removed))
+	m.sourcesApplied = len(rep.Applied)
+	clear(m.expiry)
+	for _, s := range rep.Applied {
+		for _, c := range s.Certs {
+			m.expiry[[2]string{s.ID.String(), c.SHA256}] = c.NotAfter
+		}
+	}
+}
+
+func (m *Metrics) syncFailed() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.syncs++
+	m.failures++
+}
+
+func (m *Metrics) published(p Published) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if p.Patched {
+		m.patches++
+	}
+	m.events += uint64(p.Events)
+}
+
+// WriteTo writes the metrics in the Prometheus text format.
+func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	cw := &countWriter{w: w}
+	metric := func(name, typ, help string, value any) {
+		fmt.Fprintf(cw, "# HELP %s %s\n# TYPE %s %s\n%s %v\n", name, help, name, typ, name, value)
+	}
+	metric("nodetrust_syncs_total", "counter", "Syncs run.", m.syncs)
+	metric("nodetrust_sync_failures_total", "counter", "Syncs that did not apply everything.", m.failures)
+	metric("nodetrust_files_written_total", "counter", "Files written.", m.written)
+	metric("nodetrust_files_removed_total", "counter", "Files removed or restored.", m.removed)
+	metric("nodetrust_node_patches_total", "counter", "Patches of the Node's annotations.", m.patches)
+	metric("nodetrust_events_total", "counter", "Kubernetes Events created.", m.events)
+	var last float64
+	if !m.lastSuccess.IsZero() {
+		last = float64(m.lastSuccess.UnixNano()) / 1e9
+	}
+	metric("nodetrust_last_success_timestamp_seconds", "gauge", "Time of the last sync that applied everything.", last)
+	metric("nodetrust_sources_applied", "gauge", "Sources applied on this node.", m.sourcesApplied)
+
+	fmt.Fprint(cw, "# HELP nodetrust_ca_expiry_seconds Seconds until an applied CA certificate expires (negative: expired).\n# TYPE nodetrust_ca_expiry_seconds gauge\n")
+	keys := make([][2]string, 0, len(m.expiry))
+	for k := range m.expiry {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
+	now := time.Now()
+	for _, k := range keys {
+		fmt.Fprintf(cw, "nodetrust_ca_expiry_seconds{source=%q,sha256=%q} %.0f\n", k[0], k[1], m.expiry[k].Sub(now).Seconds())
+	}
+	return cw.n, cw.err
+}
+
+type countWriter struct {
+	w   io.Writer
+	n   int64
+	err error
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	c.err = err
+	return n, err
+}
+
+// Handler serves /healthz (alive), /readyz (a sync has completed) and /metrics.
+func (a *Agent) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !a.Ready() {
+			http.Error(w, "no completed sync yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("/metrics", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		_, _ = a.metrics.WriteTo(w)
+	})
+	return mux
+}
