@@ -4,15 +4,21 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 COMMIT  ?= $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 LDFLAGS := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 BIN     := bin/nodetrust
+IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-real ci clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nodetrust
+
+# An OCI (docker-archive) image tarball built with pure Go, no Docker engine:
+# load it with `ctr -n k8s.io images import bin/nodetrust-image.tar`.
+image: build
+	cd tools/image && go run . -bin $(CURDIR)/$(BIN) -o $(CURDIR)/bin/nodetrust-image.tar -tag $(IMAGE):$(VERSION)
 
 # The main job on a fresh machine: apply the examples to a demo host root
 # that has containerd, Docker and containers/image config directories.
@@ -21,9 +27,11 @@ demo: build
 	$(BIN) apply -f examples/ --host-root $(DEMO_ROOT)
 	@find $(DEMO_ROOT)/etc -type f | sort
 
-# Fast unit tests (seconds); fuzz targets run their seed corpus here.
+# Fast unit tests (seconds); fuzz targets run their seed corpus here; the
+# deploy/ manifests are rendered with kustomize and checked.
 test:
 	go test -race -count=1 ./...
+	cd tools/image && go test -count=1 ./...
 
 # A short real fuzzing session per target.
 fuzz:
@@ -40,6 +48,7 @@ vet:
 	go vet ./...
 	cd test/loaders && go vet ./...
 	cd test/truststore && go vet ./...
+	cd tools/image && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -57,7 +66,11 @@ test-loaders: build
 test-truststore: build deps
 	cd test/truststore && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
 
-test-real: test-loaders test-truststore
+# A real containerd imports the image tarball and runs it.
+test-image: build deps
+	cd tools/image && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
+
+test-real: test-loaders test-truststore test-image
 
 # The whole suite, as CI runs it.
 ci: lint test test-real
