@@ -14,13 +14,11 @@ import (
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/kube"
 )
 
 // saNamespaceFile holds the pod's namespace in a ServiceAccount token mount.
@@ -109,7 +107,11 @@ func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 		if err != nil {
 			return opts, err
 		}
-		client, err := kubeClient(f.kubeconfig)
+		cfg, err := kube.Config(f.kubeconfig)
+		if err != nil {
+			return opts, usageError{fmt.Errorf("agent: kubernetes client config: %w", err)}
+		}
+		client, err := kube.New(cfg, "nodetrust/"+version)
 		if err != nil {
 			return opts, err
 		}
@@ -143,19 +145,4 @@ func agentNamespaces(flagValue string) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
-	var cfg *rest.Config
-	var err error
-	if kubeconfig != "" {
-		cfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
-	} else {
-		cfg, err = rest.InClusterConfig()
-	}
-	if err != nil {
-		return nil, usageError{fmt.Errorf("agent: kubernetes client config: %w", err)}
-	}
-	cfg.UserAgent = "nodetrust/" + version
-	return kubernetes.NewForConfig(cfg)
 }

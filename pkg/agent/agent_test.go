@@ -21,8 +21,10 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
+	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
@@ -73,7 +75,7 @@ func startOn(t *testing.T, dir string, objs ...runtime.Object) *env {
 	root, err := hostfs.Open(e.dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	cluster := agent.NewCluster(e.client, "n1", []string{ns})
+	cluster := agent.NewCluster(fakeAPI{e.client}, "n1", []string{ns})
 	e.agent = agent.New(agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour, Retry: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -196,7 +198,7 @@ func TestAgentEventAlreadyCreatedByAnotherNode(t *testing.T) {
 	client.PrependReactor("create", "events", func(k8stesting.Action) (bool, runtime.Object, error) {
 		return true, nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "events"}, "x")
 	})
-	cluster := agent.NewCluster(client, "n1", []string{ns})
+	cluster := agent.NewCluster(fakeAPI{client}, "n1", []string{ns})
 	ctx := context.Background()
 	require.NoError(t, cluster.Wait(ctx, func() {}))
 	set, _ := cluster.Collect()
@@ -312,4 +314,46 @@ func metricValue(t *testing.T, a *agent.Agent, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// fakeAPI adapts the fake clientset to agent.API; the real one, kube.Client,
+// is tested against a real API server in test/cluster.
+type fakeAPI struct{ c *fake.Clientset }
+
+func (f fakeAPI) ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher {
+	ctx := context.Background()
+	return &cache.ListWatch{
+		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
+			tweak(&o)
+			switch resource {
+			case "secrets":
+				return f.c.CoreV1().Secrets(namespace).List(ctx, o)
+			case "configmaps":
+				return f.c.CoreV1().ConfigMaps(namespace).List(ctx, o)
+			default:
+				return f.c.CoreV1().Nodes().List(ctx, o)
+			}
+		},
+		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
+			tweak(&o)
+			switch resource {
+			case "secrets":
+				return f.c.CoreV1().Secrets(namespace).Watch(ctx, o)
+			case "configmaps":
+				return f.c.CoreV1().ConfigMaps(namespace).Watch(ctx, o)
+			default:
+				return f.c.CoreV1().Nodes().Watch(ctx, o)
+			}
+		},
+	}
+}
+
+func (f fakeAPI) PatchNode(ctx context.Context, name string, patch []byte) error {
+	_, err := f.c.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+func (f fakeAPI) CreateEvent(ctx context.Context, ev *corev1.Event) error {
+	_, err := f.c.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+	return err
 }

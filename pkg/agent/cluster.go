@@ -14,9 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
+	"k8s.io/apimachinery/pkg/runtime"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -36,15 +34,23 @@ const (
 // EventReason is the reason of the Event emitted for a rejected source.
 const EventReason = "Rejected"
 
+// API is what the agent needs from the Kubernetes API; kube.Client
+// implements it.
+type API interface {
+	ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher
+	PatchNode(ctx context.Context, name string, patch []byte) error
+	CreateEvent(ctx context.Context, ev *corev1.Event) error
+}
+
 // Cluster reads sources from the Kubernetes API through informers and
 // publishes the node's status as Node annotations and Events.
 type Cluster struct {
-	client     kubernetes.Interface
+	api        API
 	nodeName   string
 	namespaces []string
 	now        func() time.Time
 
-	factories []informers.SharedInformerFactory
+	informers []cache.SharedIndexInformer
 	secrets   []corelisters.SecretLister
 	configMap []corelisters.ConfigMapLister
 	nodes     corelisters.NodeLister
@@ -55,8 +61,24 @@ type Cluster struct {
 }
 
 // NewCluster watches labelled sources in namespaces and the Node nodeName.
-func NewCluster(client kubernetes.Interface, nodeName string, namespaces []string) *Cluster {
-	return &Cluster{client: client, nodeName: nodeName, namespaces: namespaces, now: time.Now, emitted: map[source.ID]string{}}
+func NewCluster(api API, nodeName string, namespaces []string) *Cluster {
+	return &Cluster{api: api, nodeName: nodeName, namespaces: namespaces, now: time.Now, emitted: map[source.ID]string{}}
+}
+
+// informer makes an informer for one resource, with a transform applied
+// before objects enter the cache.
+func (c *Cluster) informer(resource, namespace string, obj runtime.Object, tweak func(*metav1.ListOptions),
+	transform cache.TransformFunc, handler cache.ResourceEventHandler) (cache.SharedIndexInformer, error) {
+	inf := cache.NewSharedIndexInformer(c.api.ListWatch(resource, namespace, tweak), obj, 0,
+		cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
+	if err := inf.SetTransform(transform); err != nil {
+		return nil, err
+	}
+	if _, err := inf.AddEventHandler(handler); err != nil {
+		return nil, err
+	}
+	c.informers = append(c.informers, inf)
+	return inf, nil
 }
 
 // Wait starts the informers and blocks until their caches are synced.
@@ -66,31 +88,23 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 		UpdateFunc: func(any, any) { notify() },
 		DeleteFunc: func(any) { notify() },
 	}
-	selectLabelled := informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-		o.LabelSelector = source.LabelCA + "=true"
-	})
+	labelled := func(o *metav1.ListOptions) { o.LabelSelector = source.LabelCA + "=true" }
 	for _, ns := range c.namespaces {
-		f := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithNamespace(ns), selectLabelled)
-		for _, inf := range []cache.SharedIndexInformer{f.Core().V1().Secrets().Informer(), f.Core().V1().ConfigMaps().Informer()} {
-			if err := inf.SetTransform(stripNonCertData); err != nil {
-				return err
-			}
-			if _, err := inf.AddEventHandler(onChange); err != nil {
-				return err
-			}
+		si, err := c.informer("secrets", ns, &corev1.Secret{}, labelled, stripNonCertData, onChange)
+		if err != nil {
+			return err
 		}
-		c.secrets = append(c.secrets, f.Core().V1().Secrets().Lister())
-		c.configMap = append(c.configMap, f.Core().V1().ConfigMaps().Lister())
-		c.factories = append(c.factories, f)
+		ci, err := c.informer("configmaps", ns, &corev1.ConfigMap{}, labelled, stripNonCertData, onChange)
+		if err != nil {
+			return err
+		}
+		c.secrets = append(c.secrets, corelisters.NewSecretLister(si.GetIndexer()))
+		c.configMap = append(c.configMap, corelisters.NewConfigMapLister(ci.GetIndexer()))
 	}
-	nf := informers.NewSharedInformerFactoryWithOptions(c.client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	ownNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.nodeName).String()
-	}))
-	nodeInf := nf.Core().V1().Nodes().Informer()
-	if err := nodeInf.SetTransform(stripManagedFields); err != nil {
-		return err
 	}
-	_, err := nodeInf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	ni, err := c.informer("nodes", "", &corev1.Node{}, ownNode, stripManagedFields, cache.ResourceEventHandlerFuncs{
 		AddFunc: func(any) { notify() },
 		UpdateFunc: func(oldObj, newObj any) {
 			o, n := oldObj.(*corev1.Node), newObj.(*corev1.Node)
@@ -103,17 +117,14 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 	if err != nil {
 		return err
 	}
-	c.nodes = nf.Core().V1().Nodes().Lister()
-	c.factories = append(c.factories, nf)
-	for _, f := range c.factories {
-		f.Start(ctx.Done())
+	c.nodes = corelisters.NewNodeLister(ni.GetIndexer())
+	synced := make([]cache.InformerSynced, len(c.informers))
+	for i, inf := range c.informers {
+		go inf.RunWithContext(ctx)
+		synced[i] = inf.HasSynced
 	}
-	for _, f := range c.factories {
-		for typ, ok := range f.WaitForCacheSync(ctx.Done()) {
-			if !ok {
-				return fmt.Errorf("cache of %v did not sync: %w", typ, ctx.Err())
-			}
-		}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("caches did not sync: %w", ctx.Err())
 	}
 	return nil
 }
@@ -235,7 +246,7 @@ func (c *Cluster) patchNode(ctx context.Context, st Status) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if _, err := c.client.CoreV1().Nodes().Patch(ctx, c.nodeName, types.MergePatchType, data, metav1.PatchOptions{}); err != nil {
+	if err := c.api.PatchNode(ctx, c.nodeName, data); err != nil {
 		return false, fmt.Errorf("patch node %s: %w", c.nodeName, err)
 	}
 	c.lastPatched = st
@@ -270,7 +281,7 @@ func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) 
 			continue
 		}
 		ev := c.event(r)
-		_, err := c.client.CoreV1().Events(r.ID.Namespace).Create(ctx, ev, metav1.CreateOptions{})
+		err := c.api.CreateEvent(ctx, ev)
 		switch {
 		case err == nil:
 			created++
