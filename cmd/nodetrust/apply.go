@@ -94,8 +94,14 @@ func writeText(w io.Writer, rep node.Report) error {
 	if rep.RefreshErr != nil {
 		fmt.Fprintf(w, "failed trust store refresh: %v\n", rep.RefreshErr)
 	}
+	for _, p := range rep.NodeProblems {
+		fmt.Fprintf(w, "degraded node: %s\n", p)
+	}
 	for _, warn := range rep.Warnings {
 		fmt.Fprintf(w, "warning %s: %s\n", warn.ID, warn.Message)
+	}
+	for _, nw := range rep.NodeWarnings {
+		fmt.Fprintf(w, "warning node: %s\n", nw)
 	}
 	for _, id := range rep.Kept {
 		fmt.Fprintf(w, "kept %s as last applied\n", id)
@@ -108,19 +114,21 @@ func writeText(w io.Writer, rep node.Report) error {
 
 // jsonReport is the --output json form of a report.
 type jsonReport struct {
-	OK          bool            `json:"ok"`
-	Hash        string          `json:"hash"`
-	Applied     []string        `json:"applied"`
-	Kept        []string        `json:"kept"`
-	NotSelected int             `json:"notSelected"`
-	Rejected    []jsonRejection `json:"rejected"`
-	Warnings    []jsonRejection `json:"warnings"`
-	InputErrors []string        `json:"inputErrors"`
-	Written     []string        `json:"written"`
-	Removed     []string        `json:"removed"`
-	Failed      []string        `json:"failed"`
-	Refreshed   bool            `json:"refreshed"`
-	RefreshErr  string          `json:"refreshError,omitempty"`
+	OK           bool            `json:"ok"`
+	Hash         string          `json:"hash"`
+	Applied      []string        `json:"applied"`
+	Kept         []string        `json:"kept"`
+	NotSelected  int             `json:"notSelected"`
+	Rejected     []jsonRejection `json:"rejected"`
+	Warnings     []jsonRejection `json:"warnings"`
+	InputErrors  []string        `json:"inputErrors"`
+	Written      []string        `json:"written"`
+	Removed      []string        `json:"removed"`
+	Failed       []string        `json:"failed"`
+	NodeProblems []string        `json:"nodeProblems"`
+	NodeWarnings []string        `json:"nodeWarnings"`
+	Refreshed    bool            `json:"refreshed"`
+	RefreshErr   string          `json:"refreshError,omitempty"`
 }
 
 type jsonRejection struct {
@@ -133,7 +141,7 @@ func writeJSON(w io.Writer, rep node.Report) error {
 		OK: rep.OK(), Hash: rep.Hash, NotSelected: rep.NotSelected, Refreshed: rep.Refreshed,
 		Applied: []string{}, Kept: []string{}, Rejected: []jsonRejection{}, Warnings: []jsonRejection{},
 		InputErrors: errStrings(rep.InputErrors), Written: nonNil(rep.Written), Removed: nonNil(rep.Removed),
-		Failed: errStrings(rep.Failed),
+		Failed: errStrings(rep.Failed), NodeProblems: nonNil(rep.NodeProblems), NodeWarnings: nonNil(rep.NodeWarnings),
 	}
 	for _, s := range rep.Applied {
 		out.Applied = append(out.Applied, s.ID.String())

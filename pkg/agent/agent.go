@@ -209,6 +209,7 @@ func StatusOf(rep node.Report) Status {
 	if rep.RefreshErr != nil {
 		parts = append(parts, "trust store refresh failed: "+rep.RefreshErr.Error())
 	}
+	parts = append(parts, rep.NodeProblems...)
 	if len(parts) > 0 {
 		st.State = StateDegraded
 		st.Message = oneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))

@@ -11,6 +11,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"path"
+	"path/filepath"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -46,6 +49,12 @@ type Report struct {
 	Refreshed   bool
 	RefreshErr  error
 	Hash        string
+	// NodeProblems keep the node from using what was applied, such as a
+	// containerd that reads no hosts.toml. They make an agent's node
+	// Degraded; they are not failed writes.
+	NodeProblems []string
+	// NodeWarnings are about the node and change nothing.
+	NodeWarnings []string
 	// Owned lists every file nodetrust owns on the node after the sync.
 	Owned []string
 }
@@ -90,7 +99,50 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	}
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
+	if usesContainerdHosts(p) {
+		rep.checkContainerd(root)
+	}
 	return rep, nil
+}
+
+func usesContainerdHosts(p plan.Plan) bool {
+	for _, f := range p.Files {
+		if f.Merger == containerd.MergerName {
+			return true
+		}
+	}
+	return false
+}
+
+// checkContainerd reports a containerd that would not read the hosts.toml
+// files just written.
+func (r *Report) checkContainerd(root *hostfs.Root) {
+	reg, err := containerd.ReadRegistry(hostFS{root})
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
+		r.NodeWarnings = append(r.NodeWarnings, fmt.Sprintf("cannot check containerd's config_path: no /%s; containerd's built-in default reads no hosts.toml on 1.x", containerd.ConfigFile))
+	case err != nil:
+		r.NodeProblems = append(r.NodeProblems, err.Error())
+	case reg.Problem() != "":
+		r.NodeProblems = append(r.NodeProblems, reg.Problem())
+	}
+}
+
+// hostFS reads host paths inside the host root for containerd.ReadRegistry.
+type hostFS struct{ root *hostfs.Root }
+
+func (h hostFS) ReadFile(hostPath string) ([]byte, error) {
+	return h.root.ReadFileInRoot(strings.TrimPrefix(path.Clean(hostPath), "/"))
+}
+
+// Glob lists matches below the root; reading them stays inside the root.
+func (h hostFS) Glob(pattern string) ([]string, error) {
+	matches, err := filepath.Glob(filepath.Join(h.root.Dir(), path.Clean("/"+pattern)))
+	for i, m := range matches {
+		rel, _ := filepath.Rel(h.root.Dir(), m)
+		matches[i] = "/" + filepath.ToSlash(rel)
+	}
+	return matches, err
 }
 
 // withKept adds to the valid sources the last applied version of every

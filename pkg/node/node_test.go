@@ -168,3 +168,42 @@ func TestSyncUnchangedIsQuiet(t *testing.T) {
 	require.False(t, rep.Changed())
 	require.Equal(t, before, hostfstest.ModTimes(t, h.dir))
 }
+
+func TestSyncChecksContainerdConfig(t *testing.T) {
+	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r"))}}
+	tests := map[string]struct {
+		config        string
+		problem, warn string
+	}{
+		"no config.toml":  {"", "", "cannot check containerd's config_path"},
+		"unset":           {"version = 2\n", `config_path is unset under [plugins."io.containerd.grpc.v1.cri".registry]`, ""},
+		"certs.d":         {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n", "", ""},
+		"two directories": {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", "lists several directories", ""},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			h := newHost(t, "etc/containerd")
+			if tc.config != "" {
+				hostfstest.WriteFile(t, h.dir, "etc/containerd/config.toml", tc.config)
+			}
+			rep := h.sync(set, nil)
+			require.True(t, rep.OK(), "files still apply")
+			if tc.problem == "" {
+				require.Empty(t, rep.NodeProblems)
+			} else {
+				require.Len(t, rep.NodeProblems, 1)
+				require.Contains(t, rep.NodeProblems[0], tc.problem)
+			}
+			if tc.warn == "" {
+				require.Empty(t, rep.NodeWarnings)
+			} else {
+				require.Contains(t, rep.NodeWarnings[0], tc.warn)
+			}
+		})
+	}
+
+	h := newHost(t)
+	hostfstest.WriteFile(t, h.dir, "etc/containerd/config.toml", "version = 2\n")
+	hostTrustOnly := source.Set{Sources: []source.Source{mkSource(t, "b", map[string]string{source.AnnotationHostTrust: "true"})}}
+	require.Empty(t, h.sync(hostTrustOnly, nil).NodeProblems, "not checked without containerd hosts files to read")
+}

@@ -1,0 +1,92 @@
+package containerd
+
+import (
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// mapFS serves host paths from a map.
+type mapFS map[string]string
+
+func (m mapFS) ReadFile(p string) ([]byte, error) {
+	if s, ok := m[p]; ok {
+		return []byte(s), nil
+	}
+	return nil, fs.ErrNotExist
+}
+
+func (m mapFS) Glob(pattern string) ([]string, error) {
+	var out []string
+	for p := range m {
+		if ok, _ := path.Match(pattern, p); ok {
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+func fixture(t *testing.T, name string) string {
+	data, err := os.ReadFile(filepath.Join("../../hostfiles/containerd", name))
+	require.NoError(t, err)
+	return string(data)
+}
+
+func TestReadRegistryFixtures(t *testing.T) {
+	tests := []struct {
+		file, dropin string
+		version      int
+		configPath   string
+		problem      string
+	}{
+		{file: "debian12-default.toml", version: 2, problem: `config_path is unset under [plugins."io.containerd.grpc.v1.cri".registry] in /etc/containerd/config.toml`},
+		{file: "containerd-1.6-config-default.toml", version: 2, problem: "containerd reads no hosts.toml"},
+		{file: "containerd-1.7-certsd.toml", version: 2, configPath: "/etc/containerd/certs.d"},
+		{file: "containerd-2-certsd.toml", version: 3, configPath: "/etc/containerd/certs.d"},
+		{file: "containerd-2-config-default-style.toml", version: 3, configPath: "/etc/containerd/certs.d:/etc/docker/certs.d",
+			problem: `lists several directories: containerd 2.1 and later pull through the transfer service`},
+		{file: "k3s-style.toml", version: 3, configPath: "/var/lib/rancher/k3s/agent/etc/containerd/certs.d",
+			problem: `config_path is "/var/lib/rancher/k3s/agent/etc/containerd/certs.d" under [plugins."io.containerd.cri.v1.images".registry]`},
+		{file: "gke-style.toml", version: 2, problem: "config_path is unset"},
+		{file: "dropin-main.toml", dropin: "dropin-certsd.toml", version: 2, configPath: "/etc/containerd/certs.d"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.file, func(t *testing.T) {
+			fsys := mapFS{"/etc/containerd/config.toml": fixture(t, tc.file)}
+			if tc.dropin != "" {
+				fsys["/etc/containerd/conf.d/10-nodetrust.toml"] = fixture(t, tc.dropin)
+			}
+			reg, err := ReadRegistry(fsys)
+			require.NoError(t, err)
+			require.Equal(t, tc.version, reg.Version)
+			require.Equal(t, tc.configPath, reg.ConfigPath)
+			if tc.problem == "" {
+				require.Empty(t, reg.Problem())
+			} else {
+				require.Contains(t, reg.Problem(), tc.problem)
+			}
+		})
+	}
+}
+
+func TestReadRegistryErrors(t *testing.T) {
+	_, err := ReadRegistry(mapFS{})
+	require.ErrorIs(t, err, fs.ErrNotExist)
+	_, err = ReadRegistry(mapFS{"/etc/containerd/config.toml": "version = "})
+	require.ErrorContains(t, err, "does not parse")
+	_, err = ReadRegistry(mapFS{"/etc/containerd/config.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = 3\n"})
+	require.ErrorContains(t, err, "config_path is int64")
+
+	// Relative imports resolve against the importing file; cycles end.
+	reg, err := ReadRegistry(mapFS{
+		"/etc/containerd/config.toml": "version = 2\nimports = [\"a.toml\"]\n",
+		"/etc/containerd/a.toml":      "version = 2\nimports = [\"/etc/containerd/config.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d/\"\n",
+	})
+	require.NoError(t, err)
+	require.Equal(t, []string{"/etc/containerd/config.toml", "/etc/containerd/a.toml"}, reg.Files)
+	require.Empty(t, reg.Problem(), "a trailing slash is the same directory")
+}
