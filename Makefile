@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-real ci clean
 
 all: build
 
@@ -49,6 +49,7 @@ vet:
 	cd test/loaders && go vet ./...
 	cd test/truststore && go vet ./...
 	cd tools/image && go vet ./...
+	cd test/systemd && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -70,7 +71,11 @@ test-truststore: build deps
 test-image: build deps
 	cd tools/image && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
 
-test-real: test-loaders test-truststore test-image
+# systemd 252 booted in nspawn from the cached Debian root: restarts through D-Bus.
+test-systemd: deps
+	cd test/systemd && NODETRUST_REAL=1 go test -count=1 ./...
+
+test-real: test-loaders test-truststore test-image test-systemd
 
 # The whole suite, as CI runs it.
 ci: lint test test-real
