@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-real ci clean
 
 all: build
 
@@ -50,6 +50,7 @@ vet:
 	cd test/truststore && go vet ./...
 	cd tools/image && go vet ./...
 	cd test/systemd && go vet ./...
+	cd test/cluster && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -75,7 +76,13 @@ test-image: build deps
 test-systemd: deps
 	cd test/systemd && NODETRUST_REAL=1 go test -count=1 ./...
 
-test-real: test-loaders test-truststore test-image test-systemd
+# A real kube-apiserver + etcd (built from Go modules once, cached), deploy/
+# applied with kubectl -k, agents as local processes with the ServiceAccount's
+# token; kwok fake nodes prove the DaemonSet schedules everywhere.
+test-cluster: build
+	NODETRUST_BIN=$(CURDIR)/$(BIN) test/scripts/k8s-test.sh
+
+test-real: test-loaders test-truststore test-image test-systemd test-cluster
 
 # The whole suite, as CI runs it.
 ci: lint test test-real

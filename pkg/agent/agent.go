@@ -180,11 +180,7 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 		a.metrics.published(pub)
 	}
 	a.metrics.synced(rep, applied, time.Now())
-	level := slog.LevelInfo
-	if !rep.Changed() && st.State == StateReady {
-		level = slog.LevelDebug
-	}
-	a.log.Log(ctx, level, "sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
+	a.log.Info("sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
 		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
 		"rejected", len(rep.Rejected), "message", st.Message, "duration", time.Since(start))
 	return applied && published, rep.Owned
