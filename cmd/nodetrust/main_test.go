@@ -144,3 +144,10 @@ func TestVersion(t *testing.T) {
 	require.Equal(t, 0, code)
 	require.Equal(t, "nodetrust dev (commit unknown)\n", out)
 }
+
+func TestApplyNothingOnEmptyRoot(t *testing.T) {
+	root := t.TempDir()
+	code, out, _ := exec("apply", "-f", t.TempDir(), "--host-root", root)
+	require.Equal(t, 0, code, out)
+	require.Empty(t, hostfstest.Tree(t, root), "not even an ownership record")
+}

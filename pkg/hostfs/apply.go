@@ -335,18 +335,30 @@ func (a *applier) saveIntent() error {
 	return a.root.saveState(intent)
 }
 
+// batchSize bounds the directories a write batch holds open.
+const batchSize = 256
+
 func (a *applier) execute() {
+	var batch []staged
+	var ops []op
+	flush := func() {
+		for i, err := range commit(batch) {
+			a.written(ops[i], err)
+		}
+		batch, ops = batch[:0], ops[:0]
+	}
 	for _, w := range a.writes {
-		if err := a.write(w); err != nil {
-			a.fail(w.path, err)
-			if w.create {
-				delete(a.next.Files, w.path)
-			}
+		s, err := a.stage(w)
+		if err != nil {
+			a.written(w, err)
 			continue
 		}
-		a.next.Files[w.path] = w.owned
-		a.res.Written = append(a.res.Written, w.path)
+		batch, ops = append(batch, s), append(ops, w)
+		if len(batch) == batchSize {
+			flush()
+		}
 	}
+	flush()
 	for _, rm := range a.removes {
 		var err error
 		if rm.remove {
@@ -364,21 +376,35 @@ func (a *applier) execute() {
 	a.removeEmptyDirs()
 }
 
-func (a *applier) write(w op) error {
+// written records the outcome of one write.
+func (a *applier) written(w op, err error) {
+	if err != nil {
+		a.fail(w.path, err)
+		if w.create {
+			delete(a.next.Files, w.path)
+		}
+		return
+	}
+	a.next.Files[w.path] = w.owned
+	a.res.Written = append(a.res.Written, w.path)
+}
+
+// stage creates missing directories and writes w's temporary file.
+func (a *applier) stage(w op) (staged, error) {
 	if w.base != "" && !a.isDir(w.base) {
 		if _, err := a.root.stat(w.base); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			return err
+			return staged{}, err
 		}
-		return fmt.Errorf("directory %s does not exist", w.base)
+		return staged{}, fmt.Errorf("directory %s does not exist", w.base)
 	}
 	for _, d := range a.missingDirs(w.path, w.base) {
 		if err := a.root.mkdir(d); err != nil {
-			return err
+			return staged{}, err
 		}
 		a.dirs[d] = true
 		a.next.Dirs = addDir(a.next.Dirs, d)
 	}
-	return a.root.atomicWrite(w.path, w.data, w.mode)
+	return a.root.stage(w.path, w.data, w.mode)
 }
 
 // isDir reports, with a cache for one apply, whether d is a directory
@@ -436,6 +462,9 @@ func (r *Root) saveState(st State) error {
 	if err == nil && bytes.Equal(cur, data) {
 		return nil
 	}
+	if errors.Is(err, fs.ErrNotExist) && st.empty() {
+		return nil // nothing owned, nothing to remember: leave the host untouched
+	}
 	for _, d := range []string{"var", "var/lib", "var/lib/nodetrust"} {
 		if err := r.mkdir(d); err != nil && !errors.Is(err, fs.ErrExist) {
 			return fmt.Errorf("save ownership record: %w", err)
@@ -445,6 +474,13 @@ func (r *Root) saveState(st State) error {
 		return fmt.Errorf("save ownership record: %w", err)
 	}
 	return nil
+}
+
+// empty reports whether the record holds nothing worth keeping.
+func (st State) empty() bool {
+	applied := strings.TrimSpace(string(st.Applied))
+	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending &&
+		(applied == "" || applied == "null" || applied == "[]")
 }
 
 func cloneState(st State) State {
