@@ -56,10 +56,11 @@ type Published struct {
 
 // Status is the node's state as reported by the agent.
 type Status struct {
-	State   string
-	Applied string // short hash of the applied desired state
-	Sources int
-	Message string
+	State    string
+	Applied  string // short hash of the applied desired state
+	Sources  int
+	Message  string
+	Warnings int // warnings about sources or the node; they do not degrade it
 }
 
 // Options configure an Agent.
@@ -82,11 +83,12 @@ type Options struct {
 
 // Agent runs the sync loop.
 type Agent struct {
-	opts    Options
-	log     *slog.Logger
-	kick    chan struct{}
-	ready   atomic.Bool
-	metrics *Metrics
+	opts     Options
+	warnings map[string]bool // logged already, so a resync does not repeat them
+	log      *slog.Logger
+	kick     chan struct{}
+	ready    atomic.Bool
+	metrics  *Metrics
 }
 
 // New returns an agent; call Run.
@@ -127,9 +129,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	if !a.opts.NoDrift {
 		var err error
 		if drift, err = newDriftWatch(a.opts.Root, a.Trigger, a.log); err != nil {
-			return err
+			// e.g. the node's inotify instance limit: the resync still repairs drift.
+			a.log.Warn("file watch unavailable; drift is repaired on resync only", "err", err, "resync", a.opts.Resync)
+			drift = nil
+		} else {
+			defer drift.close()
 		}
-		defer drift.close()
 	}
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
@@ -180,10 +185,28 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 		a.metrics.published(pub)
 	}
 	a.metrics.synced(rep, applied, time.Now())
+	a.logWarnings(rep)
 	a.log.Info("sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
 		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
-		"rejected", len(rep.Rejected), "message", st.Message, "duration", time.Since(start))
+		"rejected", len(rep.Rejected), "warnings", st.Warnings, "message", st.Message, "duration", time.Since(start))
 	return applied && published, rep.Owned
+}
+
+// logWarnings logs each warning once while it lasts.
+func (a *Agent) logWarnings(rep node.Report) {
+	current := map[string]bool{}
+	for _, w := range rep.Warnings {
+		current[w.ID.String()+": "+w.Message] = true
+	}
+	for _, w := range rep.NodeWarnings {
+		current["node: "+w] = true
+	}
+	for w := range current {
+		if !a.warnings[w] {
+			a.log.Warn("warning", "warning", w)
+		}
+	}
+	a.warnings = current
 }
 
 // maxMessage bounds nodetrust.io/message.
@@ -191,7 +214,7 @@ const maxMessage = 512
 
 // StatusOf derives the node's status from a sync report.
 func StatusOf(rep node.Report) Status {
-	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied)}
+	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.Warnings) + len(rep.NodeWarnings)}
 	var parts []string
 	for _, r := range rep.Rejected {
 		parts = append(parts, "rejected "+r.Error())

@@ -357,3 +357,16 @@ func (f fakeAPI) CreateEvent(ctx context.Context, ev *corev1.Event) error {
 	_, err := f.c.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
 	return err
 }
+
+func TestAgentCountsWarnings(t *testing.T) {
+	expired := certstest.Issue(t, certstest.Template{CommonName: "old", IsCA: true, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, nil)
+	s := caSecret(t, "old", "r.example:5000", nil)
+	s.Data["tls.crt"] = expired.CertPEM()
+	e := start(t, testNode(nil), s)
+	// The expired CA, and no containerd config.toml to check config_path in.
+	e.eventually(func() bool { return e.annotations()[agent.AnnotationWarnings] == "2" }, "warnings counted in the Node's status")
+	ann := e.annotations()
+	require.Equal(t, agent.StateReady, ann[agent.AnnotationState], "a warning does not degrade")
+	require.Empty(t, ann[agent.AnnotationMessage])
+	require.Equal(t, 2.0, metricValue(t, e.agent, "nodetrust_warnings"))
+}

@@ -29,6 +29,10 @@ const (
 	AnnotationSources  = "nodetrust.io/sources"
 	AnnotationMessage  = "nodetrust.io/message"
 	AnnotationSyncedAt = "nodetrust.io/synced-at"
+	// AnnotationWarnings counts warnings (expired or mismatched
+	// certificates, unsupported host trust, an unverifiable containerd
+	// config); an extension of the contract, for `nodetrust status`.
+	AnnotationWarnings = "nodetrust.io/warnings"
 )
 
 // EventReason is the reason of the Event emitted for a rejected source.
@@ -225,10 +229,11 @@ func (c *Cluster) Publish(ctx context.Context, st Status, rep node.Report) (Publ
 
 func annotations(st Status) map[string]string {
 	return map[string]string{
-		AnnotationState:   st.State,
-		AnnotationApplied: st.Applied,
-		AnnotationSources: fmt.Sprint(st.Sources),
-		AnnotationMessage: st.Message,
+		AnnotationState:    st.State,
+		AnnotationApplied:  st.Applied,
+		AnnotationSources:  fmt.Sprint(st.Sources),
+		AnnotationMessage:  st.Message,
+		AnnotationWarnings: fmt.Sprint(st.Warnings),
 	}
 }
 

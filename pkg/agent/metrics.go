@@ -24,6 +24,7 @@ type Metrics struct {
 	events         uint64
 	lastSuccess    time.Time
 	sourcesApplied int
+	warnings       int
 	expiry         map[[2]string]time.Time // (source, sha256) → NotAfter
 }
 
@@ -41,6 +42,7 @@ func (m *Metrics) synced(rep node.Report, ok bool, now time.Time) {
 	m.written += uint64(len(rep.Written))
 	m.removed += uint64(len(rep.Removed))
 	m.sourcesApplied = len(rep.Applied)
+	m.warnings = len(rep.Warnings) + len(rep.NodeWarnings)
 	clear(m.expiry)
 	for _, s := range rep.Applied {
 		for _, c := range s.Certs {
@@ -85,6 +87,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	}
 	metric("nodetrust_last_success_timestamp_seconds", "gauge", "Time of the last sync that applied everything.", last)
 	metric("nodetrust_sources_applied", "gauge", "Sources applied on this node.", m.sourcesApplied)
+	metric("nodetrust_warnings", "gauge", "Warnings of the last sync (expired or mismatched certificates, unsupported host trust, ...).", m.warnings)
 
 	fmt.Fprint(cw, "# HELP nodetrust_ca_expiry_seconds Seconds until an applied CA certificate expires (negative: expired).\n# TYPE nodetrust_ca_expiry_seconds gauge\n")
 	keys := make([][2]string, 0, len(m.expiry))
