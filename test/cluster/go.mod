@@ -3,6 +3,7 @@ module github.com/nodetrust/nodetrust/test/cluster
 go 1.26.0
 
 require (
+	github.com/fsnotify/fsnotify v1.10.1
 	github.com/pelletier/go-toml/v2 v2.4.3
 	k8s.io/api v0.34.4
 	k8s.io/apimachinery v0.34.4
