@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease bench-cluster e2e test-real ci clean
 
 all: build
 
@@ -51,6 +51,8 @@ vet:
 	cd tools/image && go vet ./...
 	cd test/systemd && go vet ./...
 	cd test/cluster && go vet ./...
+	cd test/e2e && go vet ./...
+	cd test/lease && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -82,10 +84,26 @@ test-systemd: deps
 test-cluster: build
 	NODETRUST_BIN=$(CURDIR)/$(BIN) test/scripts/k8s-test.sh
 
-test-real: test-loaders test-truststore test-image test-systemd test-cluster
+# Propagation latency with 1, 10 and 100 agents on the real API server,
+# API requests per agent, and the RSS of one agent with 100 sources.
+bench-cluster: build
+	test/scripts/k8s-build.sh
+	cd test/cluster && NODETRUST_REAL=1 NODETRUST_BENCH=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -run TestBenchPropagation -v ./...
+
+# Restart slots on Leases: 10 clients with the agent's token, never more than N holders.
+test-lease:
+	test/scripts/k8s-build.sh
+	cd test/lease && NODETRUST_REAL=1 go test -count=1 ./...
+
+test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease
+
+# The end-to-end story on one real node: a private-CA registry, containerd
+# pulling through CRI, the API server and an agent (test/e2e/README.md).
+e2e: build
+	NODETRUST_BIN=$(CURDIR)/$(BIN) test/e2e/run.sh
 
 # The whole suite, as CI runs it.
-ci: lint test test-real
+ci: lint test test-real e2e
 
 clean:
 	rm -rf bin

@@ -1,0 +1,237 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+
+	"github.com/nodetrust/nodetrust/test/cluster"
+)
+
+// containerdNode is Debian's containerd 1.6 run in a private mount
+// namespace whose /etc/hosts names the registry alias, with its own root,
+// state and sockets, and the CRI registry config_path in the agent's host
+// root.
+type containerdNode struct {
+	dir     string
+	sock    string
+	proc    *cluster.Proc
+	pid     int
+	started string // /proc/PID/stat starttime, to prove "not restarted"
+	version string
+	conn    *grpc.ClientConn
+	images  runtimeapi.ImageServiceClient
+	runtime runtimeapi.RuntimeServiceClient
+}
+
+// startContainerd starts containerd with its CRI registry config_path at
+// hostRoot/etc/containerd/certs.d. It also plants the node's view of that
+// configuration, hostRoot/etc/containerd/config.toml: the same file with
+// config_path = "/etc/containerd/certs.d", as containerd on a real node whose
+// root is hostRoot would have it (nodetrust reads it to check config_path).
+func startContainerd(t *testing.T, hostsFile, hostRoot string) (*containerdNode, time.Duration) {
+	t.Helper()
+	dir := t.TempDir()
+	c := &containerdNode{dir: dir, sock: filepath.Join(dir, "containerd.sock")}
+	config := func(certsDir string) string {
+		return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+disabled_plugins = [
+  "io.containerd.snapshotter.v1.aufs",
+  "io.containerd.snapshotter.v1.btrfs",
+  "io.containerd.snapshotter.v1.devmapper",
+  "io.containerd.snapshotter.v1.zfs",
+]
+
+[grpc]
+  address = %q
+
+[ttrpc]
+  address = %q
+
+[debug]
+  address = %q
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = %q
+
+[plugins."io.containerd.grpc.v1.cri"]
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = %q
+    conf_dir = %q
+
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
+`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc",
+			filepath.Join(dir, "debug.sock"), filepath.Join(dir, "opt"),
+			filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf"), certsDir)
+	}
+	nodeView := filepath.Join(hostRoot, "etc", "containerd", "config.toml")
+	if err := os.WriteFile(nodeView, []byte(config("/etc/containerd/certs.d")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := filepath.Join(dir, "config.toml")
+	if err := os.WriteFile(cfg, []byte(config(filepath.Join(hostRoot, "etc", "containerd", "certs.d"))), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, "containerd", "--config", cfg)
+	p, err := cluster.StartProc("containerd", filepath.Join(dir, "containerd.log"), bin, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.proc = p
+	t.Cleanup(func() {
+		if c.conn != nil {
+			c.conn.Close()
+		}
+		err, took, killed := p.Stop(15 * time.Second)
+		if killed {
+			t.Errorf("containerd did not exit within 15 s of SIGTERM (%v, %v)", err, took)
+		}
+		if t.Failed() {
+			t.Logf("---- containerd log tail (%s) ----\n%s", p.LogPath, p.Tail(6000))
+		}
+	})
+	c.conn, err = grpc.NewClient("unix://"+c.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.images = runtimeapi.NewImageServiceClient(c.conn)
+	c.runtime = runtimeapi.NewRuntimeServiceClient(c.conn)
+	var last string
+	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+		if done, werr := p.Exited(); done {
+			last = fmt.Sprintf("exited: %v", werr)
+			return true
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		v, err := c.runtime.Version(ctx, &runtimeapi.VersionRequest{})
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		if _, err := c.images.ListImages(ctx, &runtimeapi.ListImagesRequest{}); err != nil {
+			last = err.Error()
+			return false
+		}
+		c.version = v.RuntimeName + " " + v.RuntimeVersion + " (CRI " + v.RuntimeApiVersion + ")"
+		return true
+	})
+	if done, werr := p.Exited(); done || !ok {
+		t.Fatalf("containerd CRI not ready (exited=%v %v; last: %s)\n%s", done, werr, last, p.Tail(6000))
+	}
+	c.pid = p.Pid()
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.pid))
+	if got := strings.TrimSpace(string(comm)); got != "containerd" {
+		t.Fatalf("process %d is %q, want containerd (unshare and sh should have exec'd it)", c.pid, got)
+	}
+	c.started = procStartTime(c.pid)
+	return c, time.Since(start)
+}
+
+// procStartTime is field 22 of /proc/PID/stat (clock ticks since boot).
+func procStartTime(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return "gone: " + err.Error()
+	}
+	s := string(b)
+	// comm may hold spaces: fields after the closing parenthesis.
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return "unparsable"
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return "unparsable"
+	}
+	return f[19]
+}
+
+// sameProcess fails t unless containerd is still the process it started as:
+// the proof that no step restarted it.
+func (c *containerdNode) sameProcess(t *testing.T) {
+	t.Helper()
+	if done, err := c.proc.Exited(); done {
+		t.Fatalf("containerd (pid %d) exited: %v", c.pid, err)
+	}
+	if got := procStartTime(c.pid); got != c.started {
+		t.Fatalf("containerd pid %d start time %s, want %s: it was restarted", c.pid, got, c.started)
+	}
+}
+
+// pull pulls ref through CRI; on success the image is removed again so the
+// next pull fetches everything from the registry. It returns the image id
+// and how long the pull took.
+func (c *containerdNode) pull(ref string) (string, time.Duration, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	start := time.Now()
+	resp, err := c.images.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	took := time.Since(start)
+	if err != nil {
+		return "", took, err
+	}
+	if _, err := c.images.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		return resp.ImageRef, took, fmt.Errorf("pulled, but RemoveImage: %w", err)
+	}
+	return resp.ImageRef, took, nil
+}
+
+const x509Unknown = "x509: certificate signed by unknown authority"
+
+// mustPullX509 asserts that a CRI pull fails with an unknown-authority error.
+func (c *containerdNode) mustPullX509(t *testing.T, ref, when string) string {
+	t.Helper()
+	c.sameProcess(t)
+	_, took, err := c.pull(ref)
+	if err == nil {
+		t.Fatalf("%s: CRI pull of %s succeeded, want %q", when, ref, x509Unknown)
+	}
+	if !strings.Contains(err.Error(), x509Unknown) {
+		t.Fatalf("%s: CRI pull of %s failed with %v, want %q", when, ref, err, x509Unknown)
+	}
+	return fmt.Sprintf("CRI pull fails in %.2fs: ...%s", took.Seconds(), tailString(err.Error(), 90))
+}
+
+// mustPull asserts that a CRI pull succeeds with containerd never restarted.
+func (c *containerdNode) mustPull(t *testing.T, ref, when string) string {
+	t.Helper()
+	c.sameProcess(t)
+	id, took, err := c.pull(ref)
+	if err != nil {
+		t.Fatalf("%s: CRI pull of %s: %v", when, ref, err)
+	}
+	c.sameProcess(t)
+	return fmt.Sprintf("CRI pull ok in %.2fs (%s), containerd pid %d unchanged", took.Seconds(), shortID(id), c.pid)
+}
+
+func shortID(id string) string {
+	id = strings.TrimPrefix(id, "sha256:")
+	if len(id) > 12 {
+		id = id[:12]
+	}
+	return "sha256:" + id
+}
+
+func tailString(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
