@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,6 +20,8 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/kube"
+	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
 
 // saNamespaceFile holds the pod's namespace in a ServiceAccount token mount.
@@ -26,6 +29,8 @@ const saNamespaceFile = "/var/run/secrets/kubernetes.io/serviceaccount/namespace
 
 type agentFlags struct {
 	kubeconfig, nodeName, namespaces, hostRoot, healthAddr, sourceDir, nodeLabels, logLevel string
+	restart, restartUnits, systemdAddress                                                   string
+	maxRestarts                                                                             int
 	resync                                                                                  time.Duration
 }
 
@@ -42,6 +47,10 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.sourceDir, "source-dir", "", "read sources from this manifest directory instead of the API")
 	fl.StringVar(&f.nodeLabels, "node-labels", "", "with --source-dir: this node's labels (k=v,...) for node selectors")
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fl.StringVar(&f.restart, "restart", "auto", "auto: restart container runtimes after an OS trust store change; never: report \"restart pending\" instead")
+	fl.IntVar(&f.maxRestarts, "max-concurrent-restarts", 1, "at most this many nodes restart their runtimes at once (coordination.k8s.io Leases)")
+	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(agent.DefaultRestartUnits, ","), "systemd units restarted, those loaded on the node")
+	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -58,6 +67,12 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 	klog.SetSlogLogger(log.With("component", "client-go"))
 
+	if f.restart != "auto" && f.restart != "never" {
+		return usageError{fmt.Errorf("agent: --restart must be auto or never, not %q", f.restart)}
+	}
+	if f.maxRestarts < 1 {
+		return usageError{errors.New("agent: --max-concurrent-restarts must be at least 1")}
+	}
 	opts, err := agentOptions(f, log)
 	if err != nil {
 		return err
@@ -117,6 +132,15 @@ func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 		}
 		cluster := agent.NewCluster(client, f.nodeName, namespaces)
 		opts.Inputs, opts.Publisher = cluster, cluster
+		slotsNS := os.Getenv("POD_NAMESPACE")
+		if slotsNS == "" {
+			slotsNS = namespaces[0]
+		}
+		opts.Restarts = restarts(f)
+		opts.Restarts.Slots = &lease.Slots{API: client, Namespace: slotsNS, Count: f.maxRestarts, Holder: f.nodeName}
+	}
+	if opts.Restarts == nil {
+		opts.Restarts = restarts(f)
 	}
 	root, err := hostfs.Open(f.hostRoot)
 	if err != nil {
@@ -145,4 +169,28 @@ func agentNamespaces(flagValue string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// restarts configures runtime restarts through the host's systemd.
+func restarts(f agentFlags) *agent.Restarts {
+	addr := f.systemdAddress
+	if addr == "" {
+		addr = "unix:path=" + filepath.Join(f.hostRoot, "run/dbus/system_bus_socket")
+	}
+	var units []string
+	for _, u := range strings.Split(f.restartUnits, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			units = append(units, u)
+		}
+	}
+	return &agent.Restarts{
+		Never:         f.restart == "never",
+		Units:         units,
+		MaxConcurrent: f.maxRestarts,
+		Systemd: func(ctx context.Context) (systemd.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			return systemd.Dial(ctx, addr)
+		},
+	}
 }

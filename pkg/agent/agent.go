@@ -79,6 +79,9 @@ type Options struct {
 	Refresh func(ctx context.Context, st truststore.Store, hostRoot string) error
 	// NoDrift disables file notifications (tests of the resync path).
 	NoDrift bool
+	// Restarts restarts container runtimes after a trust store change; nil
+	// only reports "restart pending".
+	Restarts *Restarts
 }
 
 // Agent runs the sync loop.
@@ -171,6 +174,7 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 		return false, nil
 	}
 	st := StatusOf(rep)
+	retryRestart := rep.RestartPending && a.restart(ctx, &st)
 	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")
@@ -189,7 +193,7 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 	a.log.Info("sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
 		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
 		"rejected", len(rep.Rejected), "warnings", st.Warnings, "message", st.Message, "duration", time.Since(start))
-	return applied && published, rep.Owned
+	return applied && published && !retryRestart, rep.Owned
 }
 
 // logWarnings logs each warning once while it lasts.

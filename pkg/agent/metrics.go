@@ -22,6 +22,7 @@ type Metrics struct {
 	removed        uint64
 	patches        uint64
 	events         uint64
+	restarts       uint64
 	lastSuccess    time.Time
 	sourcesApplied int
 	warnings       int
@@ -58,6 +59,12 @@ func (m *Metrics) syncFailed() {
 	m.failures++
 }
 
+func (m *Metrics) restarted() {
+	m.mu.Lock()
+	m.restarts++
+	m.mu.Unlock()
+}
+
 func (m *Metrics) published(p Published) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -81,6 +88,7 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	metric("nodetrust_files_removed_total", "counter", "Files removed or restored.", m.removed)
 	metric("nodetrust_node_patches_total", "counter", "Patches of the Node's annotations.", m.patches)
 	metric("nodetrust_events_total", "counter", "Kubernetes Events created.", m.events)
+	metric("nodetrust_runtime_restarts_total", "counter", "Container runtime units restarted after trust store changes.", m.restarts)
 	var last float64
 	if !m.lastSuccess.IsZero() {
 		last = float64(m.lastSuccess.UnixNano()) / 1e9

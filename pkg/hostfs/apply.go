@@ -81,6 +81,10 @@ type State struct {
 	Files          map[string]Owned `json:"files,omitempty"`
 	Dirs           []string         `json:"dirs,omitempty"`
 	RefreshPending bool             `json:"refreshPending,omitempty"`
+	// RestartPending is set when a refresh changed the trust store and
+	// cleared by SetRestartPending once the runtimes were restarted (they
+	// load system roots once per process). It survives agent restarts.
+	RestartPending bool `json:"restartPending,omitempty"`
 	// Applied is the caller's description of what was applied, kept opaque.
 	Applied json.RawMessage `json:"applied,omitempty"`
 }
@@ -97,6 +101,8 @@ type Result struct {
 	RefreshErr error
 	// Owned lists every file nodetrust owns after the apply.
 	Owned []string
+	// RestartPending: the trust store changed and runtimes were not restarted yet.
+	RestartPending bool
 }
 
 // LoadState reads the ownership record; a missing record is an empty one.
@@ -138,6 +144,10 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 		a.res.RefreshErr = opts.Refresh()
 	}
 	a.next.RefreshPending = pending && (opts.Refresh == nil || a.res.RefreshErr != nil)
+	if a.res.Refreshed && a.res.RefreshErr == nil {
+		a.next.RestartPending = true
+	}
+	a.res.RestartPending = a.next.RestartPending
 	a.res.Owned = make([]string, 0, len(a.next.Files))
 	for p := range a.next.Files {
 		a.res.Owned = append(a.res.Owned, p)
@@ -451,6 +461,16 @@ func (a *applier) removeEmptyDirs() {
 	}
 }
 
+// SetRestartPending records whether runtimes still need a restart.
+func (r *Root) SetRestartPending(v bool) error {
+	st, err := r.LoadState()
+	if err != nil {
+		return err
+	}
+	st.RestartPending = v
+	return r.saveState(st)
+}
+
 // saveState writes the record when its bytes differ from what is on disk.
 func (r *Root) saveState(st State) error {
 	data, err := json.MarshalIndent(st, "", "  ")
@@ -479,7 +499,7 @@ func (r *Root) saveState(st State) error {
 // empty reports whether the record holds nothing worth keeping.
 func (st State) empty() bool {
 	applied := strings.TrimSpace(string(st.Applied))
-	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending &&
+	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending && !st.RestartPending &&
 		(applied == "" || applied == "null" || applied == "[]")
 }
 

@@ -291,6 +291,12 @@ func TestApplyRefresh(t *testing.T) {
 	require.Equal(t, 2, f.refresh, "and not again once it succeeded")
 	f.apply(other)
 	require.Equal(t, 3, f.refresh, "removing an anchor refreshes")
+
+	st, err := f.root.LoadState()
+	require.NoError(t, err)
+	require.True(t, st.RestartPending, "a changed trust store awaits a runtime restart")
+	require.NoError(t, f.root.SetRestartPending(false))
+	require.False(t, f.apply(other).RestartPending, "until the next change")
 }
 
 func TestApplyConvergesFromIntent(t *testing.T) {

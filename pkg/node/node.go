@@ -55,6 +55,9 @@ type Report struct {
 	NodeProblems []string
 	// NodeWarnings are about the node and change nothing.
 	NodeWarnings []string
+	// RestartPending: the OS trust store changed and the container
+	// runtimes, which load it once per process, were not restarted since.
+	RestartPending bool
 	// Owned lists every file nodetrust owns on the node after the sync.
 	Owned []string
 }
@@ -98,7 +101,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		return Report{}, err
 	}
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
-	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
+	rep.Refreshed, rep.RefreshErr, rep.Owned, rep.RestartPending = res.Refreshed, res.RefreshErr, res.Owned, res.RestartPending
 	if usesContainerdHosts(p) {
 		rep.checkContainerd(root)
 	}

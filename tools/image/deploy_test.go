@@ -156,6 +156,7 @@ func TestDeployRBAC(t *testing.T) {
 		{"", "secrets", []string{"get", "list", "watch"}},
 		{"", "configmaps", []string{"get", "list", "watch"}},
 		{"", "events", []string{"create"}},
+		{"coordination.k8s.io", "leases", []string{"get", "create", "update"}},
 	} {
 		if !allows(role.Rules, want.group, want.resource, want.verbs...) {
 			t.Errorf("Role must allow %v on %s.%s", want.verbs, want.resource, want.group)
@@ -165,8 +166,8 @@ func TestDeployRBAC(t *testing.T) {
 	for _, rule := range role.Rules {
 		granted += len(rule.APIGroups) * len(rule.Resources) * len(rule.Verbs)
 	}
-	if granted != 2*3+1 { // secrets+configmaps get/list/watch, events create
-		t.Errorf("Role grants %d (group, resource, verb) triples, want exactly 7: %+v", granted, role.Rules)
+	if granted != 2*3+1+3 { // secrets+configmaps get/list/watch, events create, leases get/create/update
+		t.Errorf("Role grants %d (group, resource, verb) triples, want exactly 10: %+v", granted, role.Rules)
 	}
 	for _, verb := range []string{"create", "update", "patch", "delete"} {
 		if allows(role.Rules, "", "secrets", verb) || allows(role.Rules, "", "configmaps", verb) {

@@ -1,0 +1,107 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/nodetrust/nodetrust/pkg/systemd"
+)
+
+// DefaultRestartUnits are the container runtimes that load the OS trust
+// store once per process.
+var DefaultRestartUnits = []string{"containerd.service", "docker.service", "crio.service"}
+
+// Restarts restarts the container runtimes after the OS trust store
+// changed: hosts.toml and certs.d are read per pull and never need one.
+type Restarts struct {
+	// Never turns restarts off: the node reports "restart pending" instead.
+	Never bool
+	// Units are restarted when loaded on the node, in order.
+	Units []string
+	// Systemd connects to the host's systemd (D-Bus); the connection is
+	// closed after each restart round.
+	Systemd func(ctx context.Context) (systemd.Conn, error)
+	// Slots limits how many nodes restart at once across the cluster; nil
+	// (no cluster, --source-dir) restarts at once.
+	Slots Slots
+	// MaxConcurrent is reported in messages while waiting for a slot.
+	MaxConcurrent int
+}
+
+// Slots is a cluster-wide counting semaphore; lease.Slots implements it.
+type Slots interface {
+	TryAcquire(ctx context.Context) (slot string, ok bool, err error)
+	Release(ctx context.Context, slot string) error
+}
+
+// restart handles a pending restart and adjusts the status. It reports
+// whether to try again soon (waiting for a slot, systemd unreachable).
+func (a *Agent) restart(ctx context.Context, st *Status) (retry bool) {
+	r := a.opts.Restarts
+	if r == nil || r.Never {
+		pending(st, "restart pending: the OS trust store changed; restart the container runtime to load it (restarts are off)")
+		return false
+	}
+	conn, err := r.Systemd(ctx)
+	if err != nil {
+		degrade(st, fmt.Sprintf("restart pending: cannot reach systemd: %v", err))
+		return true
+	}
+	defer conn.Close()
+	rs := &systemd.Restarter{Conn: conn}
+	units, err := rs.Present(ctx, r.Units)
+	if err != nil {
+		degrade(st, fmt.Sprintf("restart pending: %v", err))
+		return true
+	}
+	if len(units) > 0 && r.Slots != nil {
+		slot, ok, err := r.Slots.TryAcquire(ctx)
+		switch {
+		case err != nil:
+			degrade(st, fmt.Sprintf("restart pending: restart slot: %v", err))
+			return true
+		case !ok:
+			pending(st, fmt.Sprintf("restart pending: waiting for a restart slot (at most %d nodes restart at once)", r.MaxConcurrent))
+			return true
+		}
+		defer func() {
+			if err := r.Slots.Release(context.WithoutCancel(ctx), slot); err != nil {
+				a.log.Warn("release restart slot", "slot", slot, "err", err)
+			}
+		}()
+	}
+	for _, unit := range units {
+		res, err := rs.Restart(ctx, unit)
+		if err != nil {
+			degrade(st, err.Error())
+			return false // a failing unit is not retried in a loop; the next change or resync retries
+		}
+		a.log.Info("restarted", "unit", unit, "oldPID", res.OldPID, "newPID", res.NewPID, "duration", res.Duration)
+		a.metrics.restarted()
+	}
+	if err := a.opts.Root.SetRestartPending(false); err != nil {
+		degrade(st, fmt.Sprintf("record restart: %v", err))
+		return true
+	}
+	return false
+}
+
+func pending(st *Status, msg string) {
+	if st.State == StateReady {
+		st.State = StatePending
+	}
+	st.Message = joinMessage(st.Message, msg)
+}
+
+func degrade(st *Status, msg string) {
+	st.State = StateDegraded
+	st.Message = joinMessage(st.Message, msg)
+}
+
+func joinMessage(a, b string) string {
+	if a == "" {
+		return oneLine(b)
+	}
+	return oneLine(strings.Join([]string{a, b}, "; "))
+}

@@ -1,0 +1,147 @@
+package agent_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	coordinationv1 "k8s.io/api/coordination/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
+	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/pkg/truststore"
+)
+
+// statusLog records what the agent would publish.
+type statusLog struct {
+	mu   sync.Mutex
+	last agent.Status
+}
+
+func (s *statusLog) Publish(_ context.Context, st agent.Status, _ node.Report) (agent.Published, error) {
+	s.mu.Lock()
+	s.last = st
+	s.mu.Unlock()
+	return agent.Published{}, nil
+}
+
+func (s *statusLog) get() agent.Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.last
+}
+
+type restartEnv struct {
+	t      *testing.T
+	src    string
+	status *statusLog
+	unit   *systemd.Fake
+	agent  *agent.Agent
+}
+
+// startRestarts runs an agent on a Debian-like root whose trust store
+// refresh is faked, reading sources from a directory.
+func startRestarts(t *testing.T, unit systemd.FakeUnit, r agent.Restarts) *restartEnv {
+	e := &restartEnv{t: t, src: t.TempDir(), status: &statusLog{}}
+	dir := t.TempDir()
+	hostfstest.MkdirAll(t, dir, "etc/docker", "usr/local/share/ca-certificates")
+	hostfstest.WriteFile(t, dir, "etc/os-release", "ID=debian\n")
+	root, err := hostfs.Open(dir)
+	require.NoError(t, err)
+	t.Cleanup(func() { root.Close() })
+	e.unit = systemd.NewFake(map[string]systemd.FakeUnit{"containerd.service": unit})
+	r.Units = []string{"containerd.service", "crio.service"}
+	r.Systemd = func(context.Context) (systemd.Conn, error) { return e.unit, nil }
+	e.agent = agent.New(agent.Options{Root: root, Inputs: agent.NewDir(e.src, nil), Publisher: e.status,
+		Resync: time.Hour, Retry: 20 * time.Millisecond, Restarts: &r,
+		Refresh: func(context.Context, truststore.Store, string) error { return nil },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- e.agent.Run(ctx) }()
+	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	require.Eventually(t, e.agent.Ready, 5*time.Second, 10*time.Millisecond)
+	return e
+}
+
+// source writes a manifest; hostTrust decides whether it changes the trust store.
+func (e *restartEnv) source(name string, hostTrust bool) {
+	ca := certstest.NewCA(e.t, name)
+	doc := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s, namespace: ns, labels: {nodetrust.io/ca: \"true\"}, annotations: {nodetrust.io/registries: r.example, nodetrust.io/host-trust: %q}}\ndata: {ca.crt: %q}\n",
+		name, fmt.Sprint(hostTrust), string(ca.CertPEM()))
+	require.NoError(e.t, os.WriteFile(filepath.Join(e.src, name+".yaml"), []byte(doc), 0o644))
+}
+
+func (e *restartEnv) waitState(state string) agent.Status {
+	e.t.Helper()
+	require.Eventually(e.t, func() bool { return e.status.get().State == state }, 5*time.Second, 10*time.Millisecond, "want %s, have %+v", state, e.status.get())
+	return e.status.get()
+}
+
+func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
+	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{})
+	e.source("registry-only", false)
+	require.Eventually(t, func() bool { return e.status.get().Sources == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Empty(t, e.unit.Restarts(), "hosts.toml and certs.d need no restart")
+
+	e.source("corp", true)
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "only loaded units")
+	st := e.waitState(agent.StateReady)
+	require.Empty(t, st.Message)
+	require.Equal(t, 1.0, metricValue(t, e.agent, "nodetrust_runtime_restarts_total"))
+
+	e.agent.Trigger()
+	time.Sleep(100 * time.Millisecond)
+	require.Len(t, e.unit.Restarts(), 1, "not again while nothing changes")
+}
+
+func TestRestartFailureDegrades(t *testing.T) {
+	e := startRestarts(t, systemd.FakeUnit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, agent.Restarts{})
+	e.source("corp", true)
+	st := e.waitState(agent.StateDegraded)
+	require.Contains(t, st.Message, `restart containerd.service: job result "failed"`)
+}
+
+func TestRestartNeverReportsPending(t *testing.T) {
+	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{Never: true})
+	e.source("corp", true)
+	st := e.waitState(agent.StatePending)
+	require.Contains(t, st.Message, "restart pending")
+	require.Empty(t, e.unit.Restarts())
+}
+
+func TestRestartWaitsForASlot(t *testing.T) {
+	now := metav1.NewMicroTime(time.Now())
+	other, duration := "other-node", int32(3600)
+	leases := lease.NewFake(&coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: lease.SlotName(0), Namespace: "ns"},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &duration, RenewTime: &now, AcquireTime: &now},
+	})
+	slots := &lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: "me"}
+	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{Slots: slots, MaxConcurrent: 1})
+	e.source("corp", true)
+	st := e.waitState(agent.StatePending)
+	require.Contains(t, st.Message, "waiting for a restart slot (at most 1 nodes restart at once)")
+	require.Empty(t, e.unit.Restarts())
+
+	// The other node releases its slot: the retry takes it, restarts, frees it.
+	require.NoError(t, (&lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: other}).Release(context.Background(), lease.SlotName(0)))
+	e.waitState(agent.StateReady)
+	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts())
+	l := leases.Lease("ns", lease.SlotName(0))
+	require.True(t, l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "", "released after the restart")
+}
