@@ -174,7 +174,7 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 		return false, nil
 	}
 	st := StatusOf(rep)
-	retryRestart := rep.RestartPending && a.restart(ctx, &st)
+	retryRestart := rep.RestartPending && a.restart(ctx, &st, rep.Runtimes)
 	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")

@@ -37,8 +37,14 @@ type Slots interface {
 
 // restart handles a pending restart and adjusts the status. It reports
 // whether to try again soon (waiting for a slot, systemd unreachable).
-func (a *Agent) restart(ctx context.Context, st *Status) (retry bool) {
+func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry bool) {
 	r := a.opts.Restarts
+	if !runtimes { // no runtime on the node caches the old trust store
+		if err := a.opts.Root.SetRestartPending(false); err != nil {
+			degrade(st, fmt.Sprintf("record restart: %v", err))
+		}
+		return false
+	}
 	if r == nil || r.Never {
 		pending(st, "restart pending: the OS trust store changed; restart the container runtime to load it (restarts are off)")
 		return false

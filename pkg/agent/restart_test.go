@@ -145,3 +145,33 @@ func TestRestartWaitsForASlot(t *testing.T) {
 	l := leases.Lease("ns", lease.SlotName(0))
 	require.True(t, l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "", "released after the restart")
 }
+
+func TestNoRestartWithoutRuntimes(t *testing.T) {
+	dir := t.TempDir()
+	hostfstest.MkdirAll(t, dir, "usr/local/share/ca-certificates")
+	hostfstest.WriteFile(t, dir, "etc/os-release", "ID=debian\n")
+	root, err := hostfs.Open(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	src, status := t.TempDir(), &statusLog{}
+	dialed := false
+	a := agent.New(agent.Options{Root: root, Inputs: agent.NewDir(src, nil), Publisher: status, Resync: time.Hour,
+		Restarts: &agent.Restarts{Units: agent.DefaultRestartUnits, Systemd: func(context.Context) (systemd.Conn, error) {
+			dialed = true
+			return nil, fmt.Errorf("no systemd here")
+		}},
+		Refresh: func(context.Context, truststore.Store, string) error { return nil },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})
+	e := &restartEnv{t: t, src: src, status: status, agent: a}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	defer func() { cancel(); require.NoError(t, <-done) }()
+	e.source("corp", true)
+	require.Eventually(t, func() bool { return status.get().Sources == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, agent.StateReady, status.get().State, "no runtime, nothing to restart: %+v", status.get())
+	require.False(t, dialed)
+	st, err := root.LoadState()
+	require.NoError(t, err)
+	require.False(t, st.RestartPending)
+}

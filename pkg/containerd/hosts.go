@@ -25,13 +25,17 @@ const mergedHeader = "# Merged by nodetrust: its CA files were added to the top-
 
 type hostsFile struct {
 	CA []string `toml:"ca"`
+	// Host is always present, empty: containerd 1.6 rejects a hosts.toml
+	// without a host table ("invalid `host` tree") and then falls back to
+	// reading *.crt files docker-style; 1.7 and later accept both.
+	Host map[string]any `toml:"host"`
 }
 
 // RenderHosts returns a hosts.toml that trusts the given CA files, named
 // relative to the file's directory. It has no server key, so containerd's
 // default upstream applies (docker.io → registry-1.docker.io).
 func RenderHosts(caFiles []string) []byte {
-	body, err := toml.Marshal(hostsFile{CA: caFiles})
+	body, err := toml.Marshal(hostsFile{CA: caFiles, Host: map[string]any{}})
 	if err != nil { // a struct of strings always marshals
 		panic(err)
 	}
@@ -59,6 +63,9 @@ func (HostsMerger) Merge(base, ours []byte) ([]byte, error) {
 		}
 	}
 	doc["ca"] = existing
+	if _, ok := doc["host"]; !ok {
+		doc["host"] = map[string]any{} // see hostsFile.Host
+	}
 	return encode(mergedHeader, doc)
 }
 
@@ -78,6 +85,9 @@ func (HostsMerger) Unmerge(current, ours []byte) ([]byte, error) {
 		delete(doc, "ca")
 	} else {
 		doc["ca"] = kept
+	}
+	if h, ok := doc["host"].(map[string]any); ok && len(h) == 0 {
+		delete(doc, "host") // the empty table Merge added
 	}
 	return encode("", doc)
 }

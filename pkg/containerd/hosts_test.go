@@ -28,7 +28,8 @@ func decode(t *testing.T, data []byte) map[string]any {
 
 func TestRenderHosts(t *testing.T) {
 	got := decode(t, RenderHosts([]string{"a.crt", "b.crt"}))
-	require.Equal(t, map[string]any{"ca": []any{"a.crt", "b.crt"}}, got, "only ca: no server key")
+	require.Equal(t, map[string]any{"ca": []any{"a.crt", "b.crt"}, "host": map[string]any{}}, got,
+		"ca and an empty host table (containerd 1.6 needs one); no server key")
 }
 
 func TestMergeKeepsEverythingElse(t *testing.T) {
@@ -71,9 +72,12 @@ func TestMergeCAShapes(t *testing.T) {
 }
 
 func TestUnmergeDropsEmptyCA(t *testing.T) {
-	out, err := HostsMerger{}.Unmerge([]byte("server = \"https://r\"\nca = [\"n.crt\"]\n"), RenderHosts([]string{"n.crt"}))
+	merged, err := HostsMerger{}.Merge([]byte("server = \"https://r\"\n"), RenderHosts([]string{"n.crt"}))
 	require.NoError(t, err)
-	require.Equal(t, map[string]any{"server": "https://r"}, decode(t, out))
+	require.Equal(t, map[string]any{}, decode(t, merged)["host"], "containerd 1.6 needs a host table")
+	out, err := HostsMerger{}.Unmerge(merged, RenderHosts([]string{"n.crt"}))
+	require.NoError(t, err)
+	require.Equal(t, map[string]any{"server": "https://r"}, decode(t, out), "the empty host table goes with our ca")
 }
 
 func TestMergeErrors(t *testing.T) {

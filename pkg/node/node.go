@@ -58,6 +58,8 @@ type Report struct {
 	// RestartPending: the OS trust store changed and the container
 	// runtimes, which load it once per process, were not restarted since.
 	RestartPending bool
+	// Runtimes: a container runtime's config directory exists on the node.
+	Runtimes bool
 	// Owned lists every file nodetrust owns on the node after the sync.
 	Owned []string
 }
@@ -88,6 +90,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	facts.NodeLabels = opts.NodeLabels
 	p := plan.Build(effective, facts)
 	rep.Applied, rep.NotSelected, rep.Warnings, rep.Hash = p.Sources, p.NotSelected, p.Warnings, p.Hash
+	rep.Runtimes = facts.Containerd || facts.Docker || facts.Containers
 
 	applied, err := json.Marshal(storeAll(p.Sources))
 	if err != nil {

@@ -536,8 +536,13 @@ func TestNodeStory(t *testing.T) {
 			syncSummary(agentB, syncsAtDelete), len(after))
 	})
 
-	rep.step("containerd never restarted; host /etc untouched", func() string {
+	rep.step("containerd never restarted, never failed to read a hosts.toml; host /etc untouched", func() string {
 		ctrd.sameProcess(t)
+		// containerd 1.6 falls back to *.crt files when hosts.toml does
+		// not decode, so a pull can pass with a hosts.toml it rejected.
+		if log, err := os.ReadFile(ctrd.proc.LogPath); err != nil || bytes.Contains(log, []byte("failed to decode hosts.toml")) {
+			t.Fatalf("containerd rejected a hosts.toml nodetrust wrote (or its log is unreadable: %v)", err)
+		}
 		now, _ := os.ReadFile("/etc/hosts")
 		if !bytes.Equal(now, realHosts) {
 			t.Fatalf("the real /etc/hosts changed")
