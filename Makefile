@@ -74,9 +74,12 @@ test-truststore: build deps
 test-image: build deps
 	cd tools/image && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
 
-# systemd 252 booted in nspawn from the cached Debian root: restarts through D-Bus.
-test-systemd: deps
-	cd test/systemd && NODETRUST_REAL=1 go test -count=1 ./...
+# systemd 252 booted in nspawn from the cached Debian root: restarts through
+# D-Bus, the agent restarting only after trust store changes, and ten nodes
+# sharing restart slots on a real API server.
+test-systemd: build deps
+	test/scripts/k8s-build.sh
+	cd test/systemd && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m ./...
 
 # A real kube-apiserver + etcd (built from Go modules once, cached), deploy/
 # applied with kubectl -k, agents as local processes with the ServiceAccount's

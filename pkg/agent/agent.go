@@ -86,12 +86,17 @@ type Options struct {
 
 // Agent runs the sync loop.
 type Agent struct {
-	opts     Options
-	warnings map[string]bool // logged already, so a resync does not repeat them
-	log      *slog.Logger
-	kick     chan struct{}
-	ready    atomic.Bool
-	metrics  *Metrics
+	opts Options
+	// retryIn, when set by a sync, replaces Options.Retry for the next retry.
+	retryIn time.Duration
+	// restartErr is the last failed restart, at restartFailedAt.
+	restartErr      string
+	restartFailedAt time.Time
+	warnings        map[string]bool // logged already, so a resync does not repeat them
+	log             *slog.Logger
+	kick            chan struct{}
+	ready           atomic.Bool
+	metrics         *Metrics
 }
 
 // New returns an agent; call Run.
@@ -152,9 +157,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.kick:
 		}
 		retry = nil
+		a.retryIn = 0
 		ok, owned := a.sync(ctx)
 		if !ok {
-			retry = time.After(a.opts.Retry)
+			delay := a.opts.Retry
+			if a.retryIn > 0 {
+				delay = a.retryIn
+			}
+			retry = time.After(delay)
 		}
 		if drift != nil && owned != nil {
 			drift.update(owned)

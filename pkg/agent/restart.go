@@ -3,7 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"strings"
+	"time"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
@@ -29,6 +31,15 @@ type Restarts struct {
 	MaxConcurrent int
 }
 
+// RestartBackoff is how long a failed restart is not tried again, so that a
+// unit that fails to start is not pushed into systemd's start limit (5 starts
+// in 10 s by default). The retry timer tries again when it ends.
+const RestartBackoff = 15 * time.Second
+
+// slotRetry is how soon a node waiting for a restart slot asks again; jitter
+// keeps waiting nodes from asking in step.
+func slotRetry() time.Duration { return time.Second + rand.N(time.Second) }
+
 // Slots is a cluster-wide counting semaphore; lease.Slots implements it.
 type Slots interface {
 	TryAcquire(ctx context.Context) (slot string, ok bool, err error)
@@ -48,6 +59,11 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry b
 	if r == nil || r.Never {
 		pending(st, "restart pending: the OS trust store changed; restart the container runtime to load it (restarts are off)")
 		return false
+	}
+	if a.restartErr != "" && time.Since(a.restartFailedAt) < RestartBackoff {
+		degrade(st, a.restartErr+fmt.Sprintf(" (retried after %s)", a.restartFailedAt.Add(RestartBackoff).UTC().Format(time.RFC3339)))
+		a.retryIn = time.Until(a.restartFailedAt.Add(RestartBackoff))
+		return true
 	}
 	conn, err := r.Systemd(ctx)
 	if err != nil {
@@ -69,6 +85,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry b
 			return true
 		case !ok:
 			pending(st, fmt.Sprintf("restart pending: waiting for a restart slot (at most %d nodes restart at once)", r.MaxConcurrent))
+			a.retryIn = slotRetry()
 			return true
 		}
 		defer func() {
@@ -80,12 +97,15 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry b
 	for _, unit := range units {
 		res, err := rs.Restart(ctx, unit)
 		if err != nil {
-			degrade(st, err.Error())
-			return false // a failing unit is not retried in a loop; the next change or resync retries
+			a.restartErr, a.restartFailedAt = err.Error(), time.Now()
+			degrade(st, a.restartErr)
+			a.retryIn = RestartBackoff
+			return true
 		}
 		a.log.Info("restarted", "unit", unit, "oldPID", res.OldPID, "newPID", res.NewPID, "duration", res.Duration)
 		a.metrics.restarted()
 	}
+	a.restartErr = ""
 	if err := a.opts.Root.SetRestartPending(false); err != nil {
 		degrade(st, fmt.Sprintf("record restart: %v", err))
 		return true

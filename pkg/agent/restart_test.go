@@ -109,11 +109,22 @@ func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
 	require.Len(t, e.unit.Restarts(), 1, "not again while nothing changes")
 }
 
-func TestRestartFailureDegrades(t *testing.T) {
+func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
 	e := startRestarts(t, systemd.FakeUnit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, agent.Restarts{})
 	e.source("corp", true)
 	st := e.waitState(agent.StateDegraded)
 	require.Contains(t, st.Message, `restart containerd.service: job result "failed"`)
+
+	// More syncs (a registry change, triggers) within the backoff: no new
+	// attempt, which would count against systemd's start limit.
+	e.source("other", false)
+	for range 5 {
+		e.agent.Trigger()
+		time.Sleep(20 * time.Millisecond)
+	}
+	require.Eventually(t, func() bool { return e.status.get().Sources == 2 }, 5*time.Second, 10*time.Millisecond)
+	require.Len(t, e.unit.Restarts(), 1, "one attempt per backoff period")
+	require.Contains(t, e.status.get().Message, "retried after")
 }
 
 func TestRestartNeverReportsPending(t *testing.T) {

@@ -8,8 +8,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -89,31 +91,60 @@ type container struct {
 	address string        // D-Bus address of its system bus, reachable from the host
 	conn    *sddbus.Conn  // connection to that bus
 	booted  time.Duration // from starting nspawn to SystemState running/degraded
+	started time.Time     // when nspawn was started
+	cgroups []string      // the container's own cgroups (see privateCgroups)
 }
 
 // boot starts systemd inside root and waits until it reports the system
 // running; cleanup halts it again.
 func boot(t *testing.T, root string) *container {
 	t.Helper()
+	c := startContainer(t, root)
+	c.waitBooted(t)
+	return c
+}
+
+// startContainer starts systemd-nspawn on root without waiting for the boot
+// (waitBooted does), so that several containers can boot at once; cleanup
+// halts it. nspawn runs in cgroups of its own (privateCgroups): with
+// --keep-unit it puts the container into "payload" below the cgroup it was
+// started in, so two containers started from one cgroup would share every
+// unit's cgroup.
+func startContainer(t *testing.T, root string) *container {
+	t.Helper()
 	c := &container{root: root, exited: make(chan struct{}), console: filepath.Join(t.TempDir(), "console.log")}
 	console, err := os.Create(c.console)
 	require.NoError(t, err)
 	defer console.Close()
 
+	c.cgroups, err = privateCgroups(fmt.Sprintf("nodetrust-test-%d-%d", os.Getpid(), containerSeq.Add(1)))
+	require.NoError(t, err, "create the container's cgroups")
 	// --register=no: no systemd-machined on the test machine; --keep-unit:
 	// no scope unit to create; --private-network: the container's services
-	// must not touch the host's network; --console=pipe: no TTY here.
-	c.nspawn = exec.Command("systemd-nspawn", "-D", root, "--register=no", "--keep-unit",
+	// must not touch the host's network; --console=pipe: no TTY here. The
+	// shell moves itself into the private cgroups, then becomes nspawn.
+	c.nspawn = exec.Command("sh", "-c", `for d in $NODETRUST_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 125; done; exec "$@"`,
+		"sh", "systemd-nspawn", "-D", root, "--register=no", "--keep-unit",
 		"--private-network", "--console=pipe", "-b")
+	c.nspawn.Env = append(os.Environ(), "NODETRUST_CGROUPS="+strings.Join(c.cgroups, " "))
 	c.nspawn.Stdout, c.nspawn.Stderr = console, console
-	start := time.Now()
-	require.NoError(t, c.nspawn.Start(), "start systemd-nspawn")
+	c.started = time.Now()
+	if err := c.nspawn.Start(); err != nil {
+		removeCgroups(t, c.cgroups)
+		t.Fatalf("start systemd-nspawn: %v", err)
+	}
 	go func() {
 		c.waitErr = c.nspawn.Wait()
 		close(c.exited)
 	}()
 	t.Cleanup(func() { c.stop(t) })
+	return c
+}
 
+// waitBooted waits until the container's systemd reports the system running
+// and its bus answers from the host.
+func (c *container) waitBooted(t *testing.T) {
+	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	var state string
 	for {
@@ -149,11 +180,10 @@ func boot(t *testing.T, root string) *container {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	c.booted = time.Since(start)
+	c.booted = time.Since(c.started)
 	t.Logf("booted: nspawn PID %d, container PID 1 = host PID %d, SystemState %q after %s; bus %s",
 		c.nspawn.Process.Pid, c.leader, state, c.booted.Round(time.Millisecond), c.address)
 	require.Equal(t, "running", state, "no unit may have failed during boot")
-	return c
 }
 
 // leaderPID returns the host PID of the container's PID 1: the descendant of
@@ -254,7 +284,110 @@ func (c *container) stop(t *testing.T) {
 		t.Errorf("systemd-nspawn: %v", c.waitErr)
 	}
 	t.Logf("container halted in %s (nspawn: %v)", time.Since(start).Round(time.Millisecond), c.waitErr)
+	removeCgroups(t, c.cgroups)
 	if t.Failed() {
 		t.Logf("console:\n%s", c.consoleOutput())
 	}
+}
+
+// containerSeq numbers the containers of this test process.
+var containerSeq atomic.Int64
+
+// privateCgroups creates a cgroup called name below this process's own
+// cgroup in each hierarchy that systemd uses to track units: the cgroup2
+// hierarchy (unified or hybrid) and the cgroup1 name=systemd one (legacy or
+// hybrid). It returns their directories.
+func privateCgroups(name string) ([]string, error) {
+	own := map[string]string{} // "0::" or "name=systemd" -> this process's path
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		switch {
+		case len(f) != 3:
+		case f[0] == "0" && f[1] == "":
+			own["cgroup2"] = f[2]
+		case f[1] == "name=systemd":
+			own["name=systemd"] = f[2]
+		}
+	}
+	mi, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	var dirs []string
+	seen := map[string]bool{}
+	for _, line := range strings.Split(string(mi), "\n") {
+		pre, post, ok := strings.Cut(line, " - ")
+		if !ok {
+			continue
+		}
+		mf, pf := strings.Fields(pre), strings.Fields(post)
+		if len(mf) < 5 || len(pf) < 3 {
+			continue
+		}
+		key := ""
+		switch {
+		case pf[0] == "cgroup2":
+			key = "cgroup2"
+		case pf[0] == "cgroup" && slices.Contains(strings.Split(pf[2], ","), "name=systemd"):
+			key = "name=systemd"
+		}
+		path, ok := own[key]
+		if key == "" || !ok || seen[key] {
+			continue
+		}
+		rel, ok := strings.CutPrefix(path, mf[3]) // the mount's root within the hierarchy
+		if !ok {
+			continue
+		}
+		seen[key] = true
+		dir := filepath.Join(mf[4], rel, name)
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			removeCgroupDirs(dirs)
+			return nil, err
+		}
+		dirs = append(dirs, dir)
+	}
+	return dirs, nil
+}
+
+// removeCgroups removes the cgroups made by privateCgroups, with everything
+// nspawn and the container's systemd created below them.
+func removeCgroups(t *testing.T, dirs []string) {
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := removeCgroupDirs(dirs)
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Errorf("cgroups not removable: %s", strings.Join(left, ", "))
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// removeCgroupDirs removes cgroup directories deepest first and returns
+// those that are still there.
+func removeCgroupDirs(dirs []string) (left []string) {
+	for _, top := range dirs {
+		var all []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				all = append(all, p)
+			}
+			return nil
+		})
+		for i := len(all) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(all[i])
+		}
+		if _, err := os.Stat(top); err == nil {
+			left = append(left, top)
+		}
+	}
+	return left
 }
