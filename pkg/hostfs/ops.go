@@ -78,41 +78,13 @@ func (r *Root) remove(rel string, dir bool) error {
 	return nil
 }
 
-// atomicWrite writes data to a temporary file beside rel, syncs it, renames
-// it over rel and syncs the directory. rename replaces a symlink at rel
-// itself, never its target.
+// atomicWrite replaces rel with data durably: a batch of one.
 func (r *Root) atomicWrite(rel string, data []byte, mode fs.FileMode) error {
-	dfd, name, err := r.parent(rel, unix.O_RDONLY)
+	s, err := r.stage(rel, data, mode)
 	if err != nil {
 		return err
 	}
-	defer unix.Close(dfd)
-	tmp := ".nodetrust-" + rand.Text()[:12] + ".tmp"
-	fd, err := unix.Openat(dfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode))
-	if err != nil {
-		return &fs.PathError{Op: "create", Path: path.Join(path.Dir(rel), tmp), Err: err}
-	}
-	err = writeAll(fd, data)
-	if err == nil {
-		err = unix.Fchmod(fd, uint32(mode))
-	}
-	if err == nil {
-		err = unix.Fsync(fd)
-	}
-	if cerr := unix.Close(fd); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = unix.Renameat(dfd, tmp, dfd, name)
-	}
-	if err != nil {
-		_ = unix.Unlinkat(dfd, tmp, 0)
-		return &fs.PathError{Op: "write", Path: rel, Err: err}
-	}
-	if err := unix.Fsync(dfd); err != nil {
-		return &fs.PathError{Op: "sync", Path: path.Dir(rel), Err: err}
-	}
-	return nil
+	return commit([]staged{s})[0]
 }
 
 func writeAll(fd int, data []byte) error {
