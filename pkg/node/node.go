@@ -155,6 +155,9 @@ func (h hostFS) Glob(pattern string) ([]string, error) {
 // source that is now rejected, or, when the set is incomplete, of every
 // source that was not read.
 func withKept(set source.Set, applied json.RawMessage) ([]source.Source, []source.ID, error) {
+	if set.Complete() && len(set.Rejected) == 0 {
+		return set.Sources, nil, nil // nothing can be kept: skip decoding the record
+	}
 	var prev []source.Stored
 	if len(applied) > 0 {
 		if err := json.Unmarshal(applied, &prev); err != nil {
