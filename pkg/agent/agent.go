@@ -87,8 +87,6 @@ type Options struct {
 // Agent runs the sync loop.
 type Agent struct {
 	opts Options
-	// retryIn, when set by a sync, replaces Options.Retry for the next retry.
-	retryIn time.Duration
 	// restartErr is the last failed restart, at restartFailedAt.
 	restartErr      string
 	restartFailedAt time.Time
@@ -157,13 +155,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-a.kick:
 		}
 		retry = nil
-		a.retryIn = 0
-		ok, owned := a.sync(ctx)
-		if !ok {
-			delay := a.opts.Retry
-			if a.retryIn > 0 {
-				delay = a.retryIn
-			}
+		delay, owned := a.sync(ctx)
+		if delay > 0 {
 			retry = time.After(delay)
 		}
 		if drift != nil && owned != nil {
@@ -172,19 +165,23 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
-// sync runs one sync and reports whether everything went through, and the
-// files nodetrust owns afterwards (nil when the sync could not run).
-func (a *Agent) sync(ctx context.Context) (bool, []string) {
+// sync runs one sync. It returns when to try again (0: everything went
+// through) and the files nodetrust owns afterwards (nil when the sync could
+// not run).
+func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	start := time.Now()
 	set, nodeLabels := a.opts.Inputs.Collect()
 	rep, err := node.Sync(ctx, a.opts.Root, set, node.Options{NodeLabels: nodeLabels, Refresh: a.opts.Refresh})
 	if err != nil {
 		a.metrics.syncFailed()
 		a.log.Error("sync failed", "err", err)
-		return false, nil
+		return a.opts.Retry, nil
 	}
 	st := StatusOf(rep)
-	retryRestart := rep.RestartPending && a.restart(ctx, &st, rep.Runtimes)
+	var retry time.Duration
+	if rep.RestartPending {
+		retry = a.restart(ctx, &st, rep.Runtimes)
+	}
 	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")
@@ -203,7 +200,10 @@ func (a *Agent) sync(ctx context.Context) (bool, []string) {
 	a.log.Info("sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
 		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
 		"rejected", len(rep.Rejected), "warnings", st.Warnings, "message", st.Message, "duration", time.Since(start))
-	return applied && published && !retryRestart, rep.Owned
+	if retry == 0 && (!applied || !published) {
+		retry = a.opts.Retry
+	}
+	return retry, rep.Owned
 }
 
 // logWarnings logs each warning once while it lasts.

@@ -46,47 +46,47 @@ type Slots interface {
 	Release(ctx context.Context, slot string) error
 }
 
-// restart handles a pending restart and adjusts the status. It reports
-// whether to try again soon (waiting for a slot, systemd unreachable).
-func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry bool) {
+// restart handles a pending restart and adjusts the status. It returns
+// when to try again (waiting for a slot, systemd unreachable, a failed
+// restart backing off), or 0.
+func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry time.Duration) {
 	r := a.opts.Restarts
 	if !runtimes { // no runtime on the node caches the old trust store
 		if err := a.opts.Root.SetRestartPending(false); err != nil {
 			degrade(st, fmt.Sprintf("record restart: %v", err))
+			return a.opts.Retry
 		}
-		return false
+		return 0
 	}
 	if r == nil || r.Never {
 		pending(st, "restart pending: the OS trust store changed; restart the container runtime to load it (restarts are off)")
-		return false
+		return 0
 	}
 	if a.restartErr != "" && time.Since(a.restartFailedAt) < RestartBackoff {
 		degrade(st, a.restartErr+fmt.Sprintf(" (retried after %s)", a.restartFailedAt.Add(RestartBackoff).UTC().Format(time.RFC3339)))
-		a.retryIn = time.Until(a.restartFailedAt.Add(RestartBackoff))
-		return true
+		return time.Until(a.restartFailedAt.Add(RestartBackoff))
 	}
 	conn, err := r.Systemd(ctx)
 	if err != nil {
 		degrade(st, fmt.Sprintf("restart pending: cannot reach systemd: %v", err))
-		return true
+		return a.opts.Retry
 	}
 	defer conn.Close()
 	rs := &systemd.Restarter{Conn: conn}
 	units, err := rs.Present(ctx, r.Units)
 	if err != nil {
 		degrade(st, fmt.Sprintf("restart pending: %v", err))
-		return true
+		return a.opts.Retry
 	}
 	if len(units) > 0 && r.Slots != nil {
 		slot, ok, err := r.Slots.TryAcquire(ctx)
 		switch {
 		case err != nil:
 			degrade(st, fmt.Sprintf("restart pending: restart slot: %v", err))
-			return true
+			return a.opts.Retry
 		case !ok:
 			pending(st, fmt.Sprintf("restart pending: waiting for a restart slot (at most %d nodes restart at once)", r.MaxConcurrent))
-			a.retryIn = slotRetry()
-			return true
+			return slotRetry()
 		}
 		defer func() {
 			if err := r.Slots.Release(context.WithoutCancel(ctx), slot); err != nil {
@@ -99,8 +99,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry b
 		if err != nil {
 			a.restartErr, a.restartFailedAt = err.Error(), time.Now()
 			degrade(st, a.restartErr)
-			a.retryIn = RestartBackoff
-			return true
+			return RestartBackoff
 		}
 		a.log.Info("restarted", "unit", unit, "oldPID", res.OldPID, "newPID", res.NewPID, "duration", res.Duration)
 		a.metrics.restarted()
@@ -108,9 +107,9 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry b
 	a.restartErr = ""
 	if err := a.opts.Root.SetRestartPending(false); err != nil {
 		degrade(st, fmt.Sprintf("record restart: %v", err))
-		return true
+		return a.opts.Retry
 	}
-	return false
+	return 0
 }
 
 func pending(st *Status, msg string) {
