@@ -24,6 +24,11 @@ type Registry struct {
 	// set it.
 	ConfigPath string
 	Set        bool
+	// SetIn is the file whose config_path wins, when Set.
+	SetIn string
+	// Conflict names a setting containerd refuses next to config_path
+	// (registry.mirrors, registry.configs.*.tls) and its file, or is "".
+	Conflict string
 	// Files are the files read, main config first, then imports.
 	Files []string
 }
@@ -113,7 +118,10 @@ func (r *Registry) apply(file string, data []byte) ([]string, error) {
 		if !isString {
 			return nil, fmt.Errorf("containerd config %s: config_path is %T, want a string", file, v)
 		}
-		r.ConfigPath, r.Set = s, true
+		r.ConfigPath, r.Set, r.SetIn = s, true, file
+	}
+	if err := conflicts(registry); err != nil && r.Conflict == "" {
+		r.Conflict = fmt.Sprintf("%s: %v", file, err)
 	}
 	return cf.Imports, nil
 }
@@ -129,6 +137,8 @@ func (r Registry) Problem() string {
 	where := fmt.Sprintf("%s in %s", r.Section(), strings.Join(r.Files, ", "))
 	dirs := strings.Split(r.ConfigPath, ":")
 	switch {
+	case r.ConfigPath == "" && r.Conflict != "":
+		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s, and cannot be set as it is: %s", where, r.Conflict)
 	case r.ConfigPath == "":
 		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s; set config_path = %q and restart containerd", where, CertsDir)
 	case len(dirs) > 1:
