@@ -31,6 +31,7 @@ type agentFlags struct {
 	kubeconfig, nodeName, namespaces, hostRoot, healthAddr, sourceDir, nodeLabels, logLevel string
 	restart, restartUnits, systemdAddress                                                   string
 	maxRestarts                                                                             int
+	manageContainerdConfig, uninstall                                                       bool
 	resync                                                                                  time.Duration
 }
 
@@ -50,6 +51,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.restart, "restart", "auto", "auto: restart container runtimes after an OS trust store change; never: report \"restart pending\" instead")
 	fl.IntVar(&f.maxRestarts, "max-concurrent-restarts", 1, "at most this many nodes restart their runtimes at once (coordination.k8s.io Leases)")
 	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(agent.DefaultRestartUnits, ","), "systemd units restarted, those loaded on the node")
+	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
+	fl.BoolVar(&f.uninstall, "uninstall", false, "remove everything nodetrust wrote on the node and its Node annotations, then stay ready until stopped")
 	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -94,13 +97,16 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
 	}()
-	log.Info("starting", "version", version, "commit", commit, "hostRoot", f.hostRoot, "healthAddr", lis.Addr().String())
+	log.Info("starting", "version", version, "commit", commit, "hostRoot", f.hostRoot, "healthAddr", lis.Addr().String(), "uninstall", f.uninstall)
+	if f.uninstall {
+		return a.Uninstall(ctx)
+	}
 	return a.Run(ctx)
 }
 
 // agentOptions builds the agent's inputs: a manifest directory, or the API.
 func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
-	opts := agent.Options{Logger: log, Resync: f.resync}
+	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig}
 	if f.sourceDir != "" {
 		var nodeLabels labels.Set
 		if f.nodeLabels != "" {

@@ -24,6 +24,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	hostRoot := fl.String("host-root", "/", "root of the host filesystem to write into")
 	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
 	output := fl.String("output", "text", "text or json")
+	manage := fl.Bool("manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
 	if err := fl.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -38,7 +39,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case *output != "text" && *output != "json":
 		return usageError{fmt.Errorf("apply: --output must be text or json, not %q", *output)}
 	}
-	opts := node.Options{}
+	opts := node.Options{ManageContainerdConfig: *manage}
 	if *nodeLabels != "" {
 		set, err := labels.ConvertSelectorToLabelsMap(*nodeLabels)
 		if err != nil {
@@ -70,6 +71,13 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err != nil {
 		return err
+	}
+	if rep.RestartPending || len(rep.Restart) > 0 {
+		// Reported above: restarting is the operator's, so a later apply or
+		// agent does not report or restart it again.
+		if err := root.ClearRestarts(); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
 	}
 	if !rep.OK() {
 		return errProblem
@@ -103,6 +111,12 @@ func writeText(w io.Writer, rep node.Report) error {
 	for _, nw := range rep.NodeWarnings {
 		fmt.Fprintf(w, "warning node: %s\n", nw)
 	}
+	if rep.RestartPending {
+		fmt.Fprintln(w, "restart pending: the OS trust store changed; restart the container runtimes to load it")
+	}
+	for _, u := range rep.Restart {
+		fmt.Fprintf(w, "restart pending: the config of %s changed; restart it to load it\n", u)
+	}
 	for _, id := range rep.Kept {
 		fmt.Fprintf(w, "kept %s as last applied\n", id)
 	}
@@ -129,6 +143,9 @@ type jsonReport struct {
 	NodeWarnings []string        `json:"nodeWarnings"`
 	Refreshed    bool            `json:"refreshed"`
 	RefreshErr   string          `json:"refreshError,omitempty"`
+	// RestartPending: the trust store changed; Restart: units whose config changed.
+	RestartPending bool     `json:"restartPending"`
+	Restart        []string `json:"restart"`
 }
 
 type jsonRejection struct {
@@ -142,6 +159,7 @@ func writeJSON(w io.Writer, rep node.Report) error {
 		Applied: []string{}, Kept: []string{}, Rejected: []jsonRejection{}, Warnings: []jsonRejection{},
 		InputErrors: errStrings(rep.InputErrors), Written: nonNil(rep.Written), Removed: nonNil(rep.Removed),
 		Failed: errStrings(rep.Failed), NodeProblems: nonNil(rep.NodeProblems), NodeWarnings: nonNil(rep.NodeWarnings),
+		RestartPending: rep.RestartPending, Restart: nonNil(rep.Restart),
 	}
 	for _, s := range rep.Applied {
 		out.Applied = append(out.Applied, s.ID.String())

@@ -151,3 +151,45 @@ func TestApplyNothingOnEmptyRoot(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	require.Empty(t, hostfstest.Tree(t, root), "not even an ownership record")
 }
+
+func TestApplyManageContainerdConfig(t *testing.T) {
+	ca := string(certstest.NewCA(t, "CA").CertPEM())
+	root := t.TempDir()
+	hostfstest.MkdirAll(t, root, "etc/containerd")
+	hostfstest.WriteFile(t, root, "etc/containerd/config.toml", "version = 2\n")
+	dir, empty := t.TempDir(), t.TempDir()
+	manifest(t, dir, "good.yaml", secretYAML("good", "r.example:5000", ca))
+	config := func() string {
+		data, err := os.ReadFile(filepath.Join(root, "etc/containerd/config.toml"))
+		require.NoError(t, err)
+		return string(data)
+	}
+
+	code, out, _ := exec("apply", "-f", dir, "--host-root", root)
+	require.Equal(t, 0, code, "a config problem is not a failed write")
+	require.Contains(t, out, "degraded node: containerd reads no hosts.toml: config_path is unset")
+	require.Equal(t, "version = 2\n", config())
+
+	code, out, _ = exec("apply", "-f", dir, "--host-root", root, "--manage-containerd-config")
+	require.Equal(t, 0, code, out)
+	require.NotContains(t, out, "degraded node")
+	require.Contains(t, out, "restart pending: the config of containerd.service changed; restart it to load it\n")
+	require.Contains(t, config(), `config_path = "/etc/containerd/certs.d"`)
+
+	code, out, _ = exec("apply", "-f", dir, "--host-root", root, "--manage-containerd-config", "--output", "json")
+	require.Equal(t, 0, code, out)
+	var rep struct {
+		Written []string `json:"written"`
+		Restart []string `json:"restart"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(out), &rep))
+	require.Empty(t, rep.Written, "nothing new")
+	require.Empty(t, rep.Restart, "the restart was reported once; it is the operator's")
+
+	code, out, _ = exec("apply", "-f", empty, "--host-root", root)
+	require.Equal(t, 0, code, out)
+	require.Equal(t, "version = 2\n", config(), "no sources: the original is back")
+	require.NotContains(t, out, "restart pending")
+	_, err := os.Stat(filepath.Join(root, "var/lib/nodetrust/state.json"))
+	require.ErrorIs(t, err, os.ErrNotExist)
+}

@@ -82,6 +82,8 @@ type Options struct {
 	// Restarts restarts container runtimes after a trust store change; nil
 	// only reports "restart pending".
 	Restarts *Restarts
+	// ManageContainerdConfig: see node.Options.
+	ManageContainerdConfig bool
 }
 
 // Agent runs the sync loop.
@@ -171,7 +173,9 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	start := time.Now()
 	set, nodeLabels := a.opts.Inputs.Collect()
-	rep, err := node.Sync(ctx, a.opts.Root, set, node.Options{NodeLabels: nodeLabels, Refresh: a.opts.Refresh})
+	rep, err := node.Sync(ctx, a.opts.Root, set, node.Options{
+		NodeLabels: nodeLabels, Refresh: a.opts.Refresh, ManageContainerdConfig: a.opts.ManageContainerdConfig,
+	})
 	if err != nil {
 		a.metrics.syncFailed()
 		a.log.Error("sync failed", "err", err)
@@ -179,8 +183,8 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	}
 	st := StatusOf(rep)
 	var retry time.Duration
-	if rep.RestartPending {
-		retry = a.restart(ctx, &st, rep.Runtimes)
+	if rep.RestartPending || len(rep.Restart) > 0 {
+		retry = a.restart(ctx, &st, rep)
 	}
 	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
 	if applied && !a.ready.Swap(true) {

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
 
@@ -46,20 +48,47 @@ type Slots interface {
 	Release(ctx context.Context, slot string) error
 }
 
+// restartReason says why rep awaits a restart, and what to restart.
+func restartReason(rep node.Report) string {
+	var why []string
+	if rep.RestartPending {
+		why = append(why, "the OS trust store changed; restart the container runtimes to load it")
+	}
+	if len(rep.Restart) > 0 {
+		why = append(why, fmt.Sprintf("the config of %s changed; restart it to load it", strings.Join(rep.Restart, ", ")))
+	}
+	return strings.Join(why, "; ")
+}
+
+// restartUnits are the units a pending restart covers, in order: every
+// runtime after a trust store change, and each unit whose config changed.
+func (r *Restarts) restartUnits(rep node.Report) []string {
+	var units []string
+	if rep.RestartPending {
+		units = append(units, r.Units...)
+	}
+	for _, u := range rep.Restart {
+		if !slices.Contains(units, u) {
+			units = append(units, u)
+		}
+	}
+	return units
+}
+
 // restart handles a pending restart and adjusts the status. It returns
 // when to try again (waiting for a slot, systemd unreachable, a failed
 // restart backing off), or 0.
-func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry time.Duration) {
+func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry time.Duration) {
 	r := a.opts.Restarts
-	if !runtimes { // no runtime on the node caches the old trust store
-		if err := a.opts.Root.SetRestartPending(false); err != nil {
+	if !rep.Runtimes { // no runtime on the node caches the old trust store
+		if err := a.opts.Root.ClearRestarts(); err != nil {
 			degrade(st, fmt.Sprintf("record restart: %v", err))
 			return a.opts.Retry
 		}
 		return 0
 	}
 	if r == nil || r.Never {
-		pending(st, "restart pending: the OS trust store changed; restart the container runtime to load it (restarts are off)")
+		pending(st, "restart pending: "+restartReason(rep)+" (restarts are off)")
 		return 0
 	}
 	if a.restartErr != "" && time.Since(a.restartFailedAt) < RestartBackoff {
@@ -73,7 +102,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry t
 	}
 	defer conn.Close()
 	rs := &systemd.Restarter{Conn: conn}
-	units, err := rs.Present(ctx, r.Units)
+	units, err := rs.Present(ctx, r.restartUnits(rep))
 	if err != nil {
 		degrade(st, fmt.Sprintf("restart pending: %v", err))
 		return a.opts.Retry
@@ -105,7 +134,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, runtimes bool) (retry t
 		a.metrics.restarted()
 	}
 	a.restartErr = ""
-	if err := a.opts.Root.SetRestartPending(false); err != nil {
+	if err := a.opts.Root.ClearRestarts(); err != nil {
 		degrade(st, fmt.Sprintf("record restart: %v", err))
 		return a.opts.Retry
 	}

@@ -46,6 +46,9 @@ func (s *statusLog) get() agent.Status {
 
 type restartEnv struct {
 	t      *testing.T
+	dir    string // the host root
+	root   *hostfs.Root
+	stop   func() // stops the agent
 	src    string
 	status *statusLog
 	unit   *systemd.Fake
@@ -55,24 +58,46 @@ type restartEnv struct {
 // startRestarts runs an agent on a Debian-like root whose trust store
 // refresh is faked, reading sources from a directory.
 func startRestarts(t *testing.T, unit systemd.FakeUnit, r agent.Restarts) *restartEnv {
+	return startNode(t, nodeSetup{units: map[string]systemd.FakeUnit{"containerd.service": unit}, restarts: r})
+}
+
+// nodeSetup describes the node an agent under test runs on.
+type nodeSetup struct {
+	units    map[string]systemd.FakeUnit // loaded systemd units
+	restarts agent.Restarts
+	dirs     []string          // besides etc/docker and the anchor dir
+	files    map[string]string // relative to the host root
+	manage   bool              // --manage-containerd-config
+}
+
+func startNode(t *testing.T, n nodeSetup) *restartEnv {
 	e := &restartEnv{t: t, src: t.TempDir(), status: &statusLog{}}
-	dir := t.TempDir()
-	hostfstest.MkdirAll(t, dir, "etc/docker", "usr/local/share/ca-certificates")
-	hostfstest.WriteFile(t, dir, "etc/os-release", "ID=debian\n")
-	root, err := hostfs.Open(dir)
+	e.dir = t.TempDir()
+	hostfstest.MkdirAll(t, e.dir, append([]string{"etc/docker", "usr/local/share/ca-certificates"}, n.dirs...)...)
+	hostfstest.WriteFile(t, e.dir, "etc/os-release", "ID=debian\n")
+	for p, data := range n.files {
+		hostfstest.WriteFile(t, e.dir, p, data)
+	}
+	root, err := hostfs.Open(e.dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	e.unit = systemd.NewFake(map[string]systemd.FakeUnit{"containerd.service": unit})
-	r.Units = []string{"containerd.service", "crio.service"}
+	e.root = root
+	e.unit = systemd.NewFake(n.units)
+	r := n.restarts
+	if r.Units == nil {
+		r.Units = []string{"containerd.service", "crio.service"}
+	}
 	r.Systemd = func(context.Context) (systemd.Conn, error) { return e.unit, nil }
 	e.agent = agent.New(agent.Options{Root: root, Inputs: agent.NewDir(e.src, nil), Publisher: e.status,
-		Resync: time.Hour, Retry: 20 * time.Millisecond, Restarts: &r,
+		Resync: time.Hour, Retry: 20 * time.Millisecond, Restarts: &r, ManageContainerdConfig: n.manage,
 		Refresh: func(context.Context, truststore.Store, string) error { return nil },
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.agent.Run(ctx) }()
-	t.Cleanup(func() { cancel(); require.NoError(t, <-done) })
+	var once sync.Once
+	e.stop = func() { once.Do(func() { cancel(); require.NoError(t, <-done) }) }
+	t.Cleanup(e.stop)
 	require.Eventually(t, e.agent.Ready, 5*time.Second, 10*time.Millisecond)
 	return e
 }

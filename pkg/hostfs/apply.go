@@ -34,6 +34,10 @@ type File struct {
 	// Late files reference other files: they are written after, and
 	// removed before, all others.
 	Late bool
+	// Restart names what must restart to load a change to this file (a
+	// systemd unit). Writing the file adds it to State.Restart; restoring
+	// the original takes it out again, as what runs then matches the disk.
+	Restart string
 }
 
 // Merger merges nodetrust's content into a file someone else wrote.
@@ -52,6 +56,7 @@ type Owned struct {
 	Merge   *MergeState `json:"merge,omitempty"`
 	Refresh bool        `json:"refresh,omitempty"`
 	Late    bool        `json:"late,omitempty"`
+	Restart string      `json:"restart,omitempty"`
 }
 
 // MergeState keeps what a merged file is restored from.
@@ -85,6 +90,9 @@ type State struct {
 	// cleared by SetRestartPending once the runtimes were restarted (they
 	// load system roots once per process). It survives agent restarts.
 	RestartPending bool `json:"restartPending,omitempty"`
+	// Restart lists, sorted, the File.Restart names of files written since
+	// the last ClearRestarts.
+	Restart []string `json:"restart,omitempty"`
 	// Applied is the caller's description of what was applied, kept opaque.
 	Applied json.RawMessage `json:"applied,omitempty"`
 }
@@ -103,6 +111,8 @@ type Result struct {
 	Owned []string
 	// RestartPending: the trust store changed and runtimes were not restarted yet.
 	RestartPending bool
+	// Restart is State.Restart after the apply.
+	Restart []string
 }
 
 // LoadState reads the ownership record; a missing record is an empty one.
@@ -147,7 +157,7 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 	if a.res.Refreshed && a.res.RefreshErr == nil {
 		a.next.RestartPending = true
 	}
-	a.res.RestartPending = a.next.RestartPending
+	a.res.RestartPending, a.res.Restart = a.next.RestartPending, a.next.Restart
 	a.res.Owned = make([]string, 0, len(a.next.Files))
 	for p := range a.next.Files {
 		a.res.Owned = append(a.res.Owned, p)
@@ -162,7 +172,7 @@ type op struct {
 	remove bool
 	mode   fs.FileMode
 	base   string // with writes: the directory that must exist
-	owned  Owned  // the record entry after success; unused with remove
+	owned  Owned  // the record entry after success; before, with removals
 	create bool   // path was not owned before
 }
 
@@ -224,7 +234,7 @@ func (a *applier) planFile(f File) {
 		return
 	}
 	owned, isOwned := a.old.Files[f.Path]
-	next := Owned{Refresh: f.Refresh, Late: f.Late}
+	next := Owned{Refresh: f.Refresh, Late: f.Late, Restart: f.Restart}
 	content := f.Data
 	switch {
 	case isOwned && owned.Merge != nil && cur != nil:
@@ -302,7 +312,7 @@ func (a *applier) planRemoval(p string, owned Owned) {
 	}
 	a.refreshNeeded = a.refreshNeeded || owned.Refresh
 	if owned.Merge == nil {
-		a.removes = append(a.removes, op{path: p, remove: true})
+		a.removes = append(a.removes, op{path: p, remove: true, owned: owned})
 		return
 	}
 	restore := owned.Merge.Base
@@ -312,7 +322,7 @@ func (a *applier) planRemoval(p string, owned Owned) {
 			return
 		}
 	}
-	a.removes = append(a.removes, op{path: p, data: restore, mode: mode})
+	a.removes = append(a.removes, op{path: p, data: restore, mode: mode, owned: owned})
 }
 
 // saveIntent records, before anything is written, the ownership of every
@@ -332,7 +342,7 @@ func (a *applier) saveIntent() error {
 		intent.Files[w.path] = o
 		changed = true
 		for _, d := range a.missingDirs(w.path, w.base) {
-			intent.Dirs = addDir(intent.Dirs, d)
+			intent.Dirs = addItem(intent.Dirs, d)
 		}
 	}
 	if a.refreshNeeded && !intent.RefreshPending {
@@ -382,6 +392,9 @@ func (a *applier) execute() {
 		}
 		delete(a.next.Files, rm.path)
 		a.res.Removed = append(a.res.Removed, rm.path)
+		if rm.owned.Restart != "" {
+			a.next.Restart = removeItem(a.next.Restart, rm.owned.Restart)
+		}
 	}
 	a.removeEmptyDirs()
 }
@@ -397,6 +410,9 @@ func (a *applier) written(w op, err error) {
 	}
 	a.next.Files[w.path] = w.owned
 	a.res.Written = append(a.res.Written, w.path)
+	if w.owned.Restart != "" {
+		a.next.Restart = addItem(a.next.Restart, w.owned.Restart)
+	}
 }
 
 // stage creates missing directories and writes w's temporary file.
@@ -412,7 +428,7 @@ func (a *applier) stage(w op) (staged, error) {
 			return staged{}, err
 		}
 		a.dirs[d] = true
-		a.next.Dirs = addDir(a.next.Dirs, d)
+		a.next.Dirs = addItem(a.next.Dirs, d)
 	}
 	return a.root.stage(w.path, w.data, w.mode)
 }
@@ -456,18 +472,19 @@ func (a *applier) removeEmptyDirs() {
 			continue
 		}
 		if a.root.remove(d, true) == nil {
-			a.next.Dirs = removeDir(a.next.Dirs, d)
+			a.next.Dirs = removeItem(a.next.Dirs, d)
 		}
 	}
 }
 
-// SetRestartPending records whether runtimes still need a restart.
-func (r *Root) SetRestartPending(v bool) error {
+// ClearRestarts records that everything awaiting a restart (State
+// RestartPending and Restart) was restarted.
+func (r *Root) ClearRestarts() error {
 	st, err := r.LoadState()
 	if err != nil {
 		return err
 	}
-	st.RestartPending = v
+	st.RestartPending, st.Restart = false, nil
 	return r.saveState(st)
 }
 
@@ -482,8 +499,14 @@ func (r *Root) saveState(st State) error {
 	if err == nil && bytes.Equal(cur, data) {
 		return nil
 	}
-	if errors.Is(err, fs.ErrNotExist) && st.empty() {
-		return nil // nothing owned, nothing to remember: leave the host untouched
+	if st.empty() { // nothing owned, nothing to remember: leave the host as it was
+		if err == nil {
+			if err := r.remove(StatePath, false); err != nil {
+				return fmt.Errorf("remove ownership record: %w", err)
+			}
+			_ = r.remove(path.Dir(StatePath), true) // ours; stays if someone put files there
+		}
+		return nil
 	}
 	for _, d := range []string{"var", "var/lib", "var/lib/nodetrust"} {
 		if err := r.mkdir(d); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -499,7 +522,7 @@ func (r *Root) saveState(st State) error {
 // empty reports whether the record holds nothing worth keeping.
 func (st State) empty() bool {
 	applied := strings.TrimSpace(string(st.Applied))
-	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending && !st.RestartPending &&
+	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending && !st.RestartPending && len(st.Restart) == 0 &&
 		(applied == "" || applied == "null" || applied == "[]")
 }
 
@@ -510,10 +533,11 @@ func cloneState(st State) State {
 		out.Files[k] = v
 	}
 	out.Dirs = append([]string(nil), st.Dirs...)
+	out.Restart = append([]string(nil), st.Restart...)
 	return out
 }
 
-func addDir(dirs []string, d string) []string {
+func addItem(dirs []string, d string) []string {
 	i := sort.SearchStrings(dirs, d)
 	if i < len(dirs) && dirs[i] == d {
 		return dirs
@@ -521,7 +545,7 @@ func addDir(dirs []string, d string) []string {
 	return append(dirs[:i], append([]string{d}, dirs[i:]...)...)
 }
 
-func removeDir(dirs []string, d string) []string {
+func removeItem(dirs []string, d string) []string {
 	i := sort.SearchStrings(dirs, d)
 	if i < len(dirs) && dirs[i] == d {
 		return append(dirs[:i], dirs[i+1:]...)

@@ -295,7 +295,7 @@ func TestApplyRefresh(t *testing.T) {
 	st, err := f.root.LoadState()
 	require.NoError(t, err)
 	require.True(t, st.RestartPending, "a changed trust store awaits a runtime restart")
-	require.NoError(t, f.root.SetRestartPending(false))
+	require.NoError(t, f.root.ClearRestarts())
 	require.False(t, f.apply(other).RestartPending, "until the next change")
 }
 
@@ -401,4 +401,37 @@ func TestWithoutOpenat2(t *testing.T) {
 	} {
 		t.Run(name, test)
 	}
+}
+
+func TestApplyRestartTags(t *testing.T) {
+	f := newFixture(t, "etc/containerd")
+	p := "etc/containerd/config.toml"
+	hostfstest.WriteFile(t, f.dir, p, "version = 2\n")
+	conf := func(data string) hostfs.File {
+		return hostfs.File{Path: p, Base: "etc/containerd", Data: []byte(data), Merger: "lines", Restart: "containerd.service"}
+	}
+	plain := file("etc/containerd/other", "x")
+
+	res := f.apply(plain)
+	require.Empty(t, res.Restart, "files without a tag restart nothing")
+	res = f.apply(plain, conf("ours\n"))
+	require.Equal(t, []string{"containerd.service"}, res.Restart, "merging into the config awaits a restart")
+	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("ours\n")).Restart, "until cleared")
+
+	require.NoError(t, f.root.ClearRestarts())
+	res = f.apply(plain, conf("ours\n"))
+	require.Empty(t, res.Restart, "an unchanged file awaits nothing")
+	require.Empty(t, res.Written)
+	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("new\n")).Restart, "a changed one does")
+
+	res = f.apply(plain)
+	require.Equal(t, []string{p}, res.Removed)
+	require.Equal(t, "version = 2\n", f.tree()[p], "the original is back")
+	require.Empty(t, res.Restart, "what runs matches the original again: no restart for the restore")
+
+	f.apply(plain, conf("ours\n"))
+	require.NoError(t, f.root.ClearRestarts())
+	res = f.apply(plain)
+	require.Equal(t, "version = 2\n", f.tree()[p])
+	require.Empty(t, res.Restart, "a restore after the restart restarts nothing either")
 }

@@ -31,6 +31,10 @@ type Options struct {
 	// Refresh rebuilds the OS trust store; nil uses Store.Refresh, which
 	// runs the OS command chrooted into the host root.
 	Refresh func(ctx context.Context, st truststore.Store, hostRoot string) error
+	// ManageContainerdConfig sets containerd's CRI registry config_path
+	// when it would not read the hosts.toml files nodetrust writes, and
+	// restores the original file once nodetrust writes none.
+	ManageContainerdConfig bool
 }
 
 // Report says what a Sync found and did.
@@ -58,6 +62,9 @@ type Report struct {
 	// RestartPending: the OS trust store changed and the container
 	// runtimes, which load it once per process, were not restarted since.
 	RestartPending bool
+	// Restart lists units whose config changed since their last restart
+	// by nodetrust (containerd.service after a config_path edit).
+	Restart []string
 	// Runtimes: a container runtime's config directory exists on the node.
 	Runtimes bool
 	// Owned lists every file nodetrust owns on the node after the sync.
@@ -96,15 +103,28 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	if err != nil {
 		return Report{}, err
 	}
-	res, err := root.Apply(st, p.Files, applied, hostfs.Options{
-		Mergers: map[string]hostfs.Merger{containerd.MergerName: containerd.HostsMerger{}},
+	files := p.Files
+	if opts.ManageContainerdConfig && facts.Containerd && usesContainerdHosts(p) {
+		f, problem := containerdConfig(root, st)
+		if problem != "" {
+			rep.NodeProblems = append(rep.NodeProblems, problem)
+		}
+		if f != nil {
+			files = append(files[:len(files):len(files)], *f)
+		}
+	}
+	res, err := root.Apply(st, files, applied, hostfs.Options{
+		Mergers: map[string]hostfs.Merger{
+			containerd.MergerName:       containerd.HostsMerger{},
+			containerd.ConfigMergerName: containerd.ConfigMerger{},
+		},
 		Refresh: refresher(ctx, root, facts, opts),
 	})
 	if err != nil {
 		return Report{}, err
 	}
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
-	rep.Refreshed, rep.RefreshErr, rep.Owned, rep.RestartPending = res.Refreshed, res.RefreshErr, res.Owned, res.RestartPending
+	rep.Refreshed, rep.RefreshErr, rep.Owned, rep.RestartPending, rep.Restart = res.Refreshed, res.RefreshErr, res.Owned, res.RestartPending, res.Restart
 	if usesContainerdHosts(p) {
 		rep.checkContainerd(root)
 	}
@@ -132,6 +152,39 @@ func (r *Report) checkContainerd(root *hostfs.Root) {
 	case reg.Problem() != "":
 		r.NodeProblems = append(r.NodeProblems, reg.Problem())
 	}
+}
+
+// containerdConfig returns the containerd config file nodetrust edits so
+// that containerd reads hosts.toml: the one it edited before, or else the
+// file whose config_path wins (the main config when none sets it, created
+// when missing). It returns nil when the config needs no edit or cannot take
+// one; checkContainerd then reports why.
+func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string) {
+	file := func(rel string) *hostfs.File {
+		return &hostfs.File{Path: rel, Base: path.Dir(rel), Data: containerd.NewConfig(),
+			Merger: containerd.ConfigMergerName, Restart: containerd.Unit}
+	}
+	for p, o := range st.Files {
+		if o.Restart == containerd.Unit {
+			return file(p), ""
+		}
+	}
+	reg, err := containerd.ReadRegistry(hostFS{root})
+	switch {
+	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
+		return file(containerd.ConfigFile), ""
+	case err != nil || reg.Problem() == "" || reg.Conflict != "":
+		return nil, ""
+	}
+	target := "/" + containerd.ConfigFile
+	if reg.Set {
+		target = reg.SetIn
+	}
+	rel := strings.TrimPrefix(target, "/")
+	if !strings.HasPrefix(rel, plan.ContainerdDir+"/") {
+		return nil, fmt.Sprintf("nodetrust does not edit %s, the file that sets containerd's config_path: --manage-containerd-config edits files below /%s only", target, plan.ContainerdDir)
+	}
+	return file(rel), ""
 }
 
 // hostFS reads host paths inside the host root for containerd.ReadRegistry.

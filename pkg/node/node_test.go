@@ -28,6 +28,7 @@ type host struct {
 	root     *hostfs.Root
 	refresh  []string
 	failNext bool
+	manage   bool // --manage-containerd-config
 }
 
 func newHost(t testing.TB, dirs ...string) *host {
@@ -43,7 +44,8 @@ func newHost(t testing.TB, dirs ...string) *host {
 func (h *host) sync(set source.Set, nodeLabels labels.Set) node.Report {
 	h.t.Helper()
 	rep, err := node.Sync(context.Background(), h.root, set, node.Options{
-		NodeLabels: nodeLabels,
+		NodeLabels:             nodeLabels,
+		ManageContainerdConfig: h.manage,
 		Refresh: func(_ context.Context, st truststore.Store, root string) error {
 			h.refresh = append(h.refresh, st.Family+"@"+root)
 			if h.failNext {

@@ -1,0 +1,136 @@
+package agent_test
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
+	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/pkg/truststore"
+)
+
+const containerdConfig = "etc/containerd/config.toml"
+
+func runtimes() map[string]systemd.FakeUnit {
+	return map[string]systemd.FakeUnit{
+		"containerd.service": {MainPID: 100},
+		"docker.service":     {MainPID: 200},
+	}
+}
+
+func TestConfigEditRestartsContainerdOnly(t *testing.T) {
+	e := startNode(t, nodeSetup{
+		units:    runtimes(),
+		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
+		dirs:     []string{"etc/containerd"},
+		files:    map[string]string{containerdConfig: "version = 2\n"},
+		manage:   true,
+	})
+	e.source("registry-only", false)
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "a config change restarts containerd, not docker")
+	st := e.waitState(agent.StateReady)
+	require.Empty(t, st.Message, "containerd now reads hosts.toml")
+	data, err := os.ReadFile(filepath.Join(e.dir, containerdConfig))
+	require.NoError(t, err)
+	require.Contains(t, string(data), `config_path = "/etc/containerd/certs.d"`)
+
+	e.source("another", false)
+	require.Eventually(t, func() bool { return e.status.get().Sources == 2 }, 5*time.Second, 10*time.Millisecond)
+	e.agent.Trigger()
+	time.Sleep(100 * time.Millisecond)
+	require.Len(t, e.unit.Restarts(), 1, "hosts.toml changes restart nothing")
+
+	e.source("corp", true)
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 3 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"containerd.service", "containerd.service", "docker.service"}, e.unit.Restarts(),
+		"a trust store change restarts every loaded runtime")
+}
+
+func TestConfigEditWithRestartsOff(t *testing.T) {
+	e := startNode(t, nodeSetup{
+		units:    runtimes(),
+		restarts: agent.Restarts{Never: true},
+		dirs:     []string{"etc/containerd"},
+		files:    map[string]string{containerdConfig: "version = 2\n"},
+		manage:   true,
+	})
+	e.source("registry-only", false)
+	st := e.waitState(agent.StatePending)
+	require.Equal(t, "restart pending: the config of containerd.service changed; restart it to load it (restarts are off)", st.Message)
+	require.Empty(t, e.unit.Restarts())
+}
+
+func TestConfigWithoutManageIsDegraded(t *testing.T) {
+	e := startNode(t, nodeSetup{
+		units: runtimes(),
+		dirs:  []string{"etc/containerd"},
+		files: map[string]string{containerdConfig: "version = 2\n"},
+	})
+	e.source("registry-only", false)
+	st := e.waitState(agent.StateDegraded)
+	require.Contains(t, st.Message, "containerd reads no hosts.toml: config_path is unset")
+	require.Empty(t, e.unit.Restarts())
+	data, err := os.ReadFile(filepath.Join(e.dir, containerdConfig))
+	require.NoError(t, err)
+	require.Equal(t, "version = 2\n", string(data))
+}
+
+// unpublishLog records Unpublish calls besides statuses.
+type unpublishLog struct {
+	statusLog
+	unpublished int
+}
+
+func (u *unpublishLog) Unpublish(context.Context) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.unpublished++
+	return nil
+}
+
+func TestUninstall(t *testing.T) {
+	e := startNode(t, nodeSetup{
+		units:    runtimes(),
+		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
+		dirs:     []string{"etc/containerd", "var/lib"}, // /var/lib exists on every host
+		files:    map[string]string{containerdConfig: "version = 2\n", "etc/docker/daemon.json": "{}\n"},
+		manage:   true,
+	})
+	before := hostfstest.Tree(t, e.dir, "")
+	e.source("registry-only", false)
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
+	e.source("corp", true)
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 3 }, 5*time.Second, 10*time.Millisecond)
+	require.NotEqual(t, before[containerdConfig], hostfstest.Tree(t, e.dir, "var")[containerdConfig])
+	e.stop()
+
+	// The agent stopped (the DaemonSet rolled to --uninstall): another one
+	// on the same root uninstalls.
+	pub := &unpublishLog{}
+	u := agent.New(agent.Options{Root: e.root, Publisher: pub, Retry: 20 * time.Millisecond,
+		Restarts: &agent.Restarts{Units: agent.DefaultRestartUnits,
+			Systemd: func(context.Context) (systemd.Conn, error) { return e.unit, nil }},
+		Refresh: func(context.Context, truststore.Store, string) error { return nil },
+		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- u.Uninstall(ctx) }()
+	require.Eventually(t, u.Ready, 5*time.Second, 10*time.Millisecond)
+	cancel()
+	require.NoError(t, <-done)
+
+	require.Equal(t, before, hostfstest.Tree(t, e.dir, ""),
+		"every file and directory nodetrust wrote is gone, the config is the original, the record too")
+	require.Equal(t, 1, pub.unpublished, "the Node's annotations are removed")
+	require.Equal(t, []string{"containerd.service", "containerd.service", "docker.service", "containerd.service", "docker.service"},
+		e.unit.Restarts(), "the removed host-trust anchor restarts the runtimes once; restoring the config restarts nothing")
+}

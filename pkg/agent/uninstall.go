@@ -1,0 +1,92 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/source"
+)
+
+// Unpublisher removes what Publish put outside the node.
+type Unpublisher interface {
+	Unpublish(ctx context.Context) error
+}
+
+// Uninstall removes everything nodetrust wrote on the node: its files, its
+// merges into other files (containerd's config and hosts.toml files get
+// their originals back) and the ownership record, then the Node's
+// annotations. It restarts nothing: what the runtimes run is what they ran
+// before nodetrust, or equivalent (an empty certs.d). It retries until
+// everything is gone, is then ready, and returns when ctx ends, so a
+// DaemonSet running it completes its rollout once every node is clean.
+func (a *Agent) Uninstall(ctx context.Context) error {
+	for {
+		err := a.uninstall(ctx)
+		if err == nil {
+			if !a.ready.Swap(true) {
+				a.log.Info("uninstalled: nothing of nodetrust is left on the node")
+			}
+			<-ctx.Done()
+			return nil
+		}
+		a.log.Error("uninstall", "err", err)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("uninstall: %w", err)
+		case <-time.After(a.opts.Retry):
+		}
+	}
+}
+
+func (a *Agent) uninstall(ctx context.Context) error {
+	rep, err := node.Sync(ctx, a.opts.Root, source.Set{}, node.Options{Refresh: a.opts.Refresh})
+	if err != nil {
+		return err
+	}
+	a.log.Info("uninstall", "removed", len(rep.Removed), "failed", len(rep.Failed))
+	if err := errors.Join(append(rep.Failed, rep.RefreshErr)...); err != nil {
+		return err
+	}
+	if len(rep.Owned) > 0 {
+		return fmt.Errorf("still owned: %v", rep.Owned)
+	}
+	if rep.RestartPending || len(rep.Restart) > 0 {
+		// Removed host-trust anchors stay trusted by running runtimes until
+		// they restart: restart them as after any trust store change.
+		if r := a.opts.Restarts; r == nil || r.Never {
+			a.log.Warn("restart pending: " + restartReason(rep) + " (restarts are off)")
+			if err := a.opts.Root.ClearRestarts(); err != nil {
+				return err
+			}
+		} else {
+			st := Status{State: StateReady}
+			if retry := a.restart(ctx, &st, rep); retry > 0 || st.State != StateReady {
+				return errors.New(st.Message)
+			}
+		}
+	}
+	if u, ok := a.opts.Publisher.(Unpublisher); ok {
+		return u.Unpublish(ctx)
+	}
+	return nil
+}
+
+// Unpublish removes nodetrust's annotations from the Node.
+func (c *Cluster) Unpublish(ctx context.Context) error {
+	gone := map[string]any{}
+	for k := range withSyncedAt(annotations(Status{}), time.Time{}) {
+		gone[k] = nil
+	}
+	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": gone}})
+	if err != nil {
+		return err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, data); err != nil {
+		return fmt.Errorf("remove annotations of node %s: %w", c.nodeName, err)
+	}
+	return nil
+}

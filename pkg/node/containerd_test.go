@@ -1,0 +1,147 @@
+package node_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodetrust/nodetrust/pkg/containerd"
+	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
+	"github.com/nodetrust/nodetrust/pkg/source"
+)
+
+const configFile = "etc/containerd/config.toml"
+
+func hostfile(t *testing.T, name string) string {
+	data, err := os.ReadFile(filepath.Join("../../hostfiles/containerd", name))
+	require.NoError(t, err)
+	return string(data)
+}
+
+func (h *host) read(rel string) string {
+	data, err := os.ReadFile(filepath.Join(h.dir, rel))
+	require.NoError(h.t, err)
+	return string(data)
+}
+
+func TestSyncManagesContainerdConfig(t *testing.T) {
+	original := hostfile(t, "containerd-1.6-config-default.toml")
+	h := newHost(t, "etc/containerd")
+	hostfstest.WriteFile(t, h.dir, configFile, original)
+	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+
+	rep := h.sync(set, nil)
+	require.Contains(t, strings.Join(rep.NodeProblems, "\n"), "config_path is unset", "off by default: reported, not edited")
+	require.Equal(t, original, h.read(configFile))
+	require.Empty(t, rep.Restart)
+
+	h.manage = true
+	rep = h.sync(set, nil)
+	require.True(t, rep.OK())
+	require.Empty(t, rep.NodeProblems, "containerd's config now reads hosts.toml")
+	require.Equal(t, []string{configFile}, rep.Written)
+	require.Equal(t, []string{containerd.Unit}, rep.Restart, "containerd must restart to load it")
+	require.False(t, rep.RestartPending, "the trust store did not change")
+	edited := h.read(configFile)
+	require.Contains(t, edited, "config_path = \"/etc/containerd/certs.d\" # set by nodetrust")
+
+	rep = h.sync(set, nil)
+	require.Empty(t, rep.Written, "a second sync writes nothing")
+	require.Equal(t, []string{containerd.Unit}, rep.Restart, "the restart stays pending until done")
+	require.NoError(t, h.root.ClearRestarts())
+	require.Empty(t, h.sync(set, nil).Restart)
+
+	// The operator adds a line: it stays, and so does nodetrust's edit.
+	hostfstest.WriteFile(t, h.dir, configFile, edited+"# operator\n")
+	rep = h.sync(set, nil)
+	require.Empty(t, rep.Written)
+	require.Empty(t, rep.NodeProblems)
+
+	// No hosts.toml left to read: the file is restored, without a restart.
+	rep = h.sync(source.Set{}, nil)
+	require.Contains(t, rep.Removed, configFile)
+	require.Equal(t, original+"# operator\n", h.read(configFile), "the original, with the operator's line")
+	require.Empty(t, rep.Restart)
+	_, err := os.Stat(filepath.Join(h.dir, "var/lib/nodetrust/state.json"))
+	require.ErrorIs(t, err, os.ErrNotExist, "nothing owned, nothing recorded")
+}
+
+func TestSyncManagedContainerdConfigRestoresByteForByte(t *testing.T) {
+	original := hostfile(t, "debian12-default.toml")
+	h := newHost(t, "etc/containerd")
+	h.manage = true
+	hostfstest.WriteFile(t, h.dir, configFile, original)
+	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	rep := h.sync(set, nil)
+	require.Empty(t, rep.NodeProblems)
+	require.NotEqual(t, original, h.read(configFile))
+	h.sync(source.Set{}, nil)
+	require.Equal(t, original, h.read(configFile))
+}
+
+func TestSyncManagedContainerdConfigCases(t *testing.T) {
+	set := func(t *testing.T) source.Set {
+		return source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	}
+	tests := []struct {
+		name    string
+		files   map[string]string // relative to the host root
+		edited  string            // the file nodetrust edits, "" for none
+		problem string
+	}{
+		{name: "no config file: one is created", edited: configFile},
+		{name: "a drop-in sets the wrong directory: the drop-in is edited",
+			files: map[string]string{
+				configFile:                            hostfile(t, "dropin-main.toml"),
+				"etc/containerd/conf.d/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/docker/certs.d\"\n",
+			},
+			edited: "etc/containerd/conf.d/registry.toml"},
+		{name: "already right: untouched", files: map[string]string{configFile: hostfile(t, "containerd-1.7-certsd.toml")}},
+		{name: "mirrors: refused", files: map[string]string{configFile: hostfile(t, "gke-style.toml")},
+			problem: "cannot be set as it is: /etc/containerd/config.toml: registry.mirrors is set"},
+		{name: "set outside /etc/containerd: refused",
+			files: map[string]string{
+				configFile:                     "version = 2\nimports = [\"/opt/containerd/registry.toml\"]\n",
+				"opt/containerd/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/opt/certs.d\"\n",
+			},
+			problem: "nodetrust does not edit /opt/containerd/registry.toml, the file that sets containerd's config_path"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHost(t, "etc/containerd", "opt/containerd")
+			h.manage = true
+			for p, data := range tc.files {
+				hostfstest.WriteFile(t, h.dir, p, data)
+			}
+			before := hostfstest.Tree(t, h.dir, "var")
+			rep := h.sync(set(t), nil)
+			if tc.problem != "" {
+				require.Contains(t, strings.Join(rep.NodeProblems, "\n"), tc.problem)
+			} else {
+				require.Empty(t, rep.NodeProblems)
+			}
+			after := hostfstest.Tree(t, h.dir, "var")
+			var changed []string
+			for p := range after {
+				if strings.HasSuffix(p, "config.toml") || strings.HasSuffix(p, "registry.toml") {
+					if before[p] != after[p] {
+						changed = append(changed, p)
+					}
+				}
+			}
+			if tc.edited == "" {
+				require.Empty(t, changed)
+				require.Empty(t, rep.Restart)
+			} else {
+				require.Equal(t, []string{tc.edited}, changed)
+				require.Equal(t, []string{containerd.Unit}, rep.Restart)
+			}
+
+			h.sync(source.Set{}, nil)
+			require.Equal(t, before, hostfstest.Tree(t, h.dir, "var"), "an empty set restores the tree exactly")
+		})
+	}
+}
