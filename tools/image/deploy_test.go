@@ -14,6 +14,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -451,4 +452,43 @@ func metaOf(t *testing.T, o runtime.Object) objectMeta {
 		t.Fatalf("%T has no object metadata", o)
 	}
 	return m
+}
+
+// examples/deploy/manage-containerd-config and examples/deploy/uninstall are
+// the base with one flag more; everything else, RBAC included, is the base's.
+// (They live outside deploy/: kustomize refuses a base that contains its
+// overlay.)
+func TestDeployFlagOverlays(t *testing.T) {
+	t.Parallel()
+	base := renderBase(t)
+	for dir, args := range map[string][]string{
+		"manage-containerd-config": {"agent", "--manage-containerd-config"},
+		"uninstall":                {"agent", "--uninstall"},
+	} {
+		r := renderDir(t, filesys.MakeFsOnDisk(), filepath.Join("../../examples/deploy", dir))
+		ds := only[*appsv1.DaemonSet](t, r)
+		if got := ds.Spec.Template.Spec.Containers[0].Args; !slices.Equal(got, args) {
+			t.Errorf("%s: args %v, want %v", dir, got, args)
+		}
+		if len(r.objs) != len(base.objs) {
+			t.Errorf("%s: %d objects, the base has %d", dir, len(r.objs), len(base.objs))
+		}
+		baseDS := only[*appsv1.DaemonSet](t, base).DeepCopy()
+		baseDS.Spec.Template.Spec.Containers[0].Args = args
+		if !equalObjects(baseDS, ds) {
+			t.Errorf("%s: the DaemonSet differs from the base in more than its args", dir)
+		}
+		for _, o := range r.objs {
+			if _, isDS := o.(*appsv1.DaemonSet); isDS {
+				continue
+			}
+			if !slices.ContainsFunc(base.objs, func(b runtime.Object) bool { return equalObjects(b, o) }) {
+				t.Errorf("%s: %s %s differs from the base", dir, typeName(o), metaOf(t, o).GetName())
+			}
+		}
+	}
+}
+
+func equalObjects(a, b runtime.Object) bool {
+	return equality.Semantic.DeepEqual(a, b)
 }
