@@ -134,3 +134,47 @@ func TestUninstall(t *testing.T) {
 	require.Equal(t, []string{"containerd.service", "containerd.service", "docker.service", "containerd.service", "docker.service"},
 		e.unit.Restarts(), "the removed host-trust anchor restarts the runtimes once; restoring the config restarts nothing")
 }
+
+// With --restart=never, a runtime restarted by someone else after the
+// change ends "restart pending"; the agent restarts nothing itself.
+func TestRestartByHandIsSeen(t *testing.T) {
+	e := startNode(t, nodeSetup{
+		units:    runtimes(),
+		restarts: agent.Restarts{Never: true},
+		dirs:     []string{"etc/containerd"},
+		files:    map[string]string{containerdConfig: "version = 2\n"},
+		manage:   true,
+	})
+	e.source("registry-only", false)
+	e.waitState(agent.StatePending)
+
+	e.unit.Set("containerd.service", systemd.FakeUnit{MainPID: 101, StartedAt: time.Now()})
+	e.agent.Trigger()
+	st := e.waitState(agent.StateReady)
+	require.Empty(t, st.Message)
+	require.Empty(t, e.unit.Restarts())
+	_, err := os.Stat(filepath.Join(e.dir, "var/lib/nodetrust/state.json"))
+	require.NoError(t, err)
+	stRec, err := e.root.LoadState()
+	require.NoError(t, err)
+	require.Empty(t, stRec.Restart, "cleared")
+	require.True(t, stRec.RestartSince.IsZero())
+}
+
+// A restart owed from before (the record says so) is skipped for units
+// that started since, as after a reboot; the others are restarted.
+func TestRestartSkipsUnitsStartedSinceTheChange(t *testing.T) {
+	since := time.Now().Add(-time.Minute).UTC()
+	units := runtimes()
+	units["containerd.service"] = systemd.FakeUnit{MainPID: 100, StartedAt: time.Now()}          // after the change
+	units["docker.service"] = systemd.FakeUnit{MainPID: 200, StartedAt: since.Add(-time.Second)} // before it
+	e := startNode(t, nodeSetup{
+		units:    units,
+		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
+		files: map[string]string{"var/lib/nodetrust/state.json": `{"version": 1, "restartPending": true, "restartSince": "` +
+			since.Format(time.RFC3339Nano) + `"}`},
+	})
+	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, []string{"docker.service"}, e.unit.Restarts())
+	e.waitState(agent.StateReady)
+}

@@ -75,6 +75,32 @@ func (r *Restarts) restartUnits(rep node.Report) []string {
 	return units
 }
 
+// NeverRecheck is how often a node with --restart=never and a pending
+// restart looks whether someone else restarted the runtimes.
+const NeverRecheck = time.Minute
+
+// notRestartedSince returns those of units whose main process started
+// before since: the others (restarted by hand, or the node rebooted) run
+// with the change already. A unit whose start time cannot be read is kept.
+func (a *Agent) notRestartedSince(ctx context.Context, rs *systemd.Restarter, units []string, since time.Time) []string {
+	if since.IsZero() {
+		return units
+	}
+	var out []string
+	for _, u := range units {
+		started, err := rs.StartedAt(ctx, u)
+		switch {
+		case err != nil:
+			a.log.Warn("read start time", "unit", u, "err", err)
+		case started.After(since):
+			a.log.Info("restarted since the change: no restart needed", "unit", u, "started", started, "change", since)
+			continue
+		}
+		out = append(out, u)
+	}
+	return out
+}
+
 // restart handles a pending restart and adjusts the status. It returns
 // when to try again (waiting for a slot, systemd unreachable, a failed
 // restart backing off), or 0.
@@ -87,15 +113,24 @@ func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry
 		}
 		return 0
 	}
-	if r == nil || r.Never {
+	off := func() time.Duration {
 		pending(st, "restart pending: "+restartReason(rep)+" (restarts are off)")
-		return 0
+		if r == nil {
+			return 0
+		}
+		return NeverRecheck
 	}
-	if a.restartErr != "" && time.Since(a.restartFailedAt) < RestartBackoff {
+	if r == nil {
+		return off()
+	}
+	if !r.Never && a.restartErr != "" && time.Since(a.restartFailedAt) < RestartBackoff {
 		degrade(st, a.restartErr+fmt.Sprintf(" (retried after %s)", a.restartFailedAt.Add(RestartBackoff).UTC().Format(time.RFC3339)))
 		return time.Until(a.restartFailedAt.Add(RestartBackoff))
 	}
 	conn, err := r.Systemd(ctx)
+	if err != nil && r.Never {
+		return off()
+	}
 	if err != nil {
 		degrade(st, fmt.Sprintf("restart pending: cannot reach systemd: %v", err))
 		return a.opts.Retry
@@ -103,9 +138,22 @@ func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry
 	defer conn.Close()
 	rs := &systemd.Restarter{Conn: conn}
 	units, err := rs.Present(ctx, r.restartUnits(rep))
+	if err != nil && r.Never {
+		return off()
+	}
 	if err != nil {
 		degrade(st, fmt.Sprintf("restart pending: %v", err))
 		return a.opts.Retry
+	}
+	if units = a.notRestartedSince(ctx, rs, units, rep.RestartSince); len(units) == 0 {
+		if err := a.opts.Root.ClearRestarts(); err != nil {
+			degrade(st, fmt.Sprintf("record restart: %v", err))
+			return a.opts.Retry
+		}
+		return 0
+	}
+	if r.Never {
+		return off()
 	}
 	if len(units) > 0 && r.Slots != nil {
 		slot, ok, err := r.Slots.TryAcquire(ctx)

@@ -11,6 +11,7 @@ import (
 	"path"
 	"sort"
 	"strings"
+	"time"
 )
 
 // StatePath is where the ownership record lives, relative to the host root.
@@ -93,6 +94,9 @@ type State struct {
 	// Restart lists, sorted, the File.Restart names of files written since
 	// the last ClearRestarts.
 	Restart []string `json:"restart,omitempty"`
+	// RestartSince is when the last change awaiting a restart was made: a
+	// unit whose process started later has loaded it already.
+	RestartSince time.Time `json:"restartSince,omitzero"`
 	// Applied is the caller's description of what was applied, kept opaque.
 	Applied json.RawMessage `json:"applied,omitempty"`
 }
@@ -113,6 +117,8 @@ type Result struct {
 	RestartPending bool
 	// Restart is State.Restart after the apply.
 	Restart []string
+	// RestartSince is State.RestartSince after the apply.
+	RestartSince time.Time
 }
 
 // LoadState reads the ownership record; a missing record is an empty one.
@@ -156,8 +162,15 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 	a.next.RefreshPending = pending && (opts.Refresh == nil || a.res.RefreshErr != nil)
 	if a.res.Refreshed && a.res.RefreshErr == nil {
 		a.next.RestartPending = true
+		a.restartChanged = true
 	}
-	a.res.RestartPending, a.res.Restart = a.next.RestartPending, a.next.Restart
+	if a.restartChanged { // after the writes and the refresh: a process started before them may predate them
+		a.next.RestartSince = time.Now().UTC()
+	}
+	if !a.next.RestartPending && len(a.next.Restart) == 0 {
+		a.next.RestartSince = time.Time{}
+	}
+	a.res.RestartPending, a.res.Restart, a.res.RestartSince = a.next.RestartPending, a.next.Restart, a.next.RestartSince
 	a.res.Owned = make([]string, 0, len(a.next.Files))
 	for p := range a.next.Files {
 		a.res.Owned = append(a.res.Owned, p)
@@ -184,7 +197,9 @@ type applier struct {
 	writes        []op
 	removes       []op
 	refreshNeeded bool
-	res           Result
+	// restartChanged: a write or refresh this apply made awaits a restart.
+	restartChanged bool
+	res            Result
 }
 
 func (a *applier) fail(p string, err error) {
@@ -412,6 +427,7 @@ func (a *applier) written(w op, err error) {
 	a.res.Written = append(a.res.Written, w.path)
 	if w.owned.Restart != "" {
 		a.next.Restart = addItem(a.next.Restart, w.owned.Restart)
+		a.restartChanged = true
 	}
 }
 
@@ -484,7 +500,7 @@ func (r *Root) ClearRestarts() error {
 	if err != nil {
 		return err
 	}
-	st.RestartPending, st.Restart = false, nil
+	st.RestartPending, st.Restart, st.RestartSince = false, nil, time.Time{}
 	return r.saveState(st)
 }
 

@@ -14,6 +14,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -65,6 +66,8 @@ type Report struct {
 	// Restart lists units whose config changed since their last restart
 	// by nodetrust (containerd.service after a config_path edit).
 	Restart []string
+	// RestartSince is when the last change awaiting a restart was made.
+	RestartSince time.Time
 	// Runtimes: a container runtime's config directory exists on the node.
 	Runtimes bool
 	// Owned lists every file nodetrust owns on the node after the sync.
@@ -124,7 +127,8 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		return Report{}, err
 	}
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
-	rep.Refreshed, rep.RefreshErr, rep.Owned, rep.RestartPending, rep.Restart = res.Refreshed, res.RefreshErr, res.Owned, res.RestartPending, res.Restart
+	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
+	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
 	if usesContainerdHosts(p) {
 		rep.checkContainerd(root)
 	}

@@ -26,6 +26,9 @@ type FakeUnit struct {
 	Result string
 	// ServiceResult is the service's Result property; "" means "success".
 	ServiceResult string
+	// StartedAt is when the main process started (ExecMainStartTimestamp);
+	// a restart with result "done" sets it to the time it finished.
+	StartedAt time.Time
 	// Delay is how long a restart job runs before its result is sent.
 	Delay time.Duration
 	// Hang makes a restart queue its job but never send a result.
@@ -157,6 +160,7 @@ func (f *Fake) finish(u *fakeUnit, result string) {
 	u.pending = append([]string(nil), u.After...)
 	switch result {
 	case "done":
+		u.StartedAt = time.Now()
 		u.MainPID = f.nextPID
 		f.nextPID++
 		if len(u.pending) == 0 {
@@ -209,9 +213,9 @@ func subState(active string) string {
 	}
 }
 
-// GetServicePropertyContext implements Conn. It knows MainPID and Result;
-// for units the Fake does not know they are 0 and "success", as systemd
-// reports for missing units.
+// GetServicePropertyContext implements Conn. It knows MainPID, Result and
+// ExecMainStartTimestamp; for units the Fake does not know they are 0,
+// "success" and 0, as systemd reports for missing units.
 func (f *Fake) GetServicePropertyContext(ctx context.Context, service, propertyName string) (*sddbus.Property, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -227,6 +231,12 @@ func (f *Fake) GetServicePropertyContext(ctx context.Context, service, propertyN
 	switch propertyName {
 	case "MainPID":
 		v = u.MainPID
+	case "ExecMainStartTimestamp":
+		var usec uint64
+		if !u.StartedAt.IsZero() {
+			usec = uint64(u.StartedAt.UnixMicro())
+		}
+		v = usec
 	case "Result":
 		result := u.ServiceResult
 		if result == "" {

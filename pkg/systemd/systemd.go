@@ -249,6 +249,23 @@ func (r *Restarter) mainPID(ctx context.Context, unit string) (uint32, error) {
 	return pid, nil
 }
 
+// StartedAt returns when the unit's main process last started
+// (ExecMainStartTimestamp), or the zero time if it never did.
+func (r *Restarter) StartedAt(ctx context.Context, unit string) (time.Time, error) {
+	p, err := r.Conn.GetServicePropertyContext(ctx, unit, "ExecMainStartTimestamp")
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%s: read ExecMainStartTimestamp: %w", unit, err)
+	}
+	usec, ok := p.Value.Value().(uint64)
+	if !ok {
+		return time.Time{}, fmt.Errorf("%s: ExecMainStartTimestamp %s is not a uint64", unit, p.Value.String())
+	}
+	if usec == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMicro(int64(usec)), nil
+}
+
 // serviceResult reads the service's Result property, or "" if it cannot.
 func (r *Restarter) serviceResult(ctx context.Context, unit string) string {
 	p, err := r.Conn.GetServicePropertyContext(ctx, unit, "Result")

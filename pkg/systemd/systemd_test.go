@@ -227,3 +227,31 @@ func TestDial(t *testing.T) {
 		require.ErrorIs(t, err, context.Canceled)
 	})
 }
+
+func TestStartedAt(t *testing.T) {
+	at := time.Date(2026, 11, 22, 13, 0, 0, 123456000, time.UTC)
+	fake := systemd.NewFake(map[string]systemd.FakeUnit{
+		"containerd.service": {MainPID: 10, StartedAt: at},
+		"never.service":      {},
+	})
+	r := &systemd.Restarter{Conn: fake}
+	got, err := r.StartedAt(context.Background(), "containerd.service")
+	require.NoError(t, err)
+	require.True(t, got.Equal(at), "got %v", got)
+
+	got, err = r.StartedAt(context.Background(), "never.service")
+	require.NoError(t, err)
+	require.True(t, got.IsZero(), "a unit that never started")
+
+	before := time.Now()
+	_, err = r.Restart(context.Background(), "containerd.service")
+	require.NoError(t, err)
+	got, err = r.StartedAt(context.Background(), "containerd.service")
+	require.NoError(t, err)
+	require.False(t, got.Before(before.Truncate(time.Microsecond)), "a restart moves it")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_, err = r.StartedAt(ctx, "containerd.service")
+	require.ErrorContains(t, err, "containerd.service: read ExecMainStartTimestamp")
+}

@@ -236,6 +236,23 @@ func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
 		require.Empty(t, logsWith(a, "restarted"))
 		require.Zero(t, restartsMetric(t, a))
 		require.True(t, restartPendingRecorded(t, root))
+
+		// The operator restarts containerd by hand: the next sync (the
+		// manifest rewritten unchanged) sees that its process started after
+		// the change and the node is Ready, with no restart of its own.
+		ch := make(chan string, 1)
+		_, err := c.conn.RestartUnitContext(t.Context(), unit, "replace", ch)
+		require.NoError(t, err)
+		require.Equal(t, "done", <-ch)
+		t1 := writeManifest(t, src, manifest, configMapManifest("registry-ca", reg1+","+reg2, true, ca1.PEM, ca2.PEM, ca3.PEM))
+		l, _ = waitLog(t, a, "sync", n, 30*time.Second, func(l map[string]any) bool { return l["state"] == "Ready" })
+		require.Empty(t, l["message"])
+		r, _ := waitLog(t, a, "restarted since the change: no restart needed", 0, time.Second, func(map[string]any) bool { return true })
+		require.Equal(t, unit, r["unit"])
+		timings = append(timings, timing{"(f) restarted by hand: rewrite → Ready", time.Since(t1).Round(time.Millisecond).String()})
+		require.False(t, restartPendingRecorded(t, root))
+		require.Empty(t, logsWith(a, "restarted"))
+		require.Zero(t, restartsMetric(t, a))
 		stopAgent(t, a)
 	})
 }
