@@ -36,10 +36,13 @@ const usage = `usage: nodetrust <command> [flags]
 
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
+           [--manage-containerd-config]
            make ROOT match the sources in PATH once, then exit
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
+           [--manage-containerd-config] [--restart auto|never] [--max-concurrent-restarts N]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
-           --source-dir DIR watches a manifest directory instead
+           --source-dir DIR watches a manifest directory instead;
+           --uninstall removes everything nodetrust wrote, then stays ready until stopped
   version  print version and commit
 
 Run "nodetrust <command> -h" for the flags of a command.
