@@ -25,15 +25,10 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
 	output := fl.String("output", "text", "text or json")
 	manage := fl.Bool("manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
-	if err := fl.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return usageError{err}
+	if err := parseFlags(fl, args); err != nil {
+		return err
 	}
 	switch {
-	case fl.NArg() > 0:
-		return usageError{fmt.Errorf("apply: unexpected argument %q", fl.Arg(0))}
 	case *path == "":
 		return usageError{errors.New("apply: -f PATH is required")}
 	case *output != "text" && *output != "json":

@@ -6,6 +6,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
@@ -43,6 +44,8 @@ commands:
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
+  status   [--kubeconfig K] [--selector S] [--output text|json] [--wait D]
+           every node's state from its annotations; exit 0 when all are Ready and agree
   version  print version and commit
 
 Run "nodetrust <command> -h" for the flags of a command.
@@ -55,7 +58,32 @@ func main() {
 	os.Exit(exitCode(err, os.Stderr))
 }
 
+// errHelp ends a command whose -h printed its flags: exit status 0.
+var errHelp = errors.New("help shown")
+
+// parseFlags parses a command's flags; positional arguments are a usage error.
+func parseFlags(fl *flag.FlagSet, args []string) error {
+	if err := fl.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return errHelp
+		}
+		return usageError{err}
+	}
+	if fl.NArg() > 0 {
+		return usageError{fmt.Errorf("%s: unexpected argument %q", fl.Name(), fl.Arg(0))}
+	}
+	return nil
+}
+
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	err := runCommand(ctx, args, stdout, stderr)
+	if errors.Is(err, errHelp) {
+		return nil
+	}
+	return err
+}
+
+func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return usageError{errors.New("no command given\n" + usage)}
 	}
@@ -64,6 +92,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runApply(ctx, args[1:], stdout, stderr)
 	case "agent":
 		return runAgent(ctx, args[1:], stderr)
+	case "status":
+		return runStatus(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		_, err := fmt.Fprintf(stdout, "nodetrust %s (commit %s)\n", version, commit)
 		return err

@@ -193,3 +193,18 @@ func TestApplyManageContainerdConfig(t *testing.T) {
 	_, err := os.Stat(filepath.Join(root, "var/lib/nodetrust/state.json"))
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
+
+func TestStatusUsage(t *testing.T) {
+	for _, args := range [][]string{
+		{"status", "extra"},
+		{"status", "--output", "yaml"},
+		{"status", "--selector", "a in ("},
+		{"status", "--wait", "-1s"},
+	} {
+		code, _, stderr := exec(args...)
+		require.Equal(t, 2, code, "%v: %s", args, stderr)
+	}
+	code, _, stderr := exec("status", "--kubeconfig", filepath.Join(t.TempDir(), "missing"))
+	require.Equal(t, 2, code)
+	require.Contains(t, stderr, "status: kubernetes client config")
+}

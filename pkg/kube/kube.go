@@ -49,6 +49,14 @@ func Config(path string) (*rest.Config, error) {
 	return rest.InClusterConfig()
 }
 
+// UserConfig loads the config a command-line user expects, as kubectl does:
+// path when given, else $KUBECONFIG or ~/.kube/config, else in-cluster.
+func UserConfig(path string) (*rest.Config, error) {
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = path
+	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+}
+
 // New returns a client for cfg; cfg is copied.
 func New(cfg *rest.Config, userAgent string) (*Client, error) {
 	c := rest.CopyConfig(cfg)
@@ -104,6 +112,16 @@ func newList(resource string) (runtime.Object, error) {
 		return &corev1.NodeList{}, nil
 	}
 	return nil, fmt.Errorf("kube: no list type for %q", resource)
+}
+
+// ListNodes lists the Nodes matching a label selector ("" for all).
+func (c *Client) ListNodes(ctx context.Context, selector string) ([]corev1.Node, error) {
+	var list corev1.NodeList
+	opts := metav1.ListOptions{LabelSelector: selector}
+	if err := c.rest.Get().Resource("nodes").VersionedParams(&opts, params).Do(ctx).Into(&list); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return list.Items, nil
 }
 
 // PatchNode applies a JSON merge patch to a Node.

@@ -68,3 +68,18 @@ func TestCreateEventAlreadyExists(t *testing.T) {
 	require.Equal(t, "/api/v1/namespaces/ns/events", (*seen)[0].path)
 	require.Contains(t, (*seen)[0].body, `"reason":"Rejected"`)
 }
+
+func TestListNodes(t *testing.T) {
+	list := corev1.NodeList{TypeMeta: metav1.TypeMeta{Kind: "NodeList", APIVersion: "v1"},
+		Items: []corev1.Node{{ObjectMeta: metav1.ObjectMeta{Name: "n1"}}, {ObjectMeta: metav1.ObjectMeta{Name: "n2"}}}}
+	c, seen := server(t, 200, list)
+	nodes, err := c.ListNodes(context.Background(), "kubernetes.io/os=linux")
+	require.NoError(t, err)
+	require.Len(t, nodes, 2)
+	require.Equal(t, "/api/v1/nodes", (*seen)[0].path)
+	require.Equal(t, "labelSelector=kubernetes.io%2Fos%3Dlinux", (*seen)[0].query)
+
+	c, _ = server(t, 403, metav1.Status{TypeMeta: metav1.TypeMeta{Kind: "Status", APIVersion: "v1"}, Status: "Failure", Reason: metav1.StatusReasonForbidden, Code: 403, Message: "nodes is forbidden"})
+	_, err = c.ListNodes(context.Background(), "")
+	require.ErrorContains(t, err, "list nodes: nodes is forbidden")
+}

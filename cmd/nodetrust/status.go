@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+
+	"github.com/nodetrust/nodetrust/pkg/kube"
+	"github.com/nodetrust/nodetrust/pkg/status"
+)
+
+// statusPoll is how often `status --wait` asks again.
+const statusPoll = 2 * time.Second
+
+func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fl := flag.NewFlagSet("status", flag.ContinueOnError)
+	fl.SetOutput(stderr)
+	kubeconfig := fl.String("kubeconfig", "", "kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+	selector := fl.String("selector", "kubernetes.io/os=linux", "label selector of the nodes to report on (the DaemonSet's nodeSelector by default)")
+	output := fl.String("output", "text", "text or json")
+	wait := fl.Duration("wait", 0, "wait up to this long for every node to be Ready with the same applied state")
+	if err := parseFlags(fl, args); err != nil {
+		return err
+	}
+	switch {
+	case *output != "text" && *output != "json":
+		return usageError{fmt.Errorf("status: --output must be text or json, not %q", *output)}
+	case *wait < 0:
+		return usageError{errors.New("status: --wait must not be negative")}
+	}
+	if _, err := labels.Parse(*selector); err != nil {
+		return usageError{fmt.Errorf("status: --selector: %w", err)}
+	}
+	cfg, err := kube.UserConfig(*kubeconfig)
+	if err != nil {
+		return usageError{fmt.Errorf("status: kubernetes client config: %w", err)}
+	}
+	client, err := kube.New(cfg, "nodetrust-status/"+version)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(*wait)
+	var s status.Summary
+	for {
+		nodes, err := client.ListNodes(ctx, *selector)
+		if err != nil {
+			return fmt.Errorf("status: %w", err)
+		}
+		s = status.Summarize(nodes)
+		if s.OK() || !time.Now().Add(statusPoll).Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(statusPoll):
+		}
+	}
+	if *output == "json" {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		err = enc.Encode(s)
+	} else {
+		err = s.WriteTable(stdout)
+	}
+	if err != nil {
+		return err
+	}
+	if !s.OK() {
+		return errProblem
+	}
+	return nil
+}

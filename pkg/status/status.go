@@ -1,0 +1,131 @@
+// Package status is the cluster view of nodetrust: every node's report, read
+// from the annotations its agent keeps on the Node, and whether the nodes
+// agree. `nodetrust status` prints it.
+package status
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+
+	"github.com/nodetrust/nodetrust/pkg/agent"
+)
+
+// Node is one node's report.
+type Node struct {
+	Name string `json:"name"`
+	// State is Ready, Degraded or Pending; "" when the node has no report
+	// (no agent ran there, or it was uninstalled).
+	State    string    `json:"state"`
+	Applied  string    `json:"applied"`
+	Sources  int       `json:"sources"`
+	Warnings int       `json:"warnings"`
+	Message  string    `json:"message"`
+	SyncedAt time.Time `json:"syncedAt,omitzero"`
+}
+
+// Reported reports whether an agent annotated the node.
+func (n Node) Reported() bool { return n.State != "" }
+
+// FromNode reads a Node's report from its annotations.
+func FromNode(n *corev1.Node) Node {
+	a := n.Annotations
+	out := Node{Name: n.Name, State: a[agent.AnnotationState], Applied: a[agent.AnnotationApplied], Message: a[agent.AnnotationMessage]}
+	out.Sources, _ = strconv.Atoi(a[agent.AnnotationSources])
+	out.Warnings, _ = strconv.Atoi(a[agent.AnnotationWarnings])
+	out.SyncedAt, _ = time.Parse(time.RFC3339, a[agent.AnnotationSyncedAt])
+	return out
+}
+
+// Summary is the view over a set of nodes.
+type Summary struct {
+	Nodes []Node `json:"nodes"`
+	// Counts by state; Unreported counts nodes without a report.
+	Ready      int `json:"ready"`
+	Degraded   int `json:"degraded"`
+	Pending    int `json:"pending"`
+	Unreported int `json:"unreported"`
+	// Applied counts reporting nodes by applied-state hash: one entry when
+	// every node applies the same sources.
+	Applied map[string]int `json:"applied"`
+}
+
+// Summarize builds the view, nodes sorted by name.
+func Summarize(nodes []corev1.Node) Summary {
+	s := Summary{Nodes: make([]Node, 0, len(nodes)), Applied: map[string]int{}}
+	for i := range nodes {
+		n := FromNode(&nodes[i])
+		s.Nodes = append(s.Nodes, n)
+		switch n.State {
+		case agent.StateReady:
+			s.Ready++
+		case agent.StateDegraded:
+			s.Degraded++
+		case agent.StatePending:
+			s.Pending++
+		case "":
+			s.Unreported++
+			continue
+		}
+		s.Applied[n.Applied]++
+	}
+	sort.Slice(s.Nodes, func(i, j int) bool { return s.Nodes[i].Name < s.Nodes[j].Name })
+	return s
+}
+
+// OK reports whether there is at least one node, every node is Ready, and
+// all apply the same state.
+func (s Summary) OK() bool {
+	return len(s.Nodes) > 0 && s.Ready == len(s.Nodes) && len(s.Applied) == 1
+}
+
+// Line is the one-line summary.
+func (s Summary) Line() string {
+	agree := "the same applied state"
+	if len(s.Applied) != 1 {
+		agree = fmt.Sprintf("%d different applied states", len(s.Applied))
+	}
+	nodes := "nodes"
+	if len(s.Nodes) == 1 {
+		nodes = "node"
+	}
+	return fmt.Sprintf("%d %s: %d Ready, %d Degraded, %d Pending, %d not reporting; %s",
+		len(s.Nodes), nodes, s.Ready, s.Degraded, s.Pending, s.Unreported, agree)
+}
+
+// WriteTable prints one row per node, then the summary line.
+func (s Summary) WriteTable(w io.Writer) error {
+	var buf bytes.Buffer
+	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\tSTATE\tSOURCES\tAPPLIED\tSYNCED\tMESSAGE")
+	for _, n := range s.Nodes {
+		if !n.Reported() {
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tno report: no nodetrust agent has run on this node\n", n.Name)
+			continue
+		}
+		synced := "-"
+		if !n.SyncedAt.IsZero() {
+			synced = n.SyncedAt.UTC().Format(time.RFC3339)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Name, n.State, n.Sources, n.Applied, synced, strings.ReplaceAll(n.Message, "\t", " "))
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	for _, line := range strings.SplitAfter(buf.String(), "\n") {
+		if line != "" {
+			if _, err := io.WriteString(w, strings.TrimRight(line, " \n")+"\n"); err != nil {
+				return err
+			}
+		}
+	}
+	_, err := fmt.Fprintln(w, s.Line())
+	return err
+}
