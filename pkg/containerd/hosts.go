@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"fmt"
 	"slices"
+	"strings"
 
 	toml "github.com/pelletier/go-toml/v2"
 )
@@ -133,4 +134,16 @@ func encode(head string, doc map[string]any) ([]byte, error) {
 		return nil, fmt.Errorf("encode hosts.toml: %w", err)
 	}
 	return b.Bytes(), nil
+}
+
+// ShadowDir is the directory name containerd looks for before the
+// registry's own under certs.d: for "host:port" it tries "host_port_" first
+// (an older naming), and the first one that exists wins. It returns "" for
+// a registry without a port.
+func ShadowDir(registry string) string {
+	i := strings.LastIndex(registry, ":")
+	if i <= 0 || strings.HasSuffix(registry, "]") { // no port (a bare IPv6 literal is bracketed)
+		return ""
+	}
+	return registry[:i] + "_" + registry[i+1:] + "_"
 }

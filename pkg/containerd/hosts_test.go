@@ -91,3 +91,15 @@ func TestMergeErrors(t *testing.T) {
 		require.ErrorContains(t, err, want, base)
 	}
 }
+
+func TestShadowDir(t *testing.T) {
+	for registry, want := range map[string]string{
+		"registry.example:5000": "registry.example_5000_",
+		"[fd00::1]:5000":        "[fd00::1]_5000_",
+		"registry.example":      "",
+		"[fd00::1]":             "",
+		"10.0.0.1:443":          "10.0.0.1_443_",
+	} {
+		require.Equal(t, want, ShadowDir(registry), registry)
+	}
+}

@@ -145,3 +145,16 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 		})
 	}
 }
+
+func TestSyncReportsShadowingHostDir(t *testing.T) {
+	h := newHost(t, "etc/containerd/certs.d/r.example_5000_", "etc/containerd/certs.d/other.example")
+	hostfstest.WriteFile(t, h.dir, configFile, hostfile(t, "containerd-1.7-certsd.toml"))
+	set := source.Set{Sources: []source.Source{
+		mkSource(t, "a", regs("r.example:5000")),
+		mkSource(t, "b", regs("other.example")),
+	}}
+	rep := h.sync(set, nil)
+	require.True(t, rep.OK(), "the files still apply")
+	require.Equal(t, []string{"containerd reads /etc/containerd/certs.d/r.example_5000_ before /etc/containerd/certs.d/r.example:5000 (the older host_port_ naming comes first), so nodetrust's CA for r.example:5000 is not used; move what that directory holds into /etc/containerd/certs.d/r.example:5000/hosts.toml and remove it"},
+		rep.NodeProblems)
+}

@@ -131,6 +131,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
 	if usesContainerdHosts(p) {
 		rep.checkContainerd(root)
+		rep.checkShadows(root, p)
 	}
 	return rep, nil
 }
@@ -189,6 +190,25 @@ func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string)
 		return nil, fmt.Sprintf("nodetrust does not edit %s, the file that sets containerd's config_path: --manage-containerd-config edits files below /%s only", target, plan.ContainerdDir)
 	}
 	return file(rel), ""
+}
+
+// checkShadows reports registries whose hosts.toml containerd does not read
+// because a directory in the older host_port_ naming comes first.
+func (r *Report) checkShadows(root *hostfs.Root, p plan.Plan) {
+	for _, f := range p.Files {
+		if f.Merger != containerd.MergerName {
+			continue
+		}
+		dir := path.Dir(f.Path)
+		reg := path.Base(dir)
+		shadow := containerd.ShadowDir(reg)
+		if shadow == "" || !root.IsDir(path.Join(path.Dir(dir), shadow)) {
+			continue
+		}
+		r.NodeProblems = append(r.NodeProblems, fmt.Sprintf(
+			"containerd reads /%s before /%s (the older host_port_ naming comes first), so nodetrust's CA for %s is not used; move what that directory holds into /%s/%s and remove it",
+			path.Join(path.Dir(dir), shadow), dir, reg, dir, containerd.HostsFile))
+	}
 }
 
 // hostFS reads host paths inside the host root for containerd.ReadRegistry.
