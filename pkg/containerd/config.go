@@ -26,6 +26,13 @@ type Registry struct {
 	Set        bool
 	// SetIn is the file whose config_path wins, when Set.
 	SetIn string
+	// LastSection is the last file that has the CRI registry's plugin
+	// section at all. containerd 1.x replaces a whole plugin section with
+	// each imported file's, so on 1.x config_path is what this file says;
+	// 2.x merges key by key, so there it is ConfigPath.
+	LastSection string
+	// LastSectionPath is config_path in LastSection ("" when unset).
+	LastSectionPath string
 	// Conflict names a setting containerd refuses next to config_path
 	// (registry.mirrors, registry.configs.*.tls) and its file, or is "".
 	Conflict string
@@ -111,8 +118,12 @@ func (r *Registry) apply(file string, data []byte) ([]string, error) {
 	if len(r.Files) == 1 || cf.Version > r.Version {
 		r.Version = cf.Version
 	}
-	plugin, _ := cf.Plugins[criImagesPlugin(cf.Version)].(map[string]any)
+	plugin, hasSection := cf.Plugins[criImagesPlugin(cf.Version)].(map[string]any)
 	registry, _ := plugin["registry"].(map[string]any)
+	if hasSection {
+		r.LastSection = file
+		r.LastSectionPath, _ = registry["config_path"].(string)
+	}
 	if v, ok := registry["config_path"]; ok {
 		s, isString := v.(string)
 		if !isString {
@@ -131,6 +142,28 @@ func (r Registry) Section() string {
 	return fmt.Sprintf("[plugins.%q.registry]", criImagesPlugin(r.Version))
 }
 
+// EditTarget is the file where setting config_path works on containerd 1.x
+// and 2.x alike: the last one with the plugin section, else the main config.
+func (r Registry) EditTarget() string {
+	if r.LastSection != "" {
+		return r.LastSection
+	}
+	return "/" + ConfigFile
+}
+
+// Warning explains a config that makes containerd 2.x read the hosts.toml
+// files but not 1.x, or returns "". Both read config_path = "/x" in
+// config.toml, followed by an import with [plugins."io.containerd.grpc.v1.cri"]
+// sandbox_image = "…": 2.x merges the two, 1.x keeps only the import's
+// section, without config_path.
+func (r Registry) Warning() string {
+	if r.Problem() != "" || r.Version >= 3 || r.LastSection == "" || path.Clean(r.LastSectionPath) == path.Clean(r.ConfigPath) {
+		return ""
+	}
+	return fmt.Sprintf("containerd 1.x reads no hosts.toml with this config: it replaces a whole plugin section with each imported file's, and %s, the last file with [plugins.%q], does not set config_path (containerd 2.x merges them and is not affected); set config_path = %q there too",
+		r.LastSection, criImagesPlugin(r.Version), CertsDir)
+}
+
 // Problem explains why containerd would not read the hosts.toml files
 // nodetrust writes to CertsDir, or returns "".
 func (r Registry) Problem() string {
@@ -139,6 +172,8 @@ func (r Registry) Problem() string {
 	switch {
 	case r.ConfigPath == "" && r.Conflict != "":
 		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s, and cannot be set as it is: %s", where, r.Conflict)
+	case r.ConfigPath == "" && r.Version >= 3:
+		return fmt.Sprintf("config_path is unset under %s, so containerd 2.x uses its default list %q, which 2.1 and later do not read hosts.toml from (containerd issue 12808); set config_path = %q and restart containerd", where, "/etc/containerd/certs.d:/etc/docker/certs.d", CertsDir)
 	case r.ConfigPath == "":
 		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s; set config_path = %q and restart containerd", where, CertsDir)
 	case len(dirs) > 1:

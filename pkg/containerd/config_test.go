@@ -90,3 +90,36 @@ func TestReadRegistryErrors(t *testing.T) {
 	require.Equal(t, []string{"/etc/containerd/config.toml", "/etc/containerd/a.toml"}, reg.Files)
 	require.Empty(t, reg.Problem(), "a trailing slash is the same directory")
 }
+
+// containerd 1.x replaces a plugin section with each import's; 2.x merges.
+func TestReadRegistryImportReplacesSectionOn1x(t *testing.T) {
+	main := "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n"
+	pause := "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n"
+	reg, err := ReadRegistry(mapFS{"/etc/containerd/config.toml": main, "/etc/containerd/conf.d/pause.toml": pause})
+	require.NoError(t, err)
+	require.Empty(t, reg.Problem(), "2.x reads it")
+	require.Equal(t, "/etc/containerd/conf.d/pause.toml", reg.LastSection)
+	require.Equal(t, "/etc/containerd/conf.d/pause.toml", reg.EditTarget())
+	require.Contains(t, reg.Warning(), "containerd 1.x reads no hosts.toml with this config")
+	require.Contains(t, reg.Warning(), "/etc/containerd/conf.d/pause.toml, the last file with [plugins.\"io.containerd.grpc.v1.cri\"]")
+
+	// A drop-in without the CRI section changes nothing on either.
+	reg, err = ReadRegistry(mapFS{"/etc/containerd/config.toml": main, "/etc/containerd/conf.d/debug.toml": "version = 2\n[debug]\n  level = \"debug\"\n"})
+	require.NoError(t, err)
+	require.Empty(t, reg.Warning())
+	require.Equal(t, "/etc/containerd/config.toml", reg.EditTarget())
+
+	// Version 3 is 2.x only: no warning.
+	reg, err = ReadRegistry(mapFS{
+		"/etc/containerd/config.toml":       "version = 3\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/etc/containerd/certs.d'\n",
+		"/etc/containerd/conf.d/pause.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images'.pinned_images]\n  sandbox = 'registry.k8s.io/pause:3.10'\n",
+	})
+	require.NoError(t, err)
+	require.Empty(t, reg.Warning())
+}
+
+func TestProblemUnsetOnVersion3(t *testing.T) {
+	reg, err := ReadRegistry(mapFS{"/etc/containerd/config.toml": "version = 3\n"})
+	require.NoError(t, err)
+	require.Contains(t, reg.Problem(), `so containerd 2.x uses its default list "/etc/containerd/certs.d:/etc/docker/certs.d"`)
+}

@@ -99,6 +99,12 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 				"etc/containerd/conf.d/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/docker/certs.d\"\n",
 			},
 			edited: "etc/containerd/conf.d/registry.toml"},
+		{name: "an import hides config_path from containerd 1.x: the import is edited",
+			files: map[string]string{
+				configFile:                            "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
+				"etc/containerd/conf.d/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n",
+			},
+			edited: "etc/containerd/conf.d/registry.toml"},
 		{name: "already right: untouched", files: map[string]string{configFile: hostfile(t, "containerd-1.7-certsd.toml")}},
 		{name: "mirrors: refused", files: map[string]string{configFile: hostfile(t, "gke-style.toml")},
 			problem: "cannot be set as it is: /etc/containerd/config.toml: registry.mirrors is set"},
@@ -123,6 +129,7 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 			} else {
 				require.Empty(t, rep.NodeProblems)
 			}
+			require.Empty(t, rep.NodeWarnings)
 			after := hostfstest.Tree(t, h.dir, "var")
 			var changed []string
 			for p := range after {

@@ -156,12 +156,15 @@ func (r *Report) checkContainerd(root *hostfs.Root) {
 		r.NodeProblems = append(r.NodeProblems, err.Error())
 	case reg.Problem() != "":
 		r.NodeProblems = append(r.NodeProblems, reg.Problem())
+	case reg.Warning() != "":
+		r.NodeWarnings = append(r.NodeWarnings, reg.Warning())
 	}
 }
 
 // containerdConfig returns the containerd config file nodetrust edits so
 // that containerd reads hosts.toml: the one it edited before, or else the
-// file whose config_path wins (the main config when none sets it, created
+// last file with the CRI plugin section, whose config_path wins on
+// containerd 1.x and 2.x alike (the main config when none has one, created
 // when missing). It returns nil when the config needs no edit or cannot take
 // one; checkContainerd then reports why.
 func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string) {
@@ -178,13 +181,10 @@ func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string)
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
 		return file(containerd.ConfigFile), ""
-	case err != nil || reg.Problem() == "" || reg.Conflict != "":
+	case err != nil || (reg.Problem() == "" && reg.Warning() == "") || reg.Conflict != "":
 		return nil, ""
 	}
-	target := "/" + containerd.ConfigFile
-	if reg.Set {
-		target = reg.SetIn
-	}
+	target := reg.EditTarget()
 	rel := strings.TrimPrefix(target, "/")
 	if !strings.HasPrefix(rel, plan.ContainerdDir+"/") {
 		return nil, fmt.Sprintf("nodetrust does not edit %s, the file that sets containerd's config_path: --manage-containerd-config edits files below /%s only", target, plan.ContainerdDir)

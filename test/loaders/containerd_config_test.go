@@ -419,3 +419,56 @@ func TestContainerdConfigImports(t *testing.T) {
 		})
 	}
 }
+
+// TestContainerdConfigImportHidesSectionOn1x: config.toml sets config_path,
+// a drop-in sets only another CRI key. containerd 2.4 merges the two and
+// reads /etc/containerd/certs.d; 1.7 replaces the whole plugin section with
+// the drop-in's and reads "". nodetrust's ReadRegistry sees both: no
+// Problem (2.x), a Warning naming the drop-in, and EditTarget the drop-in;
+// after SetConfigPath on that drop-in, both loaders read certs.d.
+func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
+	cd17 := buildContainerd17(t)
+	dir := t.TempDir()
+	confD := filepath.Join(dir, "conf.d")
+	mainConfig := fmt.Sprintf("version = 2\nimports = [%q]\n\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = %q\n",
+		filepath.Join(confD, "*.toml"), wantCertsDir)
+	mainPath := writeConfig(t, filepath.Join(dir, "config.toml"), []byte(mainConfig))
+	dropin := "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n"
+	dropinPath := writeConfig(t, filepath.Join(confD, "pause.toml"), []byte(dropin))
+
+	require.Equal(t, "", cd17Load(t, cd17, mainPath).ConfigPath, "containerd 1.7 drops the main file's config_path")
+	images, err := cd2ImagesConfig(t, mainPath)
+	require.NoError(t, err)
+	require.Equal(t, wantCertsDir, images.configPath, "containerd 2.4 keeps it")
+
+	reg, err := nodetrustcd.ReadRegistry(dirFS{main: mainPath})
+	require.NoError(t, err)
+	require.Empty(t, reg.Problem())
+	require.Contains(t, reg.Warning(), "containerd 1.x reads no hosts.toml with this config")
+	require.Equal(t, dropinPath, reg.EditTarget())
+
+	edited, err := nodetrustcd.SetConfigPath([]byte(dropin), nodetrustcd.CertsDir)
+	require.NoError(t, err)
+	writeConfig(t, dropinPath, edited)
+	res := cd17Load(t, cd17, mainPath)
+	require.Empty(t, res.ValidateError)
+	require.Equal(t, wantCertsDir, res.ConfigPath, "containerd 1.7 after the drop-in's edit")
+	images, err = cd2ImagesConfig(t, mainPath)
+	require.NoError(t, err)
+	require.Equal(t, wantCertsDir, images.configPath, "containerd 2.4 after the drop-in's edit")
+	reg, err = nodetrustcd.ReadRegistry(dirFS{main: mainPath})
+	require.NoError(t, err)
+	require.Empty(t, reg.Warning())
+}
+
+// dirFS serves ReadRegistry's /etc/containerd/config.toml from main and
+// every other path (the imports, absolute here) as is.
+type dirFS struct{ main string }
+
+func (d dirFS) ReadFile(p string) ([]byte, error) {
+	if p == "/"+nodetrustcd.ConfigFile {
+		p = d.main
+	}
+	return os.ReadFile(p)
+}
+func (dirFS) Glob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
