@@ -19,10 +19,12 @@ type Unpublisher interface {
 // Uninstall removes everything nodetrust wrote on the node: its files, its
 // merges into other files (containerd's config and hosts.toml files get
 // their originals back) and the ownership record, then the Node's
-// annotations. It restarts nothing: what the runtimes run is what they ran
-// before nodetrust, or equivalent (an empty certs.d). It retries until
-// everything is gone, is then ready, and returns when ctx ends, so a
-// DaemonSet running it completes its rollout once every node is clean.
+// annotations. Restoring files restarts nothing (what the runtimes run is
+// equivalent: a certs.d without nodetrust's files); only a host-trust
+// anchor leaving the OS trust store restarts the runtimes, as any trust
+// store change does. It retries until everything is gone, is then ready,
+// and returns when ctx ends, so a DaemonSet running it completes its
+// rollout once every node is clean.
 func (a *Agent) Uninstall(ctx context.Context) error {
 	for {
 		err := a.uninstall(ctx)

@@ -24,8 +24,6 @@ type Registry struct {
 	// set it.
 	ConfigPath string
 	Set        bool
-	// SetIn is the file whose config_path wins, when Set.
-	SetIn string
 	// LastSection is the last file that has the CRI registry's plugin
 	// section at all. containerd 1.x replaces a whole plugin section with
 	// each imported file's, so on 1.x config_path is what this file says;
@@ -129,7 +127,7 @@ func (r *Registry) apply(file string, data []byte) ([]string, error) {
 		if !isString {
 			return nil, fmt.Errorf("containerd config %s: config_path is %T, want a string", file, v)
 		}
-		r.ConfigPath, r.Set, r.SetIn = s, true, file
+		r.ConfigPath, r.Set = s, true
 	}
 	if err := conflicts(registry); err != nil && r.Conflict == "" {
 		r.Conflict = fmt.Sprintf("%s: %v", file, err)

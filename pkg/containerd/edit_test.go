@@ -198,7 +198,7 @@ func TestReadRegistryConflict(t *testing.T) {
 		"/etc/containerd/conf.d/registry.toml": fixture(t, "dropin-certsd.toml"),
 	})
 	require.NoError(t, err)
-	require.Equal(t, "/etc/containerd/conf.d/registry.toml", reg.SetIn)
+	require.Equal(t, "/etc/containerd/conf.d/registry.toml", reg.EditTarget(), "the drop-in's config_path wins")
 	require.Empty(t, reg.Conflict)
 }
 

@@ -88,7 +88,7 @@ type State struct {
 	Dirs           []string         `json:"dirs,omitempty"`
 	RefreshPending bool             `json:"refreshPending,omitempty"`
 	// RestartPending is set when a refresh changed the trust store and
-	// cleared by SetRestartPending once the runtimes were restarted (they
+	// cleared by ClearRestarts once the runtimes were restarted (they
 	// load system roots once per process). It survives agent restarts.
 	RestartPending bool `json:"restartPending,omitempty"`
 	// Restart lists, sorted, the File.Restart names of files written since
@@ -553,6 +553,7 @@ func cloneState(st State) State {
 	return out
 }
 
+// addItem inserts d into the sorted set dirs.
 func addItem(dirs []string, d string) []string {
 	i := sort.SearchStrings(dirs, d)
 	if i < len(dirs) && dirs[i] == d {
@@ -561,6 +562,7 @@ func addItem(dirs []string, d string) []string {
 	return append(dirs[:i], append([]string{d}, dirs[i:]...)...)
 }
 
+// removeItem deletes d from the sorted set dirs.
 func removeItem(dirs []string, d string) []string {
 	i := sort.SearchStrings(dirs, d)
 	if i < len(dirs) && dirs[i] == d {
