@@ -261,7 +261,11 @@ func (a *applier) planFile(f File) {
 			}
 		}
 		if content, err = a.merge(f, base); err != nil {
+			// The file no longer takes our entries (say, the operator added a
+			// setting they conflict with): take ours out rather than leave
+			// them beside it, and stop owning it.
 			a.fail(f.Path, err)
+			a.removes = append(a.removes, op{path: f.Path, data: base, mode: mode, owned: owned})
 			return
 		}
 		next.Merge = &MergeState{Base: base, Ours: f.Data, Merger: f.Merger}

@@ -270,6 +270,22 @@ func TestApplyMergesAndRestores(t *testing.T) {
 		require.ErrorContains(t, res.Failed[0], "cannot merge")
 		require.Equal(t, "bad\n", f.tree()[p])
 	})
+	t.Run("a merged file that stops taking ours gets ours taken out", func(t *testing.T) {
+		f := newFixture(t, "etc/docker")
+		hostfstest.WriteFile(t, f.dir, p, "original\n")
+		f.apply(merged)
+		hostfstest.WriteFile(t, f.dir, p, "original\nours\nbad\n")
+		res := f.apply(merged)
+		require.Len(t, res.Failed, 1)
+		require.ErrorContains(t, res.Failed[0], "cannot merge")
+		require.Equal(t, "original\nbad\n", f.tree()[p], "the operator's file, without ours")
+		st, err := f.root.LoadState()
+		require.NoError(t, err)
+		require.NotContains(t, st.Files, p, "no longer ours")
+		res = f.apply(merged)
+		require.Len(t, res.Failed, 1, "still reported")
+		require.Equal(t, "original\nbad\n", f.tree()[p], "and left alone")
+	})
 }
 
 func TestApplyRefresh(t *testing.T) {

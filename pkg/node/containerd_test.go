@@ -165,3 +165,25 @@ func TestSyncReportsShadowingHostDir(t *testing.T) {
 	require.Equal(t, []string{"containerd reads /etc/containerd/certs.d/r.example_5000_ before /etc/containerd/certs.d/r.example:5000 (the older host_port_ naming comes first), so nodetrust's CA for r.example:5000 is not used; move what that directory holds into /etc/containerd/certs.d/r.example:5000/hosts.toml and remove it"},
 		rep.NodeProblems)
 }
+
+// Mirrors added after nodetrust set config_path would stop containerd's
+// CRI plugin at its next start: nodetrust takes its line out again.
+func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
+	original := hostfile(t, "containerd-1.6-config-default.toml")
+	h := newHost(t, "etc/containerd")
+	h.manage = true
+	hostfstest.WriteFile(t, h.dir, configFile, original)
+	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	h.sync(set, nil)
+	edited := h.read(configFile)
+	require.Contains(t, edited, "# set by nodetrust")
+
+	mirrors := "\n[plugins.\"io.containerd.grpc.v1.cri\".registry.mirrors.\"docker.io\"]\n  endpoint = [\"https://mirror.example\"]\n"
+	hostfstest.WriteFile(t, h.dir, configFile, edited+mirrors)
+	rep := h.sync(set, nil)
+	require.Len(t, rep.Failed, 1)
+	require.ErrorContains(t, rep.Failed[0], "registry.mirrors is set")
+	require.Equal(t, original+mirrors, h.read(configFile), "the operator's file without nodetrust's line")
+	require.Empty(t, rep.Restart, "nothing to load: containerd keeps running as it is")
+	require.Contains(t, strings.Join(rep.NodeProblems, "\n"), "cannot be set as it is")
+}
