@@ -73,6 +73,17 @@ func RepoRoot() string {
 	return abs
 }
 
+// DebianRoot extracts a fresh Debian bookworm root into dir with
+// test/scripts/debian-root.sh, which builds it once (debootstrap) and caches
+// it; the error carries the script's output.
+func DebianRoot(dir string) error {
+	script := filepath.Join(RepoRoot(), "test", "scripts", "debian-root.sh")
+	if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
+		return fmt.Errorf("debian-root.sh %s: %v\n%s", dir, err, out)
+	}
+	return nil
+}
+
 func cacheDir() string {
 	if d := os.Getenv("NODETRUST_CACHE"); d != "" {
 		return d

@@ -60,24 +60,24 @@ func shapes(registry string) []seedShape {
 			name: "registry-tls", what: "kubernetes.io/tls Secret (tls.crt = CA, tls.key)",
 			build: func(c *ca) *corev1.Secret {
 				return &corev1.Secret{ObjectMeta: meta("registry-tls"), Type: corev1.SecretTypeTLS,
-					Data: map[string][]byte{"tls.crt": c.pem, "tls.key": c.keyPEM}}
+					Data: map[string][]byte{"tls.crt": c.PEM, "tls.key": c.KeyPEM}}
 			},
 		},
 		{
 			name: "registry-ca-kaptain", what: "Opaque Secret with certificate.crt (Kaptain)",
 			build: func(c *ca) *corev1.Secret {
 				return &corev1.Secret{ObjectMeta: meta("registry-ca-kaptain"), Type: corev1.SecretTypeOpaque,
-					Data: map[string][]byte{"certificate.crt": c.pem}}
+					Data: map[string][]byte{"certificate.crt": c.PEM}}
 			},
 		},
 		{
 			name: "registry-ca-porch", what: "Porch-style Secret with ca.crt and ca.pem",
 			build: func(c *ca) *corev1.Secret {
 				return &corev1.Secret{ObjectMeta: meta("registry-ca-porch"), Type: corev1.SecretTypeOpaque,
-					Data: map[string][]byte{"ca.crt": c.pem, "ca.pem": c.pem}}
+					Data: map[string][]byte{"ca.crt": c.PEM, "ca.pem": c.PEM}}
 			},
 			update: func(s *corev1.Secret, c *ca) {
-				s.Data["ca.crt"], s.Data["ca.pem"] = c.pem, c.pem
+				s.Data["ca.crt"], s.Data["ca.pem"] = c.PEM, c.PEM
 			},
 		},
 	}
@@ -194,7 +194,7 @@ func TestNodeStory(t *testing.T) {
 
 	var (
 		ca1, ca2     *ca
-		sc1, sc2     *servingCert
+		sc1, sc2     cluster.Serving
 		reg          *dockerRegistry
 		ctrd         *containerdNode
 		c            *cluster.Cluster
@@ -212,12 +212,8 @@ func TestNodeStory(t *testing.T) {
 	})
 
 	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
-		if ca1, err = newCA("nodetrust e2e CA 1"); err != nil {
-			t.Fatal(err)
-		}
-		if sc1, err = ca1.serving(); err != nil {
-			t.Fatal(err)
-		}
+		ca1 = newCA("nodetrust e2e CA 1")
+		sc1 = ca1.serving()
 		reg = newDockerRegistry(t)
 		ready, err := reg.start(sc1, ca1)
 		if err != nil {
@@ -235,12 +231,9 @@ func TestNodeStory(t *testing.T) {
 	rep.step("containerd 1.6 in unshare -m (/etc/hosts alias), CRI config_path in host root", func() string {
 		rootA = cluster.NewHostRoot(t)
 		// Someone else's file, which nodetrust must never touch.
-		other, err := newCA("someone else's CA")
-		if err != nil {
-			t.Fatal(err)
-		}
+		other := newCA("someone else's CA")
 		foreignPath = filepath.Join(rootA, cluster.DockerCertsDir, "other.example", "ca.crt")
-		foreignBytes = other.pem
+		foreignBytes = other.PEM
 		if err := os.MkdirAll(filepath.Dir(foreignPath), 0o755); err != nil {
 			t.Fatal(err)
 		}
@@ -337,7 +330,7 @@ func TestNodeStory(t *testing.T) {
 				t.Fatal(err)
 			}
 			onDisk := waitFor(t, "CA 1 trusted for "+reg.name()+" by all three runtimes' files", func() (bool, string) {
-				return cluster.TrustedEverywhere(rootA, reg.name(), sc1.cert)
+				return cluster.TrustedEverywhere(rootA, reg.name(), sc1.Cert)
 			})
 			ann := waitNode(t, c, nodeA, "Ready with 1 source", readyWith(1, applied))
 			annotated := time.Since(start)
@@ -358,12 +351,8 @@ func TestNodeStory(t *testing.T) {
 	porch := shapes(reg.name())[2]
 
 	rep.step("rotate: registry restarted with a cert from new CA 2 → pull and skopeo fail x509", func() string {
-		if ca2, err = newCA("nodetrust e2e CA 2"); err != nil {
-			t.Fatal(err)
-		}
-		if sc2, err = ca2.serving(); err != nil {
-			t.Fatal(err)
-		}
+		ca2 = newCA("nodetrust e2e CA 2")
+		sc2 = ca2.serving()
 		ready, err := reg.start(sc2, ca2)
 		if err != nil {
 			t.Fatal(err)
@@ -383,10 +372,10 @@ func TestNodeStory(t *testing.T) {
 			t.Fatal(err)
 		}
 		onDisk := waitFor(t, "CA 2 trusted and CA 1 not", func() (bool, string) {
-			if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.cert); !ok {
+			if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
 				return false, why
 			}
-			return cluster.TrustedNowhere(rootA, reg.name(), sc1.cert)
+			return cluster.TrustedNowhere(rootA, reg.name(), sc1.Cert)
 		})
 		ann := waitNode(t, c, nodeA, "Ready with 1 source, new hash", readyWith(1, applied))
 		applied = ann[cluster.AnnApplied]
@@ -406,11 +395,9 @@ func TestNodeStory(t *testing.T) {
 	url := "https://" + reg.name() + "/v2/"
 	rep.step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
 		debRoot = filepath.Join(t.TempDir(), "root")
-		script := filepath.Join(cluster.RepoRoot(), "test", "scripts", "debian-root.sh")
 		start := time.Now()
-		out, err := exec.Command("bash", script, debRoot).CombinedOutput()
-		if err != nil {
-			t.Fatalf("debian-root.sh %s: %v\n%s", debRoot, err, out)
+		if err := cluster.DebianRoot(debRoot); err != nil {
+			t.Fatal(err)
 		}
 		extracted := time.Since(start)
 		hosts := filepath.Join(debRoot, "etc/hosts")
@@ -463,7 +450,7 @@ func TestNodeStory(t *testing.T) {
 			return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "1"
 		})
 		applied = annA[cluster.AnnApplied]
-		if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.cert); !ok {
+		if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
 			t.Fatalf("node A after host-trust: %s", why)
 		}
 		// Observation, not an assertion: does node A's agent surface the

@@ -60,7 +60,7 @@ func newDockerRegistry(t *testing.T) *dockerRegistry {
 }
 
 // start (re)starts the registry serving sc, trusted by pool for readiness.
-func (r *dockerRegistry) start(sc *servingCert, c *ca) (time.Duration, error) {
+func (r *dockerRegistry) start(sc cluster.Serving, c *ca) (time.Duration, error) {
 	if r.proc != nil {
 		if err, _, killed := r.proc.Stop(10 * time.Second); killed {
 			return 0, fmt.Errorf("docker-registry did not stop on SIGTERM (%v)", err)
@@ -70,10 +70,10 @@ func (r *dockerRegistry) start(sc *servingCert, c *ca) (time.Duration, error) {
 	r.starts++
 	certFile := filepath.Join(r.dir, fmt.Sprintf("server-%d.crt", r.starts))
 	keyFile := filepath.Join(r.dir, fmt.Sprintf("server-%d.key", r.starts))
-	if err := os.WriteFile(certFile, sc.certPEM, 0o644); err != nil {
+	if err := os.WriteFile(certFile, sc.CertPEM, 0o644); err != nil {
 		return 0, err
 	}
-	if err := os.WriteFile(keyFile, sc.keyPEM, 0o600); err != nil {
+	if err := os.WriteFile(keyFile, sc.KeyPEM, 0o600); err != nil {
 		return 0, err
 	}
 	cfg := fmt.Sprintf(`version: 0.1

@@ -1,18 +1,11 @@
 package loaders
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"math/big"
 	"net"
 	"testing"
-	"time"
 
-	"github.com/stretchr/testify/require"
+	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 )
 
 const (
@@ -22,66 +15,22 @@ const (
 
 // testCA is a throw-away certificate authority.
 type testCA struct {
-	cert   *x509.Certificate
-	key    *ecdsa.PrivateKey
+	certstest.Pair
 	pem    []byte // CERTIFICATE block
 	keyPEM []byte // PKCS#8 "PRIVATE KEY" block
 }
 
-func serial(t *testing.T) *big.Int {
-	t.Helper()
-	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 120))
-	require.NoError(t, err)
-	return n
-}
-
 func newCA(t *testing.T, cn string) *testCA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial(t),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"nodetrust loader tests"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	pkcs8, err := x509.MarshalPKCS8PrivateKey(key)
-	require.NoError(t, err)
-	return &testCA{
-		cert:   cert,
-		key:    key,
-		pem:    pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		keyPEM: pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: pkcs8}),
-	}
+	p := certstest.NewCA(t, cn)
+	return &testCA{Pair: p, pem: p.CertPEM(), keyPEM: p.KeyPEM(t)}
 }
 
 // leaf issues a serving certificate for the given DNS names (and 127.0.0.1).
 func (ca *testCA) leaf(t *testing.T, dnsNames ...string) *x509.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial(t),
-		Subject:      pkix.Name{CommonName: dnsNames[0]},
-		DNSNames:     dnsNames,
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(12 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	require.NoError(t, err)
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	return cert
+	return certstest.Issue(t, certstest.Template{CommonName: dnsNames[0], DNSNames: dnsNames,
+		IPs: []net.IP{net.ParseIP("127.0.0.1")}}, &ca.Pair).Cert
 }
 
 // verifyLeaf verifies leaf for dnsName against roots the way crypto/tls does

@@ -20,6 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/test/cluster"
 )
 
 // requireReal skips the test unless the real-component suites were asked for.
@@ -55,11 +56,9 @@ func testDir(t *testing.T) string {
 func debianRoot(t *testing.T) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "root")
-	script := filepath.Join(testDir(t), "..", "scripts", "debian-root.sh")
 	start := time.Now()
-	out, err := exec.Command("bash", script, root).CombinedOutput()
-	t.Logf("debian-root.sh (%s):\n%s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
-	require.NoError(t, err, "debian-root.sh %s", root)
+	require.NoError(t, cluster.DebianRoot(root))
+	t.Logf("Debian root extracted in %s", time.Since(start).Round(time.Millisecond))
 	return root
 }
 

@@ -337,7 +337,6 @@ func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*co
 // debianRoots extracts n Debian roots, parallel at a time.
 func debianRoots(t *testing.T, n, parallel int) []string {
 	t.Helper()
-	script := filepath.Join(testDir(t), "..", "scripts", "debian-root.sh")
 	roots := make([]string, n)
 	errs := make([]error, n)
 	took := make([]time.Duration, n)
@@ -351,11 +350,8 @@ func debianRoots(t *testing.T, n, parallel int) []string {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			start := time.Now()
-			out, err := exec.Command("bash", script, roots[i]).CombinedOutput()
+			errs[i] = cluster.DebianRoot(roots[i])
 			took[i] = time.Since(start)
-			if err != nil {
-				errs[i] = fmt.Errorf("debian-root.sh %s: %v\n%s", roots[i], err, out)
-			}
 		}()
 	}
 	wg.Wait()

@@ -40,9 +40,18 @@ func (p Pair) CertPEM() []byte {
 
 // KeyPEM returns the private key as PKCS#8 PEM.
 func (p Pair) KeyPEM(t testing.TB) []byte {
-	der, err := x509.MarshalPKCS8PrivateKey(p.Key)
+	b, err := p.EncodeKey()
 	require.NoError(t, err)
-	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	return b
+}
+
+// EncodeKey returns the private key as PKCS#8 PEM.
+func (p Pair) EncodeKey() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(p.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), nil
 }
 
 // NewCA issues a self-signed CA certificate.
@@ -54,10 +63,21 @@ func NewCA(t testing.TB, cn string) Pair {
 // when parent is nil.
 func Issue(t testing.TB, tmpl Template, parent *Pair) Pair {
 	t.Helper()
+	p, err := Create(tmpl, parent)
+	require.NoError(t, err)
+	return p
+}
+
+// Create is Issue for harnesses that run outside a test.
+func Create(tmpl Template, parent *Pair) (Pair, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
+	if err != nil {
+		return Pair{}, err
+	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	require.NoError(t, err)
+	if err != nil {
+		return Pair{}, err
+	}
 	if tmpl.NotBefore.IsZero() {
 		tmpl.NotBefore = time.Now().Add(-time.Hour)
 	}
@@ -81,8 +101,12 @@ func Issue(t testing.TB, tmpl Template, parent *Pair) Pair {
 		signer, signerCert = parent.Key, parent.Cert
 	}
 	der, err := x509.CreateCertificate(rand.Reader, c, signerCert, &key.PublicKey, signer)
-	require.NoError(t, err)
+	if err != nil {
+		return Pair{}, err
+	}
 	parsed, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	return Pair{Cert: parsed, Key: key}
+	if err != nil {
+		return Pair{}, err
+	}
+	return Pair{Cert: parsed, Key: key}, nil
 }
