@@ -35,6 +35,11 @@ type File struct {
 	// Late files reference other files: they are written after, and
 	// removed before, all others.
 	Late bool
+	// CreateAsMerge, with Merger: a file nodetrust creates is recorded as
+	// merged into no file. A file someone puts in its place later is then
+	// merged into instead of overwritten, and kept, without nodetrust's
+	// entries, when nodetrust removes its own.
+	CreateAsMerge bool
 	// Restart names what must restart to load a change to this file (a
 	// systemd unit). Writing the file adds it to State.Restart; restoring
 	// the original takes it out again, as what runs then matches the disk.
@@ -70,6 +75,8 @@ type MergeState struct {
 	Ours []byte `json:"ours"`
 	// Merger names the Options.Mergers entry that did the merge.
 	Merger string `json:"merger"`
+	// Created: there was no file; Base is empty and restoring removes it.
+	Created bool `json:"created,omitempty"`
 }
 
 // Options are the hooks of an Apply.
@@ -252,6 +259,8 @@ func (a *applier) planFile(f File) {
 	next := Owned{Refresh: f.Refresh, Late: f.Late, Restart: f.Restart}
 	content := f.Data
 	switch {
+	case isOwned && owned.Merge != nil && owned.Merge.Created && hash(cur) == owned.SHA256:
+		next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
 	case isOwned && owned.Merge != nil && cur != nil:
 		base := owned.Merge.Base
 		if hash(cur) != owned.SHA256 { // edited by the operator after our merge
@@ -272,6 +281,9 @@ func (a *applier) planFile(f File) {
 	case isOwned || cur == nil:
 		// Ours (or a merged file someone deleted, which is ours from now on),
 		// or nothing there yet.
+		if f.CreateAsMerge && f.Merger != "" {
+			next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
+		}
 	case f.Merger != "":
 		if content, err = a.merge(f, cur); err != nil {
 			a.fail(f.Path, err)
@@ -330,12 +342,13 @@ func (a *applier) planRemoval(p string, owned Owned) {
 		return
 	}
 	a.refreshNeeded = a.refreshNeeded || owned.Refresh
-	if owned.Merge == nil {
+	unchanged := hash(cur) == owned.SHA256
+	if owned.Merge == nil || (owned.Merge.Created && unchanged) {
 		a.removes = append(a.removes, op{path: p, remove: true, owned: owned})
 		return
 	}
 	restore := owned.Merge.Base
-	if hash(cur) != owned.SHA256 {
+	if !unchanged {
 		if restore, err = a.unmerge(owned.Merge, cur); err != nil {
 			a.fail(p, err)
 			return

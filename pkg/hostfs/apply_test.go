@@ -451,3 +451,35 @@ func TestApplyRestartTags(t *testing.T) {
 	require.Equal(t, "version = 2\n", f.tree()[p])
 	require.Empty(t, res.Restart, "a restore after the restart restarts nothing either")
 }
+
+func TestApplyCreateAsMerge(t *testing.T) {
+	const p = "etc/docker/config"
+	created := hostfs.File{Path: p, Base: "etc/docker", Data: []byte("ours\n"), Merger: "lines", CreateAsMerge: true}
+
+	t.Run("created, then removed", func(t *testing.T) {
+		f := newFixture(t, "etc/docker")
+		require.Equal(t, []string{p}, f.apply(created).Written)
+		require.Equal(t, "ours\n", f.tree()[p])
+		require.Empty(t, f.apply(created).Written, "unchanged: nothing written")
+		require.Equal(t, []string{p}, f.apply().Removed)
+		require.NotContains(t, f.tree(), p, "nodetrust's own file is gone")
+	})
+	t.Run("someone else's file in its place is merged into and kept", func(t *testing.T) {
+		f := newFixture(t, "etc/docker")
+		f.apply(created)
+		hostfstest.WriteFile(t, f.dir, p, "theirs\n") // e.g. a package installs its own
+		f.apply(created)
+		require.Equal(t, "theirs\nours\n", f.tree()[p], "merged, not overwritten")
+		f.apply()
+		require.Equal(t, "theirs\n", f.tree()[p], "kept without nodetrust's entries")
+	})
+	t.Run("without the flag a created file is plain", func(t *testing.T) {
+		f := newFixture(t, "etc/docker")
+		plain := created
+		plain.CreateAsMerge = false
+		f.apply(plain)
+		hostfstest.WriteFile(t, f.dir, p, "theirs\n")
+		f.apply(plain)
+		require.Equal(t, "ours\n", f.tree()[p], "drift repaired, as for every owned file")
+	})
+}

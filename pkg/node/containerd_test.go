@@ -187,3 +187,23 @@ func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
 	require.Empty(t, rep.Restart, "nothing to load: containerd keeps running as it is")
 	require.Contains(t, strings.Join(rep.NodeProblems, "\n"), "cannot be set as it is")
 }
+
+// A config a package installs over the one nodetrust created is edited, not
+// overwritten, and survives the uninstall.
+func TestSyncCreatedConfigReplacedByAPackage(t *testing.T) {
+	h := newHost(t, "etc/containerd")
+	h.manage = true
+	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	h.sync(set, nil)
+	require.Equal(t, string(containerd.NewConfig()), h.read(configFile), "created")
+
+	pkg := hostfile(t, "containerd-1.6-config-default.toml")
+	hostfstest.WriteFile(t, h.dir, configFile, pkg)
+	rep := h.sync(set, nil)
+	require.Empty(t, rep.NodeProblems)
+	require.Contains(t, h.read(configFile), "#nodetrust-original# config_path = \"\"", "the package's file, edited")
+	require.Equal(t, []string{containerd.Unit}, rep.Restart)
+
+	h.sync(source.Set{}, nil)
+	require.Equal(t, pkg, h.read(configFile), "the package's file survives, byte for byte")
+}

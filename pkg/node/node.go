@@ -170,7 +170,7 @@ func (r *Report) checkContainerd(root *hostfs.Root) {
 func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string) {
 	file := func(rel string) *hostfs.File {
 		return &hostfs.File{Path: rel, Base: path.Dir(rel), Data: containerd.NewConfig(),
-			Merger: containerd.ConfigMergerName, Restart: containerd.Unit}
+			Merger: containerd.ConfigMergerName, CreateAsMerge: true, Restart: containerd.Unit}
 	}
 	for p, o := range st.Files {
 		if o.Restart == containerd.Unit {
