@@ -107,13 +107,15 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		return Report{}, err
 	}
 	files := p.Files
+	config := &configReader{root: root}
 	if opts.ManageContainerdConfig && facts.Containerd && usesContainerdHosts(p) {
-		f, problem := containerdConfig(root, st)
+		f, problem := containerdConfig(config, st)
 		if problem != "" {
 			rep.NodeProblems = append(rep.NodeProblems, problem)
 		}
 		if f != nil {
 			files = append(files[:len(files):len(files)], *f)
+			config.done = false // the apply may edit what was read
 		}
 	}
 	res, err := root.Apply(st, files, applied, hostfs.Options{
@@ -130,7 +132,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
 	if usesContainerdHosts(p) {
-		rep.checkContainerd(root)
+		rep.checkContainerd(config)
 		rep.checkShadows(root, p)
 	}
 	return rep, nil
@@ -147,8 +149,8 @@ func usesContainerdHosts(p plan.Plan) bool {
 
 // checkContainerd reports a containerd that would not read the hosts.toml
 // files just written.
-func (r *Report) checkContainerd(root *hostfs.Root) {
-	reg, err := containerd.ReadRegistry(hostFS{root})
+func (r *Report) checkContainerd(config *configReader) {
+	reg, err := config.read()
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
 		r.NodeWarnings = append(r.NodeWarnings, fmt.Sprintf("cannot check containerd's config_path: no /%s; containerd's built-in default reads no hosts.toml on 1.x", containerd.ConfigFile))
@@ -167,7 +169,7 @@ func (r *Report) checkContainerd(root *hostfs.Root) {
 // containerd 1.x and 2.x alike (the main config when none has one, created
 // when missing). It returns nil when the config needs no edit or cannot take
 // one; checkContainerd then reports why.
-func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string) {
+func containerdConfig(config *configReader, st hostfs.State) (*hostfs.File, string) {
 	file := func(rel string) *hostfs.File {
 		return &hostfs.File{Path: rel, Base: path.Dir(rel), Data: containerd.NewConfig(),
 			Merger: containerd.ConfigMergerName, CreateAsMerge: true, Restart: containerd.Unit}
@@ -177,7 +179,7 @@ func containerdConfig(root *hostfs.Root, st hostfs.State) (*hostfs.File, string)
 			return file(p), ""
 		}
 	}
-	reg, err := containerd.ReadRegistry(hostFS{root})
+	reg, err := config.read()
 	switch {
 	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
 		return file(containerd.ConfigFile), ""
@@ -209,6 +211,23 @@ func (r *Report) checkShadows(root *hostfs.Root, p plan.Plan) {
 			"containerd reads /%s before /%s (the older host_port_ naming comes first), so nodetrust's CA for %s is not used; move what that directory holds into /%s/%s and remove it",
 			path.Join(path.Dir(dir), shadow), dir, reg, dir, containerd.HostsFile))
 	}
+}
+
+// configReader reads containerd's config files at most once per sync,
+// unless a planned edit makes the caller read them again.
+type configReader struct {
+	root *hostfs.Root
+	done bool
+	reg  containerd.Registry
+	err  error
+}
+
+func (c *configReader) read() (containerd.Registry, error) {
+	if !c.done {
+		c.reg, c.err = containerd.ReadRegistry(hostFS{c.root})
+		c.done = true
+	}
+	return c.reg, c.err
 }
 
 // hostFS reads host paths inside the host root for containerd.ReadRegistry.
