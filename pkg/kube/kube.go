@@ -10,9 +10,11 @@ import (
 	"context"
 	"fmt"
 
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/watch"
@@ -59,24 +61,30 @@ func UserConfig(path string) (*rest.Config, error) {
 
 // New returns a client for cfg; cfg is copied.
 func New(cfg *rest.Config, userAgent string) (*Client, error) {
+	rc, err := restClient(cfg, userAgent, &corev1.SchemeGroupVersion, "/api", codecs)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	coord, err := restClient(cfg, userAgent, &coordinationv1.SchemeGroupVersion, "/apis", coordCodecs)
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes client: %w", err)
+	}
+	return &Client{rest: rc, coord: coord}, nil
+}
+
+// restClient is a REST client for one group version of cfg's server,
+// speaking protobuf unless cfg asks otherwise; cfg is copied.
+func restClient(cfg *rest.Config, userAgent string, gv *schema.GroupVersion, apiPath string, codecs serializer.CodecFactory) (rest.Interface, error) {
 	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &corev1.SchemeGroupVersion
-	c.APIPath = "/api"
+	c.GroupVersion = gv
+	c.APIPath = apiPath
 	c.NegotiatedSerializer = codecs.WithoutConversion()
 	c.UserAgent = userAgent
 	if c.ContentType == "" {
 		c.ContentType = runtime.ContentTypeProtobuf
 		c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
 	}
-	rc, err := rest.RESTClientFor(c)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	coord, err := newCoordination(cfg, userAgent)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	return &Client{rest: rc, coord: coord}, nil
+	return rest.RESTClientFor(c)
 }
 
 // ListWatch lists and watches resource ("secrets", "configmaps", "nodes") in

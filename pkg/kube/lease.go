@@ -7,7 +7,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/serializer"
-	"k8s.io/client-go/rest"
 )
 
 // Leases live in their own API group, so they get their own REST client and
@@ -23,21 +22,6 @@ func init() {
 		panic(err)
 	}
 	metav1.AddToGroupVersion(coordScheme, coordinationv1.SchemeGroupVersion)
-}
-
-// newCoordination returns a REST client for /apis/coordination.k8s.io/v1,
-// configured like the core/v1 one; cfg is copied.
-func newCoordination(cfg *rest.Config, userAgent string) (rest.Interface, error) {
-	c := rest.CopyConfig(cfg)
-	c.GroupVersion = &coordinationv1.SchemeGroupVersion
-	c.APIPath = "/apis"
-	c.NegotiatedSerializer = coordCodecs.WithoutConversion()
-	c.UserAgent = userAgent
-	if c.ContentType == "" {
-		c.ContentType = runtime.ContentTypeProtobuf
-		c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-	}
-	return rest.RESTClientFor(c)
 }
 
 // GetLease reads a Lease. A missing Lease is an error for which
