@@ -2,10 +2,8 @@ package loaders
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"iter"
 	"os"
 	"os/exec"
@@ -14,14 +12,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 
-	cdlog "github.com/containerd/log"
 	"github.com/containerd/plugin"
 	"github.com/containerd/plugin/registry"
 	toml2 "github.com/pelletier/go-toml/v2"
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 
 	cd2srvconfig "github.com/containerd/containerd/v2/cmd/containerd/server/config"
@@ -115,40 +110,6 @@ func cd17Load(t *testing.T, bin, path string) cd17Result {
 	return res
 }
 
-// configLog collects what containerd logs at warning level or above while
-// loading a config (unknown keys, migrations, deprecations), with the key
-// and plugin it names, so that an edited file can be shown to add none.
-type configLog struct {
-	mu      sync.Mutex
-	entries []string
-}
-
-func (c *configLog) Levels() []logrus.Level {
-	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
-}
-
-func (c *configLog) Fire(e *logrus.Entry) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	msg := e.Level.String() + ": " + e.Message
-	for _, f := range []string{"plugin", "key"} {
-		if v, ok := e.Data[f]; ok {
-			msg += " " + f + "=" + strconv.Quote(fmt.Sprint(v))
-		}
-	}
-	c.entries = append(c.entries, msg)
-	return nil
-}
-
-func captureConfigLog() (context.Context, *configLog) {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	l.SetLevel(logrus.WarnLevel)
-	c := &configLog{}
-	l.AddHook(c)
-	return cdlog.WithLogger(context.Background(), logrus.NewEntry(l)), c
-}
-
 // cd2Plugins returns containerd 2's registered plugins as its main command
 // hands them to LoadConfigWithPlugins: the dependency-ordered graph, none
 // disabled, each one's ConfigMigration run in that order.
@@ -189,7 +150,7 @@ type cd2Images struct {
 // it by reflection.
 func cd2ImagesConfig(t *testing.T, path string) (cd2Images, error) {
 	t.Helper()
-	ctx, logs := captureConfigLog()
+	ctx, logs := captureContainerdLog()
 	// containerd 2's defaultConfig() starts at version.ConfigVersion.
 	cfg := &cd2srvconfig.Config{Version: cd2version.ConfigVersion}
 	if err := cd2srvconfig.LoadConfigWithPlugins(ctx, path, cd2Plugins, cfg); err != nil {

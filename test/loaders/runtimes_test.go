@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 
@@ -30,10 +31,11 @@ type hostView struct {
 
 func (h hostView) String() string { return fmt.Sprintf("%s://%s%s", h.scheme, h.host, h.path) }
 
-// logCapture collects warnings and errors containerd logs while loading a
-// host directory: a hosts.toml that fails to parse is only logged, and
-// containerd silently falls back to reading *.crt files, which would hide
-// a broken file from a trust check.
+// logCapture collects warnings and errors containerd logs, with their
+// level and the error, plugin and key they name. Loading a host directory,
+// a hosts.toml that fails to parse is only logged (containerd silently falls
+// back to reading *.crt files, which would hide a broken file from a trust
+// check); loading a config, unknown keys, migrations and deprecations are.
 type logCapture struct {
 	mu      sync.Mutex
 	entries []string
@@ -46,9 +48,14 @@ func (c *logCapture) Levels() []logrus.Level {
 func (c *logCapture) Fire(e *logrus.Entry) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	msg := e.Message
+	msg := e.Level.String() + ": " + e.Message
 	if err, ok := e.Data[logrus.ErrorKey]; ok {
 		msg += fmt.Sprintf(": %v", err)
+	}
+	for _, f := range []string{"plugin", "key"} {
+		if v, ok := e.Data[f]; ok {
+			msg += " " + f + "=" + strconv.Quote(fmt.Sprint(v))
+		}
 	}
 	c.entries = append(c.entries, msg)
 	return nil
