@@ -26,14 +26,20 @@ func runtimes() map[string]systemd.FakeUnit {
 	}
 }
 
-func TestConfigEditRestartsContainerdOnly(t *testing.T) {
-	e := startNode(t, nodeSetup{
+// managedNode is a node with containerd and docker loaded, a containerd
+// config that reads no hosts.toml, and --manage-containerd-config.
+func managedNode(r agent.Restarts) nodeSetup {
+	return nodeSetup{
 		units:    runtimes(),
-		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
+		restarts: r,
 		dirs:     []string{"etc/containerd"},
 		files:    map[string]string{containerdConfig: "version = 2\n"},
 		manage:   true,
-	})
+	}
+}
+
+func TestConfigEditRestartsContainerdOnly(t *testing.T) {
+	e := startNode(t, managedNode(agent.Restarts{Units: agent.DefaultRestartUnits}))
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "a config change restarts containerd, not docker")
@@ -56,13 +62,7 @@ func TestConfigEditRestartsContainerdOnly(t *testing.T) {
 }
 
 func TestConfigEditWithRestartsOff(t *testing.T) {
-	e := startNode(t, nodeSetup{
-		units:    runtimes(),
-		restarts: agent.Restarts{Never: true},
-		dirs:     []string{"etc/containerd"},
-		files:    map[string]string{containerdConfig: "version = 2\n"},
-		manage:   true,
-	})
+	e := startNode(t, managedNode(agent.Restarts{Never: true}))
 	e.source("registry-only", false)
 	st := e.waitState(agent.StatePending)
 	require.Equal(t, "restart pending: the config of containerd.service changed; restart it to load it (restarts are off)", st.Message)
@@ -98,13 +98,10 @@ func (u *unpublishLog) Unpublish(context.Context) error {
 }
 
 func TestUninstall(t *testing.T) {
-	e := startNode(t, nodeSetup{
-		units:    runtimes(),
-		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
-		dirs:     []string{"etc/containerd", "var/lib"}, // /var/lib exists on every host
-		files:    map[string]string{containerdConfig: "version = 2\n", "etc/docker/daemon.json": "{}\n"},
-		manage:   true,
-	})
+	n := managedNode(agent.Restarts{Units: agent.DefaultRestartUnits})
+	n.dirs = append(n.dirs, "var/lib") // /var/lib exists on every host
+	n.files["etc/docker/daemon.json"] = "{}\n"
+	e := startNode(t, n)
 	before := hostfstest.Tree(t, e.dir, "")
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
@@ -138,13 +135,7 @@ func TestUninstall(t *testing.T) {
 // With --restart=never, a runtime restarted by someone else after the
 // change ends "restart pending"; the agent restarts nothing itself.
 func TestRestartByHandIsSeen(t *testing.T) {
-	e := startNode(t, nodeSetup{
-		units:    runtimes(),
-		restarts: agent.Restarts{Never: true},
-		dirs:     []string{"etc/containerd"},
-		files:    map[string]string{containerdConfig: "version = 2\n"},
-		manage:   true,
-	})
+	e := startNode(t, managedNode(agent.Restarts{Never: true}))
 	e.source("registry-only", false)
 	e.waitState(agent.StatePending)
 
