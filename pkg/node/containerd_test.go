@@ -69,12 +69,20 @@ func TestSyncManagesContainerdConfig(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist, "nothing owned, nothing recorded")
 }
 
-func TestSyncManagedContainerdConfigRestoresByteForByte(t *testing.T) {
-	original := hostfile(t, "debian12-default.toml")
+// managedHost is a containerd node with --manage-containerd-config, its
+// config (none when ""), and one source for a registry with a port.
+func managedHost(t *testing.T, config string) (*host, source.Set) {
 	h := newHost(t, "etc/containerd")
 	h.manage = true
-	hostfstest.WriteFile(t, h.dir, configFile, original)
-	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	if config != "" {
+		hostfstest.WriteFile(t, h.dir, configFile, config)
+	}
+	return h, source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+}
+
+func TestSyncManagedContainerdConfigRestoresByteForByte(t *testing.T) {
+	original := hostfile(t, "debian12-default.toml")
+	h, set := managedHost(t, original)
 	rep := h.sync(set, nil)
 	require.Empty(t, rep.NodeProblems)
 	require.NotEqual(t, original, h.read(configFile))
@@ -170,10 +178,7 @@ func TestSyncReportsShadowingHostDir(t *testing.T) {
 // CRI plugin at its next start: nodetrust takes its line out again.
 func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
 	original := hostfile(t, "containerd-1.6-config-default.toml")
-	h := newHost(t, "etc/containerd")
-	h.manage = true
-	hostfstest.WriteFile(t, h.dir, configFile, original)
-	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	h, set := managedHost(t, original)
 	h.sync(set, nil)
 	edited := h.read(configFile)
 	require.Contains(t, edited, "# set by nodetrust")
@@ -191,9 +196,7 @@ func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
 // A config a package installs over the one nodetrust created is edited, not
 // overwritten, and survives the uninstall.
 func TestSyncCreatedConfigReplacedByAPackage(t *testing.T) {
-	h := newHost(t, "etc/containerd")
-	h.manage = true
-	set := source.Set{Sources: []source.Source{mkSource(t, "a", regs("r.example:5000"))}}
+	h, set := managedHost(t, "")
 	h.sync(set, nil)
 	require.Equal(t, string(containerd.NewConfig()), h.read(configFile), "created")
 
