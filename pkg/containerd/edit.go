@@ -26,16 +26,21 @@ const (
 	markOriginal = "#nodetrust-original# "
 )
 
-// NewConfig is the config file nodetrust writes when a node has none. The
-// version 2 layout is read by containerd 1.x and migrated by 2.x; every
-// other setting keeps containerd's default.
-func NewConfig() []byte {
+// NewConfig is the config file nodetrust writes when a node has none, with
+// config_path set to hostsDir ("" is CertsDir); as the ours of a
+// ConfigMerger merge, it names the config_path to set. The version 2 layout
+// is read by containerd 1.x and migrated by 2.x; every other setting keeps
+// containerd's default.
+func NewConfig(hostsDir string) []byte {
+	if hostsDir == "" {
+		hostsDir = CertsDir
+	}
 	return []byte(`# Written by nodetrust --manage-containerd-config: this node had no containerd
 # config file. nodetrust removes it when it is uninstalled.
 version = 2
 
 [plugins."io.containerd.grpc.v1.cri".registry]
-  config_path = "` + CertsDir + `"
+  config_path = "` + hostsDir + `"
 `)
 }
 

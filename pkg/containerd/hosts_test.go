@@ -84,8 +84,8 @@ func TestMergeErrors(t *testing.T) {
 	ours := RenderHosts([]string{"n.crt"})
 	for base, want := range map[string]string{
 		"server = ":        "does not parse",
-		"ca = 3":           "top-level ca is int64",
-		"ca = [[\"a\",1]]": "holds []interface {}",
+		"ca = 3":           "top-level ca is a integer",
+		"ca = [[\"a\",1]]": "top-level ca holds a array",
 	} {
 		_, err := HostsMerger{}.Merge([]byte(base), ours)
 		require.ErrorContains(t, err, want, base)

@@ -261,6 +261,10 @@ func (a *applier) planFile(f File) {
 	switch {
 	case isOwned && owned.Merge != nil && owned.Merge.Created && hash(cur) == owned.SHA256:
 		next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
+		if content, err = a.create(f); err != nil || content == nil {
+			a.fail(f.Path, fmt.Errorf("create: %w (nothing to write)", err))
+			return
+		}
 	case isOwned && owned.Merge != nil && cur != nil:
 		base := owned.Merge.Base
 		if hash(cur) != owned.SHA256 { // edited by the operator after our merge
@@ -283,6 +287,16 @@ func (a *applier) planFile(f File) {
 		// or nothing there yet.
 		if f.CreateAsMerge && f.Merger != "" {
 			next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
+			if content, err = a.create(f); err != nil {
+				a.fail(f.Path, err)
+				return
+			}
+			if content == nil { // only ever merged into an existing file
+				if isOwned && cur != nil {
+					a.planRemoval(f.Path, owned)
+				}
+				return
+			}
 		}
 	case f.Merger != "":
 		if content, err = a.merge(f, cur); err != nil {
@@ -304,6 +318,21 @@ func (a *applier) planFile(f File) {
 	}
 	a.refreshNeeded = a.refreshNeeded || f.Refresh
 	a.writes = append(a.writes, op{path: f.Path, data: content, mode: mode, base: f.Base, owned: next, create: !isOwned})
+}
+
+// Creator is a Merger that decides what to write where no file exists; a
+// nil result writes nothing (additions that only ever go into someone
+// else's file). Without it, File.Data is written.
+type Creator interface {
+	Create(ours []byte) ([]byte, error)
+}
+
+func (a *applier) create(f File) ([]byte, error) {
+	c, ok := a.opts.Mergers[f.Merger].(Creator)
+	if !ok {
+		return f.Data, nil
+	}
+	return c.Create(f.Data)
 }
 
 func (a *applier) merge(f File, base []byte) ([]byte, error) {

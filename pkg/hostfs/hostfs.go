@@ -55,6 +55,35 @@ func (r *Root) IsDir(rel string) bool {
 	return true
 }
 
+// ExistsInRoot reports whether rel exists, following symlinks as
+// ReadFileInRoot does.
+func (r *Root) ExistsInRoot(rel string) bool {
+	fd, err := r.open(rel, unix.O_PATH, true)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// Readlink returns the target of the symlink at rel, whose parent is
+// reached without symlinks.
+func (r *Root) Readlink(rel string) (string, error) {
+	if err := checkClean(rel); err != nil || rel == "." {
+		return "", fmt.Errorf("%q is not a clean path inside the host root", rel)
+	}
+	dirfd, err := r.open(path.Dir(rel), unix.O_PATH|unix.O_DIRECTORY, false)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(dirfd)
+	target, err := readlinkat(dirfd, path.Base(rel))
+	if err != nil {
+		return "", &fs.PathError{Op: "readlink", Path: rel, Err: err}
+	}
+	return target, nil
+}
+
 // ReadFile reads a regular file at rel; a symlink anywhere in rel is refused.
 func (r *Root) ReadFile(rel string) ([]byte, error) {
 	data, _, err := r.read(rel, false)
