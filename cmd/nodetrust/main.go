@@ -37,10 +37,11 @@ const usage = `usage: nodetrust <command> [flags]
 
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
-           [--manage-containerd-config]
+           [--manage-containerd-config] [--containerd-version V] [--containerd-config PATH]
            make ROOT match the sources in PATH once, then exit
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
-           [--manage-containerd-config] [--restart auto|never] [--max-concurrent-restarts N]
+           [--manage-containerd-config] [--containerd-config PATH]
+           [--restart auto|never] [--max-concurrent-restarts N]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
