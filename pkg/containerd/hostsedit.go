@@ -71,7 +71,9 @@ func scanHosts(data []byte) (*hostsDoc, error) {
 			key, first := keyOf(e.Key())
 			start := int(first.Raw.Offset)
 			lineStart := bytes.LastIndexByte(data[:start], '\n') + 1
-			doc.firstTable = min(doc.firstTable, lineStart)
+			if lineStart < doc.firstTable {
+				doc.firstTable = beforeBlankLines(data, lineStart)
+			}
 			current = key
 			if e.Kind == unstable.ArrayTable {
 				current = []string{"\x00array"}
@@ -430,4 +432,17 @@ func HostOf(url string) string {
 		rest = rest[:i]
 	}
 	return rest
+}
+
+// beforeBlankLines moves off back over the blank lines that end just before
+// it, so keys added to the top level sit with the others.
+func beforeBlankLines(data []byte, off int) int {
+	for off > 0 {
+		prev := bytes.LastIndexByte(data[:off-1], '\n') + 1
+		if len(bytes.TrimSpace(data[prev:off])) != 0 {
+			return off
+		}
+		off = prev
+	}
+	return off
 }

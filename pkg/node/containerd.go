@@ -76,8 +76,8 @@ func (c *containerdNode) missingConfig() bool {
 }
 
 // foreignHostsFiles lists the hosts.toml files below dir that nodetrust did
-// not generate, with their [host] entries. Files nodetrust created are not
-// read: they have none.
+// not generate, with their [host] entries. Files nodetrust wrote whole are
+// not read (they have none); one it created may have been replaced since.
 func foreignHostsFiles(root *hostfs.Root, dir string, st hostfs.State) map[string][]string {
 	matches, err := filepath.Glob(filepath.Join(root.Dir(), dir, "*", containerd.HostsFile))
 	if err != nil {
@@ -90,7 +90,7 @@ func foreignHostsFiles(root *hostfs.Root, dir string, st hostfs.State) map[strin
 			continue
 		}
 		rel = filepath.ToSlash(rel)
-		if o, ok := st.Files[rel]; ok && (o.Merge == nil || o.Merge.Created) {
+		if o, ok := st.Files[rel]; ok && o.Merge == nil {
 			continue
 		}
 		data, err := root.ReadFile(rel)

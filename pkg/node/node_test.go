@@ -28,7 +28,8 @@ type host struct {
 	root     *hostfs.Root
 	refresh  []string
 	failNext bool
-	manage   bool // --manage-containerd-config
+	manage   bool   // --manage-containerd-config
+	version  string // --containerd-version
 }
 
 func newHost(t testing.TB, dirs ...string) *host {
@@ -46,6 +47,7 @@ func (h *host) sync(set source.Set, nodeLabels labels.Set) node.Report {
 	rep, err := node.Sync(context.Background(), h.root, set, node.Options{
 		NodeLabels:             nodeLabels,
 		ManageContainerdConfig: h.manage,
+		ContainerdVersion:      h.version,
 		Refresh: func(_ context.Context, st truststore.Store, root string) error {
 			h.refresh = append(h.refresh, st.Family+"@"+root)
 			if h.failNext {
