@@ -48,7 +48,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		opts.NodeLabels = set
 	}
-	set, err := source.ReadPath(*path, time.Now())
+	set, err := source.ReadPath(ctx, *path, time.Now())
 	if errors.Is(err, fs.ErrNotExist) {
 		return usageError{fmt.Errorf("apply: -f %s: %w", *path, err)}
 	}
