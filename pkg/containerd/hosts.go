@@ -6,6 +6,7 @@ package containerd
 import (
 	"bytes"
 	"fmt"
+	"path"
 	"slices"
 	"strings"
 
@@ -41,6 +42,22 @@ func RenderHosts(caFiles []string) []byte {
 		panic(err)
 	}
 	return append([]byte(header), body...)
+}
+
+// Generated reports whether data is a hosts.toml RenderHosts wrote: it
+// starts with nodetrust's header.
+func (HostsMerger) Generated(data []byte) bool {
+	return bytes.HasPrefix(data, []byte(header))
+}
+
+// Render renders nodetrust's hosts.toml for the CA files at the given paths
+// (only their names are kept: they sit beside the hosts.toml).
+func (HostsMerger) Render(present []string) []byte {
+	names := make([]string, len(present))
+	for i, p := range present {
+		names[i] = path.Base(p)
+	}
+	return RenderHosts(names)
 }
 
 // HostsMerger merges nodetrust's CA files into the top-level ca list of a

@@ -103,3 +103,20 @@ func TestShadowDir(t *testing.T) {
 		require.Equal(t, want, ShadowDir(registry), registry)
 	}
 }
+
+func TestHostsGeneratedAndRender(t *testing.T) {
+	m := HostsMerger{}
+	rendered := m.Render([]string{"etc/containerd/certs.d/r/b.crt", "etc/containerd/certs.d/r/a.crt"})
+	require.Equal(t, string(RenderHosts([]string{"b.crt", "a.crt"})), string(rendered), "names relative to the file")
+	merged, err := m.Merge([]byte("server = \"https://r\"\n"), rendered)
+	require.NoError(t, err)
+	for data, want := range map[string]bool{
+		string(rendered):           true,
+		string(merged):             false,
+		"server = \"https://r\"\n": false,
+	} {
+		require.Equal(t, want, m.Generated([]byte(data)), data)
+	}
+	require.True(t, ConfigMerger{}.Generated(NewConfig()))
+	require.False(t, ConfigMerger{}.Generated([]byte("version = 2\n")))
+}

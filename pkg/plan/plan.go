@@ -98,12 +98,18 @@ func Build(sources []source.Source, f Facts) Plan {
 	}
 	for r, cas := range hostsCAs {
 		sort.Strings(cas)
+		dir := path.Join(ContainerdDir, "certs.d", string(r))
+		needs := make([]string, len(cas)) // hostfs names only those written
+		for i, ca := range cas {
+			needs[i] = path.Join(dir, ca)
+		}
 		p.Files = append(p.Files, hostfs.File{
-			Path:   path.Join(ContainerdDir, "certs.d", string(r), containerd.HostsFile),
+			Path:   path.Join(dir, containerd.HostsFile),
 			Base:   ContainerdDir,
 			Data:   containerd.RenderHosts(cas),
 			Merger: containerd.MergerName,
 			Late:   true,
+			Needs:  needs,
 		})
 	}
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
