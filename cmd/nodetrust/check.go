@@ -18,6 +18,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/probe"
 	"github.com/nodetrust/nodetrust/pkg/registry"
 )
@@ -63,6 +64,8 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fl.SetOutput(stderr)
 	hostRoot := fl.String("host-root", "/", "root of the host filesystem whose runtimes are checked")
 	output := fl.String("output", "text", "text or json")
+	cdVersion := fl.String("containerd-version", "", "the running containerd's version, as for apply")
+	cdConfig := fl.String("containerd-config", "", "containerd's main config file on the node, as for apply")
 	reg, err := parseCheckArgs(fl, args)
 	if err != nil {
 		return err
@@ -75,7 +78,10 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{fmt.Errorf("check: --host-root: %w", err)}
 	}
 	defer root.Close()
-	rep := check(ctx, root, reg)
+	if _, err := containerd.ParseVersion(*cdVersion); err != nil {
+		return usageError{fmt.Errorf("check: --containerd-version: %w", err)}
+	}
+	rep := check(ctx, root, reg, *cdVersion, *cdConfig)
 	if err := writeOutput(stdout, *output, rep, rep.writeText); err != nil {
 		return err
 	}
@@ -123,7 +129,7 @@ func parseCheckArgs(fl *flag.FlagSet, args []string) (string, error) {
 
 // check resolves reg as each runtime present under root would and probes
 // every endpoint with exactly that runtime's trust plus the system bundle.
-func check(ctx context.Context, root *hostfs.Root, reg string) checkReport {
+func check(ctx context.Context, root *hostfs.Root, reg, cdVersion, cdConfig string) checkReport {
 	rep := checkReport{Registry: reg, HostRoot: root.Dir(), OK: true}
 	var system []byte
 	for _, b := range systemBundles {
@@ -136,8 +142,8 @@ func check(ctx context.Context, root *hostfs.Root, reg string) checkReport {
 	p := &probe.Prober{Hosts: probe.ParseHosts(hosts)}
 	fsys := rootFS{root}
 	var runtimes []runtimeCheck
-	if root.IsDir("etc/containerd") {
-		runtimes = append(runtimes, containerdCheck(root, fsys, reg))
+	if reading, ok := node.ContainerdLookup(root, cdVersion, cdConfig); ok {
+		runtimes = append(runtimes, containerdCheck(root, fsys, reg, reading))
 	}
 	if root.IsDir("etc/docker") {
 		runtimes = append(runtimes, certsDirCheck("docker", fsys, reg, []string{"etc/docker/certs.d"}))
@@ -169,38 +175,37 @@ func nonNilRuntimes(r []runtimeCheck) []runtimeCheck {
 	return r
 }
 
-// containerdHostsDir is the hosts directory containerd's CRI picks for reg
-// under /etc/containerd/certs.d: host_port_, then host, then _default, the
-// first that exists; "" when none does. The layout-aware choice (config_path
-// roots, k3s, MicroK8s) replaces it.
-func containerdHostsDir(root *hostfs.Root, reg string) string {
-	const certsDir = "etc/containerd/certs.d"
+// containerdHostsDir is the hosts directory containerd's CRI picks for reg:
+// per root of config_path (one directory, for the transfer service),
+// host_port_, then host, then _default; the first root holding any wins;
+// "" when none does.
+func containerdHostsDir(root *hostfs.Root, reading containerd.Reading, reg string) string {
+	roots := reading.Roots
+	if reading.Transfer {
+		roots = []string{strings.Join(reading.Roots, ":")}
+	}
 	var names []string
 	if s := containerd.ShadowDir(reg); s != "" {
 		names = append(names, s)
 	}
-	for _, n := range append(names, reg, "_default") {
-		if d := path.Join(certsDir, n); root.IsDir(d) {
-			return d
+	names = append(names, reg, "_default")
+	for _, r := range roots {
+		for _, n := range names {
+			if d := strings.TrimPrefix(path.Join(r, n), "/"); root.IsDir(d) {
+				return d
+			}
 		}
 	}
 	return ""
 }
 
-func containerdCheck(root *hostfs.Root, fsys rootFS, reg string) runtimeCheck {
+func containerdCheck(root *hostfs.Root, fsys rootFS, reg string, reading containerd.Reading) runtimeCheck {
 	rt := runtimeCheck{Runtime: "containerd", Warnings: []string{}}
-	dir := containerdHostsDir(root, reg)
-	cfg, err := containerd.ReadRegistry(configFS{root})
-	switch {
-	case err == nil && !cfg.Set && cfg.Version < 3:
-		rt.Warnings = append(rt.Warnings, cfg.Problem())
-		dir = "" // the CRI plugin reads no hosts directory at all
-	case err == nil && cfg.Problem() != "":
-		rt.Warnings = append(rt.Warnings, cfg.Problem())
-	case errors.Is(err, fs.ErrNotExist) && len(cfg.Files) == 0:
-		rt.Warnings = append(rt.Warnings, "no /"+containerd.ConfigFile+": containerd 1.x's built-in defaults read no hosts.toml (2.x's do); assumed "+containerd.CertsDir)
-	case err != nil:
-		rt.Warnings = append(rt.Warnings, err.Error())
+	dir := ""
+	if reading.Problem != "" {
+		rt.Warnings = append(rt.Warnings, reading.Problem) // the CRI plugin reads no hosts directory nodetrust writes
+	} else {
+		dir = containerdHostsDir(root, reading, reg)
 	}
 	res, err := containerd.ResolveHosts(fsys, dir, reg)
 	rt.Dir, rt.From = hostPath(res.Dir), res.From

@@ -6,6 +6,7 @@ package containerd
 import (
 	"bytes"
 	"fmt"
+	"path"
 	"strings"
 
 	toml "github.com/pelletier/go-toml/v2"
@@ -72,6 +73,60 @@ func RenderAdditions(a Additions) []byte {
 	}
 	return body
 }
+
+// Files lists the paths of the CA files a names, for a hosts.toml in dir.
+func (a Additions) Files(dir string) []string {
+	var out []string
+	for _, f := range a.CA {
+		out = append(out, path.Join(dir, f))
+	}
+	for _, url := range sortedKeys(a.Hosts) {
+		for _, f := range a.Hosts[url] {
+			out = append(out, path.Join(dir, f))
+		}
+	}
+	return out
+}
+
+// keep returns a without the files whose path (for a hosts.toml in dir) is
+// not in present.
+func (a Additions) keep(dir string, present []string) Additions {
+	in := map[string]bool{}
+	for _, p := range present {
+		in[p] = true
+	}
+	out := Additions{}
+	for _, f := range a.CA {
+		if in[path.Join(dir, f)] {
+			out.CA = append(out.CA, f)
+		}
+	}
+	for url, fs := range a.Hosts {
+		for _, f := range fs {
+			if in[path.Join(dir, f)] {
+				if out.Hosts == nil {
+					out.Hosts = map[string][]string{}
+				}
+				out.Hosts[url] = append(out.Hosts[url], f)
+			}
+		}
+	}
+	return out
+}
+
+// Render returns ours for the hosts.toml at file naming only the CA files
+// of present (paths relative to the host root), those that are in place.
+func (HostsMerger) Render(file string, ours []byte, present []string) []byte {
+	a, err := parseAdditions(ours)
+	if err != nil {
+		return nil
+	}
+	return RenderAdditions(a.keep(path.Dir(file), present))
+}
+
+// Generated reports whether data is a hosts.toml nodetrust generated: it
+// starts with nodetrust's header.
+func (HostsMerger) Generated(data []byte) bool { return Generated(data) }
 
 func parseAdditions(ours []byte) (Additions, error) {
 	var f additionsFile

@@ -99,31 +99,41 @@ func (r *Root) ReadFileInRoot(rel string) ([]byte, error) {
 	return data, err
 }
 
-// read returns the content and permission bits of the regular file at rel.
-// A missing file is an error wrapping fs.ErrNotExist.
-func (r *Root) read(rel string, inRoot bool) ([]byte, fs.FileMode, error) {
+// attrs are the permission bits and owner a replaced file keeps.
+type attrs struct {
+	mode     fs.FileMode
+	uid, gid int
+	// chown: give the written file uid and gid (those of the file it
+	// replaces); a new file belongs to the process.
+	chown bool
+}
+
+// read returns the content and attributes of the regular file at rel. A
+// missing file is an error wrapping fs.ErrNotExist.
+func (r *Root) read(rel string, inRoot bool) ([]byte, attrs, error) {
 	fd, err := r.open(rel, unix.O_RDONLY|unix.O_NONBLOCK, inRoot)
 	if err != nil {
-		return nil, 0, err
+		return nil, attrs{}, err
 	}
 	f := os.NewFile(uintptr(fd), path.Join(r.dir, rel))
 	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, attrs{}, err
 	}
-	if !info.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s is not a regular file", rel)
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, attrs{}, fmt.Errorf("%s is not a regular file", rel)
 	}
-	data := make([]byte, 0, info.Size()+1)
+	at := attrs{mode: fs.FileMode(st.Mode & 0o7777).Perm(), uid: int(st.Uid), gid: int(st.Gid), chown: true}
+	data := make([]byte, 0, st.Size+1)
 	for {
 		n, err := f.Read(data[len(data):cap(data)])
 		data = data[:len(data)+n]
 		if errors.Is(err, io.EOF) {
-			return data, info.Mode().Perm(), nil
+			return data, at, nil
 		}
 		if err != nil {
-			return nil, 0, err
+			return nil, attrs{}, err
 		}
 		if len(data) == cap(data) {
 			data = append(data, 0)[:len(data)]

@@ -233,3 +233,23 @@ func (h hostFS) Glob(pattern string) ([]string, error) {
 func (h hostFS) Readlink(hostPath string) (string, error) {
 	return h.root.Readlink(strings.TrimPrefix(path.Clean(hostPath), "/"))
 }
+
+// ContainerdLookup says where the containerd under root reads hosts.toml
+// files (what Sync writes to), as `nodetrust check` resolves a registry; ok
+// is false when the node has no containerd. version and config are as in
+// Options.
+func ContainerdLookup(root *hostfs.Root, version, config string) (r containerd.Reading, ok bool) {
+	f := Facts{Facts: plan.Facts{Containerd: root.IsDir(plan.ContainerdDir)}}
+	c, _ := detectContainerd(root, &f, Options{ContainerdVersion: version, ContainerdConfig: config}, hostfs.State{})
+	if c == nil {
+		return containerd.Reading{}, false
+	}
+	r = c.reading
+	switch {
+	case c.layoutE != nil:
+		r.Problem = c.layoutE.Error()
+	case c.readErr != nil && !c.missingConfig():
+		r.Problem = c.readErr.Error()
+	}
+	return r, true
+}

@@ -137,6 +137,7 @@ func Build(sources []source.Source, f Facts) Plan {
 			Merger:        containerd.MergerName,
 			Late:          true,
 			CreateAsMerge: true,
+			Needs:         a.Files(path.Dir(file)), // hostfs names only those written
 		})
 	}
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
