@@ -246,6 +246,7 @@ type op struct {
 	owned  Owned  // the record entry after success; before, with removals
 	create bool   // path was not owned before
 	same   bool   // with a restore: the file holds it already
+	absent bool   // with writes: no file was there when planned
 }
 
 type applier struct {
@@ -450,7 +451,7 @@ func (a *applier) planFile(f File) {
 		return
 	}
 	a.refreshNeeded = a.refreshNeeded || f.Refresh
-	a.writes = append(a.writes, op{path: f.Path, data: content, at: at, base: f.Base, owned: next, create: !isOwned})
+	a.writes = append(a.writes, op{path: f.Path, data: content, at: at, base: f.Base, owned: next, create: !isOwned, absent: cur == nil})
 }
 
 // Creator is a Merger that decides what to write where no file exists; a
@@ -634,7 +635,9 @@ func (a *applier) stage(w op) (staged, error) {
 		a.dirs[d] = true
 		a.next.Dirs = addItem(a.next.Dirs, d)
 	}
-	return a.root.stage(w.path, w.data, w.at)
+	s, err := a.root.stage(w.path, w.data, w.at)
+	s.noReplace = w.absent
+	return s, err
 }
 
 // isDir reports, with a cache for one apply, whether d is a directory
