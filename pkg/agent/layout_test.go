@@ -50,3 +50,19 @@ func TestAgentK3sRestartRewrite(t *testing.T) {
 	require.NoError(t, e.client.CoreV1().Secrets(ns).Delete(t.Context(), "reg", metav1.DeleteOptions{}))
 	e.eventually(func() bool { return e.file(hosts) == k3s }, "k3s's file is left byte for byte")
 }
+
+// A writer that deletes nodetrust's file on every pass (as OpenShift's
+// node-ca does every 60 s) makes the node Degraded, naming the file.
+func TestAgentReportsWriterThatDeletesEveryPass(t *testing.T) {
+	a := caSecret(t, "a", "r.example:5000", nil)
+	e := start(t, testNode(nil), a)
+	e.eventually(func() bool { return e.file(dockerFile) != "" }, "applied")
+	for range 3 {
+		require.NoError(t, os.Remove(filepath.Join(e.dir, dockerFile)))
+		e.eventually(func() bool { return e.file(dockerFile) != "" }, "written again")
+	}
+	e.eventually(func() bool {
+		return strings.Contains(e.annotations()["nodetrust.io/message"], "another writer deletes nodetrust's files on every pass: /"+dockerFile)
+	}, "Degraded, naming the file")
+	require.Equal(t, "Degraded", e.annotations()["nodetrust.io/state"])
+}

@@ -138,6 +138,9 @@ type State struct {
 type Result struct {
 	Written []string
 	Removed []string
+	// Recreated are the files of Written that nodetrust owned and found
+	// deleted: someone else removed them since the last apply.
+	Recreated []string
 	// Failed holds one error per target that could not be written or
 	// removed; everything else was still applied.
 	Failed []error
@@ -614,6 +617,9 @@ func (a *applier) written(w op, err error) {
 	}
 	a.next.Files[w.path] = w.owned
 	a.res.Written = append(a.res.Written, w.path)
+	if w.absent && !w.create {
+		a.res.Recreated = append(a.res.Recreated, w.path)
+	}
 	if w.owned.Restart != "" {
 		a.next.Restart = addItem(a.next.Restart, w.owned.Restart)
 		a.restartChanged = true
