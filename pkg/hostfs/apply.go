@@ -274,7 +274,15 @@ func (a *applier) fail(p string, err error) {
 // sweep removes temporary files left by killed runs in every directory
 // nodetrust manages: recorded directories, those holding recorded files,
 // and the record's own.
+//
+// Only the first Apply of a Root sweeps: with one writer per host root (the
+// lock), temporary files come only from a run killed before this one, and an
+// agent's later syncs would read every managed directory for nothing.
 func (a *applier) sweep() {
+	if a.root.swept {
+		return
+	}
+	a.root.swept = true
 	dirs := map[string]bool{path.Dir(StatePath): true}
 	for p := range a.old.Files {
 		dirs[path.Dir(p)] = true
