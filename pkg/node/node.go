@@ -55,11 +55,11 @@ type Report struct {
 	Written     []string
 	Removed     []string
 	// Recreated are the written files that someone else had deleted.
-	Recreated []string
-	Failed      []error
-	Refreshed   bool
-	RefreshErr  error
-	Hash        string
+	Recreated  []string
+	Failed     []error
+	Refreshed  bool
+	RefreshErr error
+	Hash       string
 	// NodeProblems keep the node from using what was applied, such as a
 	// containerd that reads no hosts.toml. They make an agent's node
 	// Degraded; they are not failed writes.
