@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -11,12 +14,29 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
+// DefaultSettle is how long a manifest directory must stay quiet after a
+// change before it is read again.
+const DefaultSettle = 250 * time.Millisecond
+
 // Dir reads sources from a directory of manifests and watches it, for nodes
 // outside Kubernetes or an air-gapped bootstrap. A mounted ConfigMap works:
 // its atomic "..data" swaps are directory events too.
+//
+// It reads only a complete set: a change is read once the directory has
+// been quiet for Settle, and a file that cannot be read, that changes while
+// it is read, or that is empty while it held sources at the last read (cp
+// truncates, then writes) makes the set incomplete, so nothing is removed
+// on its account. To remove a file's sources, delete the file.
 type Dir struct {
 	path       string
 	nodeLabels labels.Set
+	// Settle is the quiet time before a change is reported (DefaultSettle
+	// when zero).
+	Settle time.Duration
+
+	mu   sync.Mutex
+	ctx  context.Context // of Wait: ends a read when the agent stops
+	held map[string]bool // files that held sources at the last read
 }
 
 // NewDir reads sources from path; nodeLabels (nil: ignore node selectors)
@@ -25,7 +45,8 @@ func NewDir(path string, nodeLabels labels.Set) *Dir {
 	return &Dir{path: path, nodeLabels: nodeLabels}
 }
 
-// Wait starts watching the directory.
+// Wait starts watching the directory. A burst of events is reported once,
+// when the directory has been quiet for Settle.
 func (d *Dir) Wait(ctx context.Context, notify func()) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -35,8 +56,18 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 		w.Close()
 		return fmt.Errorf("watch %s: %w", d.path, err)
 	}
+	d.mu.Lock()
+	d.ctx = ctx
+	d.mu.Unlock()
+	settle := d.Settle
+	if settle <= 0 {
+		settle = DefaultSettle
+	}
 	go func() {
 		defer w.Close()
+		quiet := time.NewTimer(settle)
+		quiet.Stop()
+		defer quiet.Stop()
 		for {
 			select {
 			case <-ctx.Done():
@@ -45,11 +76,13 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 				if !ok {
 					return
 				}
-				notify()
+				quiet.Reset(settle)
 			case _, ok := <-w.Errors:
 				if !ok {
 					return
 				}
+				quiet.Reset(settle) // e.g. an overflow: read everything again
+			case <-quiet.C:
 				notify()
 			}
 		}
@@ -60,9 +93,30 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 // Collect reads the directory; an unreadable one is incomplete input, so
 // nothing is removed on its account.
 func (d *Dir) Collect() (source.Set, labels.Set) {
-	set, err := source.ReadPath(context.Background(), d.path, time.Now())
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	ctx := d.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	set, err := source.ReadPath(ctx, d.path, time.Now())
 	if err != nil {
 		set.Errors = append(set.Errors, err)
+		return set, d.nodeLabels
 	}
+	held := make(map[string]bool, len(set.Files))
+	for _, f := range slices.Sorted(maps.Keys(set.Files)) {
+		r := set.Files[f]
+		switch {
+		case r.Unreadable:
+			held[f] = d.held[f]
+		case r.Bytes == 0 && d.held[f]:
+			held[f] = true
+			set.Errors = append(set.Errors, fmt.Errorf("%s: empty, but it held sources when last read: taken as being rewritten, so nothing is removed (delete the file to remove its sources)", f))
+		default:
+			held[f] = r.Objects > 0
+		}
+	}
+	d.held = held
 	return set, d.nodeLabels
 }
