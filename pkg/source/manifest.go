@@ -262,10 +262,11 @@ func decodeDocument(doc []byte, isJSON bool) (obj map[string]any, strictErr, err
 	} else {
 		js, err := yaml.YAMLToJSONStrict(doc)
 		if err != nil {
+			dupErr := err
 			if js, err = yaml.YAMLToJSON(doc); err != nil {
 				return nil, nil, err
 			}
-			strictErr = duplicateKeys(doc)
+			strictErr = duplicateKeys(dupErr)
 		}
 		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(js, &v); err != nil {
 			return nil, nil, err
@@ -281,10 +282,9 @@ func decodeDocument(doc []byte, isJSON bool) (obj map[string]any, strictErr, err
 	}
 }
 
-// duplicateKeys describes the duplicate keys of a YAML document that
-// decodes only when they are allowed.
-func duplicateKeys(doc []byte) error {
-	_, err := yaml.YAMLToJSONStrict(doc)
+// duplicateKeys rewords the strict decoding error of a YAML document that
+// decodes only when duplicate keys are allowed.
+func duplicateKeys(err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:")
 	return fmt.Errorf("duplicate key, which Kubernetes refuses: %s", strings.Join(strings.Fields(msg), " "))
 }
@@ -299,7 +299,7 @@ func (r *reader) object(where string, obj map[string]any, strictErr error) {
 		return
 	}
 	if items, ok := obj["items"]; ok && strings.HasSuffix(kind, "List") {
-		r.list(where, items, strictErr)
+		r.list(where, obj, items, strictErr)
 		return
 	}
 	if (kind != KindSecret && kind != KindConfigMap) || apiVersion != "v1" {
@@ -321,7 +321,22 @@ func typeMetaProblem(obj map[string]any) string {
 	return fmt.Sprintf("no %s (a string) to say what the object is", strings.Join(missing, " and no "))
 }
 
-func (r *reader) list(where string, items any, strictErr error) {
+// typedListItem gives an item of a typed list (SecretList, as the API
+// returns it) the kind and apiVersion the list implies, where it has none.
+func typedListItem(item map[string]any, list map[string]any) {
+	kind, apiVersion := list["kind"].(string), list["apiVersion"]
+	if kind == "List" {
+		return
+	}
+	if _, ok := item["kind"]; !ok {
+		item["kind"] = strings.TrimSuffix(kind, "List")
+	}
+	if _, ok := item["apiVersion"]; !ok {
+		item["apiVersion"] = apiVersion
+	}
+}
+
+func (r *reader) list(where string, listType map[string]any, items any, strictErr error) {
 	if strictErr != nil {
 		r.inputError(fmt.Errorf("%s: %w", where, strictErr))
 	}
@@ -337,6 +352,7 @@ func (r *reader) list(where string, items any, strictErr error) {
 			r.inputError(fmt.Errorf("%s: must be an object, not %s", itemWhere, describe(item)))
 			continue
 		}
+		typedListItem(obj, listType)
 		r.object(itemWhere, obj, nil)
 	}
 }

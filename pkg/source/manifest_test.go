@@ -271,4 +271,14 @@ metadata:
 	require.Empty(t, set.Rejected)
 	require.Len(t, set.Sources, 2)
 	require.Equal(t, source.FileRead{Bytes: len(list), Objects: 2}, set.Files[p])
+
+	// The API's own typed list leaves kind and apiVersion out of its items.
+	raw := `{"kind":"SecretList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[` +
+		`{"metadata":{"name":"raw","namespace":"ns","labels":{"nodetrust.io/ca":"true"}},"data":{"ca.crt":"` + b64 + `"},"type":"Opaque"}]}`
+	require.NoError(t, os.WriteFile(p, []byte(raw), 0o644))
+	set, err = source.ReadPath(context.Background(), p, now)
+	require.NoError(t, err)
+	require.True(t, set.Complete(), "%v", set.Errors)
+	require.Len(t, set.Sources, 1)
+	require.Equal(t, source.ID{Kind: "Secret", Namespace: "ns", Name: "raw"}, set.Sources[0].ID)
 }
