@@ -22,11 +22,12 @@ const DefaultSettle = 250 * time.Millisecond
 // outside Kubernetes or an air-gapped bootstrap. A mounted ConfigMap works:
 // its atomic "..data" swaps are directory events too.
 //
-// It reads only a complete set: a change is read once the directory has
-// been quiet for Settle, and a file that cannot be read, that changes while
-// it is read, or that is empty while it held sources at the last read (cp
-// truncates, then writes) makes the set incomplete, so nothing is removed
-// on its account. To remove a file's sources, delete the file.
+// It reads only a complete set: a change is reported once the directory
+// has been quiet for Settle, and a file that cannot be read, that was
+// written less than Settle ago or changes while it is read, or that is
+// empty while it held sources at the last read (cp truncates, then writes)
+// makes the set incomplete, so nothing is removed on its account. To remove
+// a file's sources, delete the file.
 type Dir struct {
 	path       string
 	nodeLabels labels.Set
@@ -59,10 +60,7 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 	d.mu.Lock()
 	d.ctx = ctx
 	d.mu.Unlock()
-	settle := d.Settle
-	if settle <= 0 {
-		settle = DefaultSettle
-	}
+	settle := d.settle()
 	go func() {
 		defer w.Close()
 		quiet := time.NewTimer(settle)
@@ -90,8 +88,21 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 	return nil
 }
 
+func (d *Dir) settle() time.Duration {
+	if d.Settle <= 0 {
+		return DefaultSettle
+	}
+	return d.Settle
+}
+
+// settleReads bounds how many times Collect waits for a file written less
+// than Settle ago before it returns the set as incomplete.
+const settleReads = 4
+
 // Collect reads the directory; an unreadable one is incomplete input, so
-// nothing is removed on its account.
+// nothing is removed on its account. A file written less than Settle ago
+// is waited for (a few times at most), so a sync that happens to run in
+// the middle of a write reads the result, not a prefix.
 func (d *Dir) Collect() (source.Set, labels.Set) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -99,17 +110,43 @@ func (d *Dir) Collect() (source.Set, labels.Set) {
 	if ctx == nil {
 		ctx = context.Background()
 	}
+	for attempt := 1; ; attempt++ {
+		set, held, wait := d.read(ctx)
+		if wait <= 0 || attempt == settleReads {
+			if held != nil {
+				d.held = held
+			}
+			return set, d.nodeLabels
+		}
+		select {
+		case <-ctx.Done():
+			return set, d.nodeLabels
+		case <-time.After(wait):
+		}
+	}
+}
+
+// read reads the directory once. held is nil when it could not be listed;
+// wait > 0 says how long until the freshest file is settled.
+func (d *Dir) read(ctx context.Context) (set source.Set, held map[string]bool, wait time.Duration) {
 	set, err := source.ReadPath(ctx, d.path, time.Now())
 	if err != nil {
 		set.Errors = append(set.Errors, err)
-		return set, d.nodeLabels
+		return set, nil, 0
 	}
-	held := make(map[string]bool, len(set.Files))
+	now := time.Now() // after the read: a file written during it is fresh
+	held = make(map[string]bool, len(set.Files))
 	for _, f := range slices.Sorted(maps.Keys(set.Files)) {
 		r := set.Files[f]
-		switch {
+		switch age := now.Sub(r.ModTime); {
 		case r.Unreadable:
 			held[f] = d.held[f]
+		case age >= 0 && age < d.settle():
+			// A read in the middle of one long write(2) can see a
+			// consistent prefix: wait until the file is quiet.
+			held[f] = d.held[f]
+			wait = max(wait, d.settle()-age)
+			set.Errors = append(set.Errors, fmt.Errorf("%s: written %s ago, maybe still being written: read again once it has been quiet for %s", f, age.Round(time.Millisecond), d.settle()))
 		case r.Bytes == 0 && d.held[f]:
 			held[f] = true
 			set.Errors = append(set.Errors, fmt.Errorf("%s: empty, but it held sources when last read: taken as being rewritten, so nothing is removed (delete the file to remove its sources)", f))
@@ -117,6 +154,5 @@ func (d *Dir) Collect() (source.Set, labels.Set) {
 			held[f] = r.Objects > 0
 		}
 	}
-	d.held = held
-	return set, d.nodeLabels
+	return set, held, wait
 }

@@ -7,7 +7,6 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -26,9 +25,17 @@ func dirSource(t *testing.T, dir, name string) (string, []byte, source.ID) {
 	doc := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: %s, namespace: ns, labels: {nodetrust.io/ca: \"true\"}, annotations: {nodetrust.io/registries: r.example}}\ndata: {ca.crt: %q}\n",
 		name, string(ca.CertPEM()))
 	p := filepath.Join(dir, name+".yaml")
-	require.NoError(t, os.WriteFile(p, []byte(doc), 0o644))
+	writeSettled(t, p, []byte(doc))
 	require.Less(t, len(doc), os.Getpagesize())
 	return p, []byte(doc), source.ID{Kind: source.KindConfigMap, Namespace: "ns", Name: name}
+}
+
+// writeSettled writes a file dated a day ago, long enough for Dir to
+// take it as settled.
+func writeSettled(t *testing.T, p string, data []byte) {
+	require.NoError(t, os.WriteFile(p, data, 0o644))
+	past := time.Now().Add(-24 * time.Hour)
+	require.NoError(t, os.Chtimes(p, past, past))
 }
 
 func holds(set source.Set, id source.ID) bool {
@@ -43,11 +50,19 @@ func holds(set source.Set, id source.ID) bool {
 // TestDirRewriteInPlaceNeverReadsAsRemoval rewrites a manifest in place the
 // way cp does (truncate, then write) many times while collecting from the
 // directory: no collected set may be complete and missing the source, and
-// the burst of events is reported once, after it settles.
+// the burst of events is reported once, after it settles. With a settle
+// time too short to matter, the empty-file rule alone must hold the line.
 func TestDirRewriteInPlaceNeverReadsAsRemoval(t *testing.T) {
+	for name, settle := range map[string]time.Duration{"default settle": agent.DefaultSettle, "no settle time": time.Nanosecond} {
+		t.Run(name, func(t *testing.T) { rewriteLoop(t, settle) })
+	}
+}
+
+func rewriteLoop(t *testing.T, settle time.Duration) {
 	dir := t.TempDir()
 	path, doc, id := dirSource(t, dir, "ca")
 	d := agent.NewDir(dir, nil)
+	d.Settle = settle
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var notified atomic.Int64
@@ -56,10 +71,9 @@ func TestDirRewriteInPlaceNeverReadsAsRemoval(t *testing.T) {
 	require.True(t, set.Complete() && holds(set, id), "%v", set.Errors)
 
 	const rewrites = 300
-	var wg sync.WaitGroup
-	wg.Add(1)
+	writing := make(chan struct{})
 	go func() {
-		defer wg.Done()
+		defer close(writing)
 		for range rewrites {
 			f, err := os.OpenFile(path, os.O_WRONLY|os.O_TRUNC, 0)
 			if err != nil {
@@ -72,11 +86,9 @@ func TestDirRewriteInPlaceNeverReadsAsRemoval(t *testing.T) {
 			f.Close()
 		}
 	}()
-	writing := make(chan struct{})
-	go func() { wg.Wait(); close(writing) }()
 
-	var collects, incomplete, removed int
-	kinds := map[string]int{}
+	var collects, removed int
+	incomplete := map[string]int{} // by the first word of the reason
 	for done := false; !done; {
 		select {
 		case <-writing:
@@ -87,20 +99,21 @@ func TestDirRewriteInPlaceNeverReadsAsRemoval(t *testing.T) {
 		collects++
 		switch {
 		case !set.Complete():
-			incomplete++
-			kinds[strings.SplitN(set.Errors[0].Error(), ": ", 2)[1]]++
+			incomplete[strings.Fields(strings.TrimPrefix(set.Errors[0].Error(), path+": "))[0]]++
 		case !holds(set, id):
 			removed++
 		}
 	}
 	duringLoop := notified.Load()
-	t.Log(kinds)
-	t.Logf("%d rewrites, %d collects: %d incomplete, %d complete without the source; %d notifications while writing", rewrites, collects, incomplete, removed, duringLoop)
+	t.Logf("%d rewrites, %d collects: incomplete %v, %d complete without the source; %d notifications while writing", rewrites, collects, incomplete, removed, duringLoop)
 	require.Zero(t, removed, "a collected set was complete and missing the source")
-	require.Positive(t, incomplete, "the loop never caught the file mid-rewrite; the test proves nothing")
-	require.Less(t, duringLoop, int64(rewrites/10), "events are reported once they settle, not one by one")
-
-	require.Eventually(t, func() bool { return notified.Load() > duringLoop }, 5*time.Second, 10*time.Millisecond, "the settled change is reported")
+	if settle < time.Millisecond { // else Collect waits for the writes to settle
+		require.NotEmpty(t, incomplete, "the loop never caught the file mid-rewrite; the test proves nothing")
+	}
+	if settle == agent.DefaultSettle {
+		require.Less(t, duringLoop, int64(rewrites/10), "events are reported once they settle, not one by one")
+		require.Eventually(t, func() bool { return notified.Load() > duringLoop }, 5*time.Second, 10*time.Millisecond, "the settled change is reported")
+	}
 	set, _ = d.Collect()
 	require.True(t, set.Complete() && holds(set, id), "%v", set.Errors)
 }
@@ -115,29 +128,59 @@ func TestDirEmptiedFile(t *testing.T) {
 	set, _ := d.Collect()
 	require.True(t, set.Complete() && holds(set, id))
 
-	require.NoError(t, os.WriteFile(path, nil, 0o644))
+	writeSettled(t, path, nil)
 	for range 2 {
 		set, _ = d.Collect()
 		require.False(t, set.Complete())
 		require.EqualError(t, set.Errors[0], path+": empty, but it held sources when last read: taken as being rewritten, so nothing is removed (delete the file to remove its sources)")
 	}
 
-	require.NoError(t, os.WriteFile(path, doc, 0o644))
+	writeSettled(t, path, doc)
 	set, _ = d.Collect()
 	require.True(t, set.Complete() && holds(set, id))
 
-	require.NoError(t, os.WriteFile(path, []byte("# no sources any more\n"), 0o644))
+	writeSettled(t, path, []byte("# no sources any more\n"))
 	set, _ = d.Collect()
 	require.True(t, set.Complete())
 	require.Empty(t, set.Sources, "a file with content but no source is read as it is")
-	require.NoError(t, os.WriteFile(path, nil, 0o644))
+	writeSettled(t, path, nil)
 	set, _ = d.Collect()
 	require.True(t, set.Complete(), "it held no source: empty is just empty")
 
-	require.NoError(t, os.WriteFile(path, doc, 0o644))
+	writeSettled(t, path, doc)
 	d.Collect()
 	require.NoError(t, os.Remove(path))
 	set, _ = d.Collect()
 	require.True(t, set.Complete())
 	require.Empty(t, set.Sources, "deleted: its sources are gone")
+}
+
+// TestDirFreshFileWaits: a file written less than Settle ago may be in the
+// middle of a write, so Collect waits until it is quiet; one that never
+// settles makes the set incomplete.
+func TestDirFreshFileWaits(t *testing.T) {
+	dir := t.TempDir()
+	path, doc, id := dirSource(t, dir, "ca")
+	d := agent.NewDir(dir, nil)
+	d.Settle = 100 * time.Millisecond
+	require.NoError(t, os.WriteFile(path, doc, 0o644))
+	start := time.Now()
+	set, _ := d.Collect()
+	require.True(t, set.Complete() && holds(set, id), "%v", set.Errors)
+	require.GreaterOrEqual(t, time.Since(start), 80*time.Millisecond, "it waited for the file to settle")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	require.NoError(t, os.WriteFile(path, doc, 0o644))
+	go func() {
+		for ctx.Err() == nil {
+			now := time.Now()
+			_ = os.Chtimes(path, now, now)
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	set, _ = d.Collect()
+	require.False(t, set.Complete())
+	require.Contains(t, set.Errors[0].Error(), path+": written ")
+	require.Contains(t, set.Errors[0].Error(), "ago, maybe still being written: read again once it has been quiet for 100ms")
 }

@@ -38,7 +38,8 @@ type Set struct {
 
 // FileRead is what reading one manifest file found.
 type FileRead struct {
-	Bytes int // the length read
+	Bytes   int       // the length read
+	ModTime time.Time // when it was last written, as read
 	// Objects counts the labelled Secrets and ConfigMaps in the file, valid
 	// or rejected, and those that may be labelled but are unreadable.
 	Objects int
@@ -114,31 +115,31 @@ func manifestFiles(dir string) ([]string, error) {
 // could block: the path is checked, then opened non-blocking (a FIFO's open
 // would wait for a writer) and checked again on the open file. A file that
 // changes while it is read is an error, not a half-written manifest.
-func readRegular(ctx context.Context, path string) ([]byte, error) {
+func readRegular(ctx context.Context, path string) ([]byte, fs.FileInfo, error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !info.Mode().IsRegular() {
-		return nil, notRegular(path, info.Mode())
+		return nil, nil, notRegular(path, info.Mode())
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	before, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !before.Mode().IsRegular() {
-		return nil, notRegular(path, before.Mode())
+		return nil, nil, notRegular(path, before.Mode())
 	}
 	var buf bytes.Buffer
 	chunk := make([]byte, 64<<10)
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
 		}
 		n, err := f.Read(chunk)
 		buf.Write(chunk[:n])
@@ -146,17 +147,17 @@ func readRegular(ctx context.Context, path string) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	after, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) || int64(buf.Len()) != after.Size() {
-		return nil, fmt.Errorf("%s: changed while it was read (a write in progress)", path)
+		return nil, nil, fmt.Errorf("%s: changed while it was read (a write in progress)", path)
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), after, nil
 }
 
 func notRegular(path string, mode fs.FileMode) error {
@@ -187,12 +188,12 @@ type reader struct {
 func (r *reader) readFile(ctx context.Context, path string) {
 	r.file = path
 	r.files[path] = FileRead{}
-	data, err := readRegular(ctx, path)
+	data, info, err := readRegular(ctx, path)
 	if err != nil {
 		r.inputError(err)
 		return
 	}
-	r.update(func(f *FileRead) { f.Bytes = len(data) })
+	r.update(func(f *FileRead) { f.Bytes, f.ModTime = len(data), info.ModTime() })
 	isJSON := utilyaml.IsJSONBuffer(data)
 	docs, err := splitDocuments(data, isJSON)
 	if isJSON && err != nil { // YAML in flow style: {a: b}

@@ -270,7 +270,9 @@ metadata:
 	require.True(t, set.Complete(), "%v", set.Errors)
 	require.Empty(t, set.Rejected)
 	require.Len(t, set.Sources, 2)
-	require.Equal(t, source.FileRead{Bytes: len(list), Objects: 2}, set.Files[p])
+	info, err := os.Stat(p)
+	require.NoError(t, err)
+	require.Equal(t, source.FileRead{Bytes: len(list), ModTime: info.ModTime(), Objects: 2}, set.Files[p])
 
 	// The API's own typed list leaves kind and apiVersion out of its items.
 	raw := `{"kind":"SecretList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[` +
