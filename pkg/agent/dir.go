@@ -23,11 +23,11 @@ const DefaultSettle = 250 * time.Millisecond
 // its atomic "..data" swaps are directory events too.
 //
 // It reads only a complete set: a change is reported once the directory
-// has been quiet for Settle, and a file that cannot be read, that was
-// written less than Settle ago or changes while it is read, or that is
-// empty while it held sources at the last read (cp truncates, then writes)
-// makes the set incomplete, so nothing is removed on its account. To remove
-// a file's sources, delete the file.
+// has been quiet for Settle, and Collect waits for a file written less than
+// Settle ago. A file that cannot be read, that does not settle or changes
+// while it is read, or that is empty while it held sources at the last
+// read (cp truncates, then writes) makes the set incomplete, so nothing is
+// removed on its account. To remove a file's sources, delete the file.
 type Dir struct {
 	path       string
 	nodeLabels labels.Set
