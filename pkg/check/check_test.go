@@ -1,0 +1,60 @@
+package check
+
+import (
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/nodetrust/nodetrust/pkg/probe"
+)
+
+func TestDockerInsecure(t *testing.T) {
+	hosts := probe.ParseHosts([]byte("127.0.0.1 loop.example\n127.0.0.2 loop2.example\n10.0.0.7 remote.example\n127.0.0.1 both.example\n10.0.0.8 both.example\n"))
+	for reg, insecure := range map[string]bool{
+		"127.0.0.1:5000":      true,
+		"127.9.9.9":           true,
+		"loop.example:5000":   true,
+		"loop2.example":       true,
+		"remote.example:5000": false,
+		"both.example":        false, // one address outside the range
+		"dns-only.example":    false, // not looked up
+		"[::1]:5000":          false, // outside 127.0.0.0/8
+		"10.0.0.7:5000":       false,
+	} {
+		rt := Runtime{Endpoints: []Endpoint{{URL: "https://" + reg}}}
+		dockerInsecure(&rt, reg, hosts)
+		require.Equal(t, insecure, rt.Endpoints[0].SkipVerify, reg)
+		require.Equal(t, insecure, len(rt.Warnings) == 1, reg)
+	}
+}
+
+func TestReportProblemAndExpiry(t *testing.T) {
+	soon, later := time.Now().Add(time.Hour), time.Now().Add(48*time.Hour)
+	ok := &probe.Result{Verdict: probe.Verified, LeafNotAfter: later}
+	bad := &probe.Result{Verdict: probe.UnknownAuthority, Reason: "the labelled CA did not sign this chain", LeafNotAfter: soon}
+	tests := []struct {
+		name    string
+		rep     Report
+		problem string
+		expiry  time.Time
+	}{
+		{name: "no runtime", rep: Report{}, problem: "no container runtime on the node"},
+		{name: "all verified", rep: Report{Runtimes: []Runtime{{Runtime: "containerd", OK: true, Endpoints: []Endpoint{{Probe: ok}}}}}, expiry: later},
+		{name: "the first failing runtime",
+			rep: Report{Runtimes: []Runtime{
+				{Runtime: "containerd", OK: true, Endpoints: []Endpoint{{Probe: ok}}},
+				{Runtime: "docker", Endpoints: []Endpoint{{Probe: ok}, {Probe: bad}}},
+			}},
+			problem: "docker: unknown-authority: the labelled CA did not sign this chain", expiry: soon},
+		{name: "a CA file missing",
+			rep:     Report{Runtimes: []Runtime{{Runtime: "containerd", Endpoints: []Endpoint{{URL: "https://r/v2", Problem: "unable to read CA cert /x"}}}}},
+			problem: "containerd: https://r/v2: unable to read CA cert /x"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.problem, tt.rep.Problem())
+			require.Equal(t, tt.expiry, tt.rep.LeafNotAfter())
+		})
+	}
+}
