@@ -41,6 +41,7 @@ commands:
            make ROOT match the sources in PATH once, then exit
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
            [--manage-containerd-config] [--restart auto|never] [--max-concurrent-restarts N]
+           [--verify] [--verify-interval 10m]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
