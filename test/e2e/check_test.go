@@ -131,7 +131,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 		}
 	}
 	realHosts, _ := os.ReadFile("/etc/hosts")
-	rep := newReport(t)
+	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
 	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
 		bin = cluster.AgentBinary(t)
@@ -324,4 +324,13 @@ func agentVerifies(t *testing.T, root, manifests, reg string, checkOK bool) stri
 		t.Fatalf("agent --verify says %s%s, check says ok=%v", line, got, checkOK)
 	}
 	return fmt.Sprintf("agent --verify %s after %.2fs", got, time.Since(a.Started).Seconds())
+}
+
+// checkReport is newReport writing to name beside $NODETRUST_E2E_REPORT, so
+// the check suites do not overwrite each other's (or the story's) report.
+func checkReport(t *testing.T, name string) *report {
+	if p := os.Getenv("NODETRUST_E2E_REPORT"); p != "" {
+		t.Setenv("NODETRUST_E2E_REPORT", filepath.Join(filepath.Dir(p), name))
+	}
+	return newReport(t)
 }
