@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -34,7 +35,8 @@ type checkNode struct {
 func newCheckNode(t *testing.T) checkNode {
 	t.Helper()
 	ca := certstest.NewCA(t, "Registry CA")
-	leaf := certstest.Issue(t, certstest.Template{CommonName: checkAlias, DNSNames: []string{checkAlias}}, &ca)
+	leaf := certstest.Issue(t, certstest.Template{CommonName: checkAlias, DNSNames: []string{checkAlias},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour)}, &ca) // no expiry warning
 	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
 	s.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}}
 	s.StartTLS()
@@ -88,6 +90,7 @@ func TestCheckVerifiedEverywhere(t *testing.T) {
 	require.Equal(t, map[string][]string{"containerd": {"verified"}, "docker": {"skip-verify"}, "containers/image": {"verified"}}, verdicts(rep))
 	require.Equal(t, []string{"dockerd treats " + checkAlias + " (127.0.0.1) as an insecure registry (default range 127.0.0.0/8): it does not verify TLS and falls back to plain HTTP"},
 		rep.Runtimes[1].Warnings, "the alias is loopback in the node's hosts file")
+	require.Empty(t, rep.Runtimes[0].Warnings)
 	cd := rep.Runtimes[0]
 	require.Equal(t, "/etc/containerd/certs.d/"+n.reg, cd.Dir)
 	require.Equal(t, "hosts.toml", cd.From)

@@ -96,11 +96,15 @@ func Registry(ctx context.Context, root *hostfs.Root, reg string) Report {
 		rep.OK = false
 	}
 	probeAll(ctx, p, fsys, system, runtimes)
+	now := time.Now()
 	for i := range runtimes {
 		rt := &runtimes[i]
 		rt.OK = len(rt.Endpoints) > 0
 		for _, e := range rt.Endpoints {
 			rt.OK = rt.OK && e.OK()
+			if w := expiryWarning(e, now); w != "" {
+				rt.Warnings = append(rt.Warnings, w)
+			}
 		}
 		rep.OK = rep.OK && rt.OK
 	}
@@ -212,6 +216,21 @@ func dockerInsecure(rt *Runtime, reg string, hosts probe.Hosts) {
 	}
 	rt.Endpoints[0].SkipVerify = true
 	rt.Warnings = append(rt.Warnings, fmt.Sprintf("dockerd treats %s (%s) as an insecure registry (default range 127.0.0.0/8): it does not verify TLS and falls back to plain HTTP", host, strings.Join(addrs, ", ")))
+}
+
+// ExpiryWarning is how close to its expiry a verified serving certificate
+// is said to be.
+const ExpiryWarning = 14 * 24 * time.Hour
+
+// expiryWarning warns about a verified endpoint whose serving certificate
+// expires within ExpiryWarning.
+func expiryWarning(e Endpoint, now time.Time) string {
+	if e.Probe == nil || e.Probe.Verdict != probe.Verified || e.Probe.LeafNotAfter.Sub(now) > ExpiryWarning {
+		return ""
+	}
+	left := e.Probe.LeafNotAfter.Sub(now)
+	return fmt.Sprintf("the serving certificate of %s expires at %s, in %.1f days: renew it before pulls fail",
+		e.URL, e.Probe.LeafNotAfter.UTC().Format(time.RFC3339), left.Hours()/24)
 }
 
 // Problem is a one-line reason of the first runtime that does not verify,

@@ -58,3 +58,22 @@ func TestReportProblemAndExpiry(t *testing.T) {
 		})
 	}
 }
+
+func TestExpiryWarning(t *testing.T) {
+	now := time.Date(2026, 12, 1, 0, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		name    string
+		probe   *probe.Result
+		warning string
+	}{
+		{name: "in 3 days", probe: &probe.Result{Verdict: probe.Verified, LeafNotAfter: now.Add(72 * time.Hour)},
+			warning: "the serving certificate of https://r/v2 expires at 2026-12-04T00:00:00Z, in 3.0 days: renew it before pulls fail"},
+		{name: "in 15 days", probe: &probe.Result{Verdict: probe.Verified, LeafNotAfter: now.Add(15 * 24 * time.Hour)}},
+		{name: "not verified: said by the verdict", probe: &probe.Result{Verdict: probe.UnknownAuthority, LeafNotAfter: now.Add(time.Hour)}},
+		{name: "not probed", probe: nil},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.warning, expiryWarning(Endpoint{URL: "https://r/v2", Probe: tt.probe}, now))
+		})
+	}
+}
