@@ -170,10 +170,14 @@ func containerdCheck(root *hostfs.Root, fsys rootFS, reg string) Runtime {
 
 // certsDirCheck models Docker and containers/image: the first existing
 // <dir>/<registry> of dirs, its *.crt files added to the system roots, and
-// https://<registry>.
+// https://<registry> (Docker Hub's registry-1.docker.io for docker.io).
 func certsDirCheck(name string, fsys rootFS, reg string, dirs []string) Runtime {
 	rt := Runtime{Runtime: name, From: "defaults", Warnings: []string{}}
-	ep := Endpoint{URL: "https://" + reg, CAFiles: []string{}}
+	host := reg
+	if reg == "docker.io" { // certs.d/docker.io is read for Docker Hub's endpoint
+		host = "registry-1.docker.io"
+	}
+	ep := Endpoint{URL: "https://" + host, CAFiles: []string{}}
 	for _, d := range dirs {
 		dir := path.Join(d, reg)
 		entries, err := fs.ReadDir(fsys, dir)

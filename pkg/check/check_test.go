@@ -6,6 +6,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/nodetrust/nodetrust/pkg/hostfs"
+	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/probe"
 )
 
@@ -75,5 +77,33 @@ func TestExpiryWarning(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			require.Equal(t, tt.warning, expiryWarning(Endpoint{URL: "https://r/v2", Probe: tt.probe}, now))
 		})
+	}
+}
+
+func TestCertsDirCheck(t *testing.T) {
+	dir := t.TempDir()
+	hostfstest.WriteFile(t, dir, "etc/containers/certs.d/r.example:5000/a.crt", "x")
+	hostfstest.WriteFile(t, dir, "etc/containers/certs.d/r.example:5000/client.cert", "x")
+	hostfstest.WriteFile(t, dir, "etc/docker/certs.d/r.example:5000/ignored.crt", "x")
+	hostfstest.WriteFile(t, dir, "etc/docker/certs.d/docker.io/hub.crt", "x")
+	root, err := hostfs.Open(dir)
+	require.NoError(t, err)
+	defer root.Close()
+	dirs := []string{"etc/containers/certs.rootful.d", "etc/containers/certs.d", "etc/docker/certs.d"}
+	for _, tt := range []struct {
+		reg, dir, url string
+		cas           []string
+	}{
+		{reg: "r.example:5000", dir: "/etc/containers/certs.d/r.example:5000", url: "https://r.example:5000",
+			cas: []string{"/etc/containers/certs.d/r.example:5000/a.crt"}},
+		{reg: "docker.io", dir: "/etc/docker/certs.d/docker.io", url: "https://registry-1.docker.io",
+			cas: []string{"/etc/docker/certs.d/docker.io/hub.crt"}},
+		{reg: "none.example", url: "https://none.example", cas: []string{}},
+	} {
+		rt := certsDirCheck("containers/image", rootFS{root}, tt.reg, dirs)
+		require.Equal(t, tt.dir, rt.Dir, tt.reg)
+		require.Len(t, rt.Endpoints, 1)
+		require.Equal(t, tt.url, rt.Endpoints[0].URL)
+		require.Equal(t, tt.cas, rt.Endpoints[0].CAFiles)
 	}
 }
