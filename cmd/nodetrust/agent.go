@@ -56,7 +56,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.containerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
 	fl.BoolVar(&f.uninstall, "uninstall", false, "remove everything nodetrust wrote on the node and its Node annotations, then stay ready until stopped")
-	fl.BoolVar(&f.verify, "verify", false, "check each registry of the applied sources as `nodetrust check` does, after every change and every --verify-interval; a registry that does not verify degrades the node")
+	fl.BoolVar(&f.verify, "verify", true, "check each registry of the applied sources as `nodetrust check` does, after every change and every --verify-interval; a registry whose TLS does not verify degrades the node (one that cannot be reached is logged and in the metric only)")
 	fl.DurationVar(&f.verifyInterval, "verify-interval", agent.DefaultVerifyInterval, "with --verify: how often the registries are checked again when nothing changed")
 	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
 	if err := parseFlags(fl, args); err != nil {
@@ -181,7 +181,7 @@ func (v registryVerifier) Verify(ctx context.Context, reg string) agent.Verifica
 		}
 	}
 	rep := check.Registry(ctx, v.root, reg, opts)
-	return agent.Verification{Registry: reg, OK: rep.OK, Reason: rep.Problem(), LeafNotAfter: rep.LeafNotAfter()}
+	return agent.Verification{Registry: reg, OK: rep.OK, Reason: rep.Problem(), LeafNotAfter: rep.LeafNotAfter(), Unreachable: rep.Unreachable()}
 }
 
 func agentNamespaces(flagValue string) ([]string, error) {

@@ -37,6 +37,11 @@ type Verification struct {
 	Reason string
 	// LeafNotAfter is the serving certificate's expiry, zero when none was seen.
 	LeafNotAfter time.Time
+	// Unreachable: not OK only because no endpoint answered, so nothing
+	// is known about its trust. Logged and in the metric, but the node is
+	// not Degraded for it: a registry that is down, or a name only some
+	// nodes resolve, is not a trust problem of this node.
+	Unreachable bool
 }
 
 // verified is the last verification and the state it was made for.
@@ -99,11 +104,12 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 }
 
 // withVerification degrades a Ready status when a registry does not verify
-// and adds each failure to the message.
+// and adds each failure to the message; an unreachable registry does not
+// degrade it.
 func withVerification(st Status, results []Verification) Status {
 	var parts []string
 	for _, r := range results {
-		if !r.OK {
+		if !r.OK && !r.Unreachable {
 			parts = append(parts, fmt.Sprintf("registry %s not verified: %s", r.Registry, r.Reason))
 		}
 	}

@@ -16,10 +16,11 @@ import (
 
 // fakeVerifier answers from a table and counts calls per registry.
 type fakeVerifier struct {
-	mu      sync.Mutex
-	failing map[string]string // registry → reason
-	expiry  time.Time
-	calls   map[string]int
+	mu          sync.Mutex
+	failing     map[string]string // registry → reason
+	unreachable map[string]bool
+	expiry      time.Time
+	calls       map[string]int
 }
 
 func (f *fakeVerifier) Verify(_ context.Context, reg string) agent.Verification {
@@ -27,7 +28,7 @@ func (f *fakeVerifier) Verify(_ context.Context, reg string) agent.Verification 
 	defer f.mu.Unlock()
 	f.calls[reg]++
 	reason, bad := f.failing[reg]
-	return agent.Verification{OK: !bad, Reason: reason, LeafNotAfter: f.expiry}
+	return agent.Verification{OK: !bad, Reason: reason, LeafNotAfter: f.expiry, Unreachable: bad && f.unreachable[reg]}
 }
 
 func (f *fakeVerifier) count(reg string) int {
@@ -89,4 +90,19 @@ func TestAgentWithoutVerifier(t *testing.T) {
 	e := start(t, testNode(nil), caSecret(t, "a", "bad.example", nil))
 	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "ready")
 	require.False(t, strings.Contains(metricsText(t, e.agent), "nodetrust_registry_verified"))
+}
+
+// A registry that cannot be reached says nothing about this node's trust:
+// logged and in the metric, the node stays Ready.
+func TestAgentUnreachableRegistryIsNotDegraded(t *testing.T) {
+	v := &fakeVerifier{
+		failing:     map[string]string{"bad.example": "containerd: dns-failure: no such host"},
+		unreachable: map[string]bool{"bad.example": true},
+		calls:       map[string]int{},
+	}
+	e := startVerifying(t, v, time.Hour)
+	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] != "" }, "annotated")
+	require.Equal(t, agent.StateReady, e.annotations()[agent.AnnotationState])
+	require.Empty(t, e.annotations()[agent.AnnotationMessage])
+	require.Contains(t, metricsText(t, e.agent), "nodetrust_registry_verified{registry=\"bad.example\"} 0\n")
 }

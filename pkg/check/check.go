@@ -58,6 +58,30 @@ type Endpoint struct {
 	Probe        *probe.Result `json:"probe,omitempty"`
 }
 
+// Unreachable reports whether r fails only because no endpoint could be
+// reached (refused, timed out, a name that does not resolve): nothing about
+// its trust is known then.
+func (r Report) Unreachable() bool {
+	seen := false
+	for _, rt := range r.Runtimes {
+		for _, e := range rt.Endpoints {
+			if e.OK() {
+				continue
+			}
+			if e.Probe == nil {
+				return false
+			}
+			switch e.Probe.Verdict {
+			case probe.Refused, probe.Timeout, probe.DNS, probe.Unreachable:
+				seen = true
+			default:
+				return false
+			}
+		}
+	}
+	return !r.OK && seen
+}
+
 // OK reports whether a pull through e gets past TLS.
 func (e Endpoint) OK() bool { return e.Problem == "" && e.Probe != nil && e.Probe.Verdict.OK() }
 

@@ -107,3 +107,19 @@ func TestCertsDirCheck(t *testing.T) {
 		require.Equal(t, tt.cas, rt.Endpoints[0].CAFiles)
 	}
 }
+
+func TestReportUnreachable(t *testing.T) {
+	ep := func(v probe.Verdict) Endpoint { return Endpoint{URL: "https://r", Probe: &probe.Result{Verdict: v}} }
+	rep := func(eps ...Endpoint) Report {
+		r := Report{OK: true, Runtimes: []Runtime{{Runtime: "containerd", Endpoints: eps}}}
+		for _, e := range eps {
+			r.OK = r.OK && e.OK()
+		}
+		return r
+	}
+	require.False(t, rep(ep(probe.Verified)).Unreachable(), "verified")
+	require.True(t, rep(ep(probe.DNS)).Unreachable())
+	require.True(t, rep(ep(probe.Refused), ep(probe.Timeout)).Unreachable())
+	require.False(t, rep(ep(probe.Refused), ep(probe.UnknownAuthority)).Unreachable(), "one endpoint answered with a trust failure")
+	require.False(t, rep(Endpoint{URL: "https://r", Problem: "unable to read CA cert"}).Unreachable(), "a CA file containerd cannot read fails before connecting")
+}
