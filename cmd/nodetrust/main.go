@@ -37,8 +37,9 @@ const usage = `usage: nodetrust <command> [flags]
 
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
-           [--manage-containerd-config]
-           make ROOT match the sources in PATH once, then exit
+           [--manage-containerd-config] [--no-wait]
+           make ROOT match the sources in PATH once, then exit; one at a time per
+           ROOT (a second waits for the lock, or with --no-wait exits 1)
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
            [--manage-containerd-config] [--restart auto|never] [--max-concurrent-restarts N]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
