@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease bench-cluster e2e test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults bench-cluster e2e test-real ci clean
 
 all: build
 
@@ -54,6 +54,7 @@ vet:
 	cd test/cluster && go vet ./...
 	cd test/e2e && go vet ./...
 	cd test/lease && go vet ./...
+	cd test/faults && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -98,6 +99,12 @@ bench-cluster: build
 test-lease:
 	test/scripts/k8s-build.sh
 	cd test/lease && NODETRUST_REAL=1 go test -count=1 ./...
+
+# Fault injection on the built binary (test/faults/README.md): apply killed
+# at each write system call (strace), overlapping applies, a full tmpfs,
+# ENAMETOOLONG. Local directory mode, so the counts it prints are shown.
+test-faults: build
+	cd test/faults && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease
 

@@ -71,7 +71,10 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	if syncErr != nil && !errors.Is(syncErr, hostfs.ErrNotRecorded) {
 		return fmt.Errorf("apply: %w", syncErr)
 	}
-	if *output == "json" { // printed even when the record was not saved: it says what was done
+	if syncErr != nil { // the report still says what was done; it says this too
+		rep.Failed = append(rep.Failed, syncErr)
+	}
+	if *output == "json" {
 		err = writeJSON(stdout, rep)
 		writeRejections(stderr, rep)
 	} else {

@@ -71,4 +71,7 @@ func TestApplyJSONWithoutRecord(t *testing.T) {
 	var rep jsonReport
 	require.NoError(t, json.Unmarshal([]byte(stdout.String()), &rep), stdout.String())
 	require.Equal(t, []string{"etc/docker/certs.d/r.example:5000/nodetrust_secret_registry_good.crt"}, rep.Written)
+	require.False(t, rep.OK)
+	require.Len(t, rep.Failed, 1)
+	require.Contains(t, rep.Failed[0], "ownership record not saved")
 }
