@@ -109,19 +109,12 @@ func (r *Root) tryLock(command string) (*Lock, string, error) {
 	}
 	l.fd = fd
 	info := fmt.Sprintf("pid %d (%s)", os.Getpid(), command)
-	if holderOf(fd) != info { // an agent relocking per sync writes nothing
-		err = unix.Ftruncate(fd, 0)
-		if err == nil {
-			_, err = unix.Pwrite(fd, []byte(info+"\n"), 0)
-		}
+	// The holder's name is for messages only: a full disk must not stop
+	// the run that may free it. An agent relocking per sync writes nothing.
+	if holderOf(fd) != info && unix.Ftruncate(fd, 0) == nil {
+		_, _ = unix.Pwrite(fd, []byte(info+"\n"), 0)
 	}
-	if err == nil {
-		err = unix.Fchmod(fd, fileMode)
-	}
-	if err != nil {
-		l.Unlock()
-		return nil, "", fmt.Errorf("lock %s: %w", path.Join(r.dir, LockPath), err)
-	}
+	_ = unix.Fchmod(fd, fileMode)
 	return l, "", nil
 }
 
