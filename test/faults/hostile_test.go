@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"syscall"
@@ -177,3 +179,79 @@ func fill(t *testing.T, dir string) func() {
 	require.Zero(t, st.Bavail, "full")
 	return func() { require.NoError(t, os.Remove(p)) }
 }
+
+// TestAgentAndApply: an operator's apply on a node whose agent (here with
+// --source-dir) applies another set. The two never write at once; the
+// agent puts its own set back, and ownership is never lost: every
+// nodetrust file on disk is in the record, and removing everything after
+// the agent stopped gives the pristine host.
+func TestAgentAndApply(t *testing.T) {
+	h := newHost(t, "r0.example:5000")
+	var setA, setB []source
+	for i := range 100 {
+		setA = append(setA, source{fmt.Sprintf("a%03d", i), []string{fmt.Sprintf("r%d.example:5000", i%10)}, newCAPEM(t, "a")})
+		setB = append(setB, source{fmt.Sprintf("b%03d", i), []string{fmt.Sprintf("r%d.example:5000", i%10)}, newCAPEM(t, "b")})
+	}
+	root := copyTree(t, h.dir)
+	var log bytes.Buffer
+	agent := exec.Command(bin(t), "agent", "--source-dir", writeManifests(t, setA), "--host-root", root,
+		"--health-addr", "127.0.0.1:0", "--resync", "2s")
+	agent.Stdout, agent.Stderr = &log, &log
+	require.NoError(t, agent.Start())
+	stopped := false
+	t.Cleanup(func() {
+		if !stopped {
+			_ = agent.Process.Kill()
+			_ = agent.Wait()
+		}
+	})
+	want := filesOf(setA)
+	require.Eventually(t, func() bool { return equal(nodetrustFiles(t, root), want) }, 20*time.Second, 20*time.Millisecond, "the agent applies its set")
+
+	res := apply(t, root, writeManifests(t, setB))
+	require.Equal(t, 0, res.code, res.stdout+res.stderr)
+	require.Eventually(t, func() bool { return equal(nodetrustFiles(t, root), want) }, 20*time.Second, 20*time.Millisecond, "the agent puts its set back")
+	require.NoError(t, agent.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, agent.Wait(), log.String())
+	stopped = true
+
+	h.checkConverged(t, root, setA)
+	var record struct{ Files map[string]any }
+	data, err := os.ReadFile(filepath.Join(root, "var/lib/nodetrust/state.json"))
+	require.NoError(t, err)
+	require.NoError(t, json.Unmarshal(data, &record))
+	for _, p := range nodetrustFiles(t, root) {
+		require.Contains(t, record.Files, p, "every nodetrust file on disk is in the record")
+	}
+	mustApply(t, root, writeManifests(t, nil))
+	h.checkClean(t, root)
+}
+
+// nodetrustFiles lists the nodetrust_* files below root, sorted, while
+// something may be writing there.
+func nodetrustFiles(t testing.TB, root string) []string {
+	var out []string
+	_ = filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && strings.HasPrefix(d.Name(), "nodetrust_") {
+			rel, _ := filepath.Rel(root, p)
+			out = append(out, filepath.ToSlash(rel))
+		}
+		return nil
+	})
+	sort.Strings(out)
+	return out
+}
+
+// filesOf lists the CA files a set installs with containerd and Docker, sorted.
+func filesOf(set []source) []string {
+	var out []string
+	for _, s := range set {
+		for _, r := range s.registries {
+			out = append(out, "etc/containerd/certs.d/"+r+"/"+s.caFile(), "etc/docker/certs.d/"+r+"/"+s.caFile())
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func equal(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") }
