@@ -80,7 +80,7 @@ func TestKill200(t *testing.T) {
 	for i := range 200 {
 		set = append(set, source{fmt.Sprintf("s%03d", i), []string{fmt.Sprintf("r%d.example:5000", i%10)}, newCAPEM(t, "s")})
 	}
-	samples := 8
+	samples := 12
 	if v := os.Getenv("NODETRUST_FAULTS_SAMPLES"); v != "" {
 		var err error
 		samples, err = strconv.Atoi(v)
