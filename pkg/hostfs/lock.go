@@ -52,6 +52,9 @@ func (r *Root) Lock(ctx context.Context, command string, wait bool, waiting func
 	last := ""
 	for polls := 0; ; polls++ {
 		l, holder, err := r.tryLock(command)
+		if errors.Is(err, errStale) {
+			continue
+		}
 		if err != nil || l != nil {
 			return l, err
 		}
@@ -71,24 +74,37 @@ func (r *Root) Lock(ctx context.Context, command string, wait bool, waiting func
 	}
 }
 
+// errStale: the lock file or its directory went away under tryLock (the
+// holder before it unlocked a clean host); try again at once.
+var errStale = errors.New("lock file removed meanwhile")
+
 // tryLock makes one attempt. It returns the lock, or the holder when
 // another process has it.
 func (r *Root) tryLock(command string) (*Lock, string, error) {
 	l := &Lock{r: r, fd: -1}
 	for _, d := range lockDirs {
 		err := r.mkdir(d)
-		if err == nil {
+		switch {
+		case err == nil:
 			l.created = append(l.created, d)
-		} else if !errors.Is(err, fs.ErrExist) {
+		case errors.Is(err, fs.ErrNotExist): // removed meanwhile by the holder before
+			return nil, "", errStale
+		case !errors.Is(err, fs.ErrExist):
 			return nil, "", fmt.Errorf("lock %s: %w", r.dir, err)
 		}
 	}
 	dfd, name, err := r.parent(LockPath, unix.O_PATH)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, "", errStale
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("lock %s: %w", r.dir, err)
 	}
 	defer unix.Close(dfd)
 	fd, err := unix.Openat(dfd, name, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, fileMode)
+	if errors.Is(err, unix.ENOENT) { // the directory was removed after we opened it
+		return nil, "", errStale
+	}
 	if err != nil {
 		return nil, "", fmt.Errorf("lock %s: %w", r.dir, pathErr(LockPath, err))
 	}
@@ -105,7 +121,7 @@ func (r *Root) tryLock(command string) (*Lock, string, error) {
 	if unix.Fstat(fd, &locked) != nil || unix.Fstatat(dfd, name, &named, unix.AT_SYMLINK_NOFOLLOW) != nil ||
 		locked.Ino != named.Ino || locked.Dev != named.Dev {
 		unix.Close(fd)
-		return r.tryLock(command)
+		return nil, "", errStale
 	}
 	l.fd = fd
 	info := fmt.Sprintf("pid %d (%s)", os.Getpid(), command)
@@ -136,7 +152,9 @@ func holderOf(fd int) string {
 // Unlock releases the lock. When nothing is recorded any more (no
 // ownership record: nothing owned), it first removes the lock file, the
 // directory and the parents this Lock created, so a host nodetrust was
-// uninstalled from keeps nothing of it.
+// uninstalled from keeps nothing of it. (On a host root without var/lib,
+// which only test roots are, var and var/lib stay when the Lock that
+// created them was not the last one.)
 func (l *Lock) Unlock() error {
 	if l == nil || l.fd < 0 {
 		return nil

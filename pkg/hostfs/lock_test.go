@@ -2,9 +2,12 @@ package hostfs_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -83,4 +86,43 @@ func TestLockRefusesSymlink(t *testing.T) {
 	_, err := f.root.Lock(context.Background(), "apply", true, nil)
 	require.ErrorContains(t, err, "var/lib/nodetrust")
 	require.Empty(t, hostfstest.Tree(t, outside))
+}
+
+// TestLockExclusiveUnderChurn: holders that each remove the lock file and
+// its directories on unlock (a clean host) never let two in at once.
+func TestLockExclusiveUnderChurn(t *testing.T) {
+	f := newFixture(t, "var/lib")
+	var inside, entered atomic.Int32
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 25 {
+				l, err := f.root.Lock(context.Background(), "apply", true, nil)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if inside.Add(1) != 1 {
+					errs <- errors.New("two holders at once")
+				}
+				entered.Add(1)
+				time.Sleep(100 * time.Microsecond)
+				inside.Add(-1)
+				if err := l.Unlock(); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Equal(t, int32(200), entered.Load())
+	require.Equal(t, map[string]string{"var": dir, "var/lib": dir}, hostfstest.Tree(t, f.dir), "the last holder left nothing")
 }
