@@ -97,6 +97,10 @@ func TestKill200(t *testing.T) {
 // evenly spread), kills it there, reruns it, and removes everything,
 // checking the host after each step.
 func killPhases(t *testing.T, h *host, samples int, phases []phase) {
+	bin(t)
+	if _, err := exec.LookPath("strace"); err != nil {
+		t.Skip("strace is not installed (Debian: apt-get install strace)")
+	}
 	start := time.Now()
 	st := &stats{indexes: map[string]int{}, killedBy: map[string]int{}}
 	empty := writeManifests(t, nil)
