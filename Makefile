@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check bench-cluster e2e test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults bench-cluster e2e test-real ci clean
 
 all: build
 
@@ -54,6 +54,7 @@ vet:
 	cd test/cluster && go vet ./...
 	cd test/e2e && go vet ./...
 	cd test/lease && go vet ./...
+	cd test/faults && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -99,6 +100,12 @@ test-lease:
 	test/scripts/k8s-build.sh
 	cd test/lease && NODETRUST_REAL=1 go test -count=1 ./...
 
+# Fault injection on the built binary (test/faults/README.md): apply killed
+# at each write system call (strace), overlapping applies, a full tmpfs,
+# ENAMETOOLONG. Local directory mode, so the counts it prints are shown.
+test-faults: build
+	cd test/faults && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m
+
 # nodetrust check against real docker-registry instances under alias names
 # (right/wrong CA, CN-only, missing intermediate, expired, closed port,
 # unknown name): its verdict must equal a real CRI pull through containerd
@@ -109,7 +116,7 @@ test-check: build deps
 	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
 		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
 
-test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check
+test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults
 
 # The end-to-end story on one real node: a private-CA registry, containerd
 # pulling through CRI, the API server and an agent (test/e2e/README.md).

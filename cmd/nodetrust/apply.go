@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"path/filepath"
 	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
@@ -18,13 +19,14 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
-func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fl := flag.NewFlagSet("apply", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	path := fl.String("f", "", "manifest file or directory holding the complete desired set of sources")
 	hostRoot := fl.String("host-root", "/", "root of the host filesystem to write into")
 	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
 	output := fl.String("output", "text", "text or json")
+	noWait := fl.Bool("no-wait", false, "when another nodetrust holds the lock on HOST-ROOT/var/lib/nodetrust, exit 1 naming it instead of waiting")
 	manage := fl.Bool("manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
 	cdVersion := fl.String("containerd-version", "", "the running containerd's version (containerd --version), which decides how it reads config_path; unset: judged from the config's format")
 	cdConfig := fl.String("containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
@@ -60,15 +62,32 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return usageError{fmt.Errorf("apply: --host-root: %w", err)}
 	}
 	defer root.Close()
-	rep, err := node.Sync(ctx, root, set, opts)
+	lock, err := root.Lock(ctx, "apply", !*noWait, func(holder string) {
+		fmt.Fprintf(stderr, "waiting for the lock on %s held by %s\n", filepath.Join(*hostRoot, filepath.Dir(hostfs.LockPath)), holder)
+	})
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
+	}
+	defer func() {
+		if uerr := lock.Unlock(); err == nil && uerr != nil {
+			err = fmt.Errorf("apply: %w", uerr)
+		}
+	}()
+	rep, syncErr := node.Sync(ctx, root, set, opts)
+	if syncErr != nil && !errors.Is(syncErr, hostfs.ErrNotRecorded) {
+		return fmt.Errorf("apply: %w", syncErr)
+	}
+	if syncErr != nil { // the report still says what was done; it says this too
+		rep.Failed = append(rep.Failed, syncErr)
 	}
 	if *output == "json" {
 		err = writeJSON(stdout, rep)
 		writeRejections(stderr, rep)
 	} else {
 		err = writeText(stdout, rep)
+	}
+	if syncErr != nil {
+		return fmt.Errorf("apply: %w", syncErr)
 	}
 	if err != nil {
 		return err

@@ -37,8 +37,9 @@ const usage = `usage: nodetrust <command> [flags]
 
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
-           [--manage-containerd-config] [--containerd-version V] [--containerd-config PATH]
-           make ROOT match the sources in PATH once, then exit
+           [--manage-containerd-config] [--containerd-version V] [--containerd-config PATH] [--no-wait]
+           make ROOT match the sources in PATH once, then exit; one at a time per
+           ROOT (a second waits for the lock, or with --no-wait exits 1)
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
            [--manage-containerd-config] [--containerd-config PATH]
            [--restart auto|never] [--max-concurrent-restarts N] [--verify] [--verify-interval 10m]

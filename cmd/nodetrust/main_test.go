@@ -44,12 +44,19 @@ stringData:
 `, name, registries, pem)
 }
 
-func TestApplyExitCodes(t *testing.T) {
-	ca := string(certstest.NewCA(t, "CA").CertPEM())
-	root := t.TempDir()
+// goodSource returns a host root with Docker and a manifest directory
+// holding one valid Secret, "good", for r.example:5000, with its CA.
+func goodSource(t *testing.T) (root, dir, ca string) {
+	ca = string(certstest.NewCA(t, "CA").CertPEM())
+	root = t.TempDir()
 	hostfstest.MkdirAll(t, root, "etc/docker")
-	dir := t.TempDir()
+	dir = t.TempDir()
 	manifest(t, dir, "good.yaml", secretYAML("good", "r.example:5000", ca))
+	return root, dir, ca
+}
+
+func TestApplyExitCodes(t *testing.T) {
+	root, dir, ca := goodSource(t)
 
 	code, out, _ := exec("apply", "-f", dir, "--host-root", root)
 	require.Equal(t, 0, code, out)

@@ -11,6 +11,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -176,7 +177,16 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.verified.due = true
 		}
 		retry = nil
-		delay, owned := a.sync(ctx)
+		var delay time.Duration
+		var owned []string
+		if err := a.locked(ctx, func() { delay, owned = a.sync(ctx) }); err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			a.metrics.syncFailed()
+			a.log.Error("sync failed", "err", err)
+			delay = a.opts.Retry
+		}
 		if delay > 0 {
 			retry = time.After(delay)
 		}
@@ -184,6 +194,21 @@ func (a *Agent) Run(ctx context.Context) error {
 			drift.update(owned)
 		}
 	}
+}
+
+// locked runs fn holding the host root's lock, so that no `nodetrust
+// apply` (or second agent) writes at the same time. The agent takes it per
+// sync, not for its lifetime: an operator's apply on the node waits for at
+// most one sync (the agent's next sync then puts its own desired set back).
+func (a *Agent) locked(ctx context.Context, fn func()) error {
+	l, err := a.opts.Root.Lock(ctx, "agent", true, func(holder string) {
+		a.log.Info("waiting for the lock on "+filepath.Join(a.opts.Root.Dir(), filepath.Dir(hostfs.LockPath))+" held by "+holder, "holder", holder)
+	})
+	if err != nil {
+		return err
+	}
+	fn()
+	return l.Unlock()
 }
 
 // sync runs one sync. It returns when to try again (0: everything went

@@ -27,7 +27,10 @@ type Unpublisher interface {
 // rollout once every node is clean.
 func (a *Agent) Uninstall(ctx context.Context) error {
 	for {
-		err := a.uninstall(ctx)
+		var err error
+		if lerr := a.locked(ctx, func() { err = a.uninstall(ctx) }); lerr != nil {
+			err = lerr
+		}
 		if err == nil {
 			if !a.ready.Swap(true) {
 				a.log.Info("uninstalled: nothing of nodetrust is left on the node")

@@ -105,6 +105,10 @@ type MergeState struct {
 	Created bool `json:"created,omitempty"`
 }
 
+// ErrNotRecorded wraps the error of an Apply that could not save the
+// ownership record (a full disk): its Result still says what it did.
+var ErrNotRecorded = errors.New("ownership record not saved")
+
 // Options are the hooks of an Apply.
 type Options struct {
 	// Mergers by name, for File.Merger and for unmerging recorded merges.
@@ -183,9 +187,10 @@ func (r *Root) LoadState() (State, error) {
 }
 
 // Apply makes the files nodetrust owns under the root match desired, and
-// records applied in the ownership record. Only an unreadable ownership
-// record or a failure to save it is returned as an error; failures of single
-// targets are in Result.Failed.
+// records applied in the ownership record. Only a failure to save the
+// record (ErrNotRecorded, with the Result of what was done) is returned as
+// an error; failures of single targets are in Result.Failed. Hold the
+// root's Lock from before LoadState until Apply returns.
 //
 // st is the record as returned by LoadState.
 func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Options) (Result, error) {
@@ -199,7 +204,7 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 		a.planFile(f)
 	}
 	if err := a.saveIntent(); err != nil {
-		return Result{}, err
+		return a.res, err
 	}
 	a.write()
 	for _, f := range late {
@@ -211,7 +216,7 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 	}
 	a.planRemovals(want)
 	if err := a.saveIntent(); err != nil {
-		return Result{}, err
+		return a.res, err
 	}
 	a.write()
 	a.remove()
@@ -723,7 +728,7 @@ func (r *Root) saveState(st State) error {
 	if st.empty() { // nothing owned, nothing to remember: leave the host as it was
 		if err == nil {
 			if err := r.remove(StatePath, false); err != nil {
-				return fmt.Errorf("remove ownership record: %w", err)
+				return fmt.Errorf("%w: remove %s: %w", ErrNotRecorded, StatePath, err)
 			}
 			_ = r.remove(path.Dir(StatePath), true) // ours; stays if someone put files there
 		}
@@ -731,11 +736,11 @@ func (r *Root) saveState(st State) error {
 	}
 	for _, d := range []string{"var", "var/lib", "var/lib/nodetrust"} {
 		if err := r.mkdir(d); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("save ownership record: %w", err)
+			return fmt.Errorf("%w: %w", ErrNotRecorded, err)
 		}
 	}
 	if err := r.atomicWrite(StatePath, data, attrs{mode: 0o600}); err != nil {
-		return fmt.Errorf("save ownership record: %w", err)
+		return fmt.Errorf("%w: %w", ErrNotRecorded, err)
 	}
 	return nil
 }

@@ -1,11 +1,29 @@
 // Package hostfs is the only package that writes to the host. It applies a
 // desired file tree under a host root: no path component below the root may
 // be a symlink (enforced by the kernel with openat2 RESOLVE_NO_SYMLINKS, or
-// by a component walk on older kernels), writes are atomic (temp file,
-// fsync, rename, fsync of the directory), and an ownership record remembers
-// exactly which files and directories nodetrust wrote, so it never changes
-// or deletes anything else and removes what it wrote when that is no longer
+// by a component walk on older kernels), writes are atomic (a
+// .nodetrust-<random>.tmp file beside the target, syncfs, rename, syncfs),
+// and an ownership record (var/lib/nodetrust/state.json) remembers exactly
+// which files and directories nodetrust wrote, so it never changes or
+// deletes anything else and removes what it wrote when that is no longer
 // desired.
+//
+// One writer per host root: callers take Root.Lock, an flock on
+// var/lib/nodetrust/lock (opened without following symlinks, holding "pid
+// N (command)" of its holder), before reading the record and release it
+// after the last write. Unlock removes the lock file and var/lib/nodetrust
+// when no record is left, so an uninstalled host keeps nothing.
+//
+// Kills at any system call are survivable: before writing, Apply records
+// the intent (every file about to be written, with the content it is about
+// to get, and each merged file's original bytes); a file holding the last
+// confirmed content, the pending one or, for a merge, the original, is
+// nodetrust's, and a Merger recognises nodetrust's generated files without
+// a record. At the start of each Apply, temporary files of killed runs are
+// swept from every managed directory (recorded directories, those holding
+// recorded files, and the record's own). Created directories are 0755 and
+// files 0644 whatever the umask; a file written over someone's keeps its
+// owner and mode.
 package hostfs
 
 import (

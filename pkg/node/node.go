@@ -93,7 +93,9 @@ func (r Report) OK() bool {
 func (r Report) Changed() bool { return len(r.Written)+len(r.Removed) > 0 }
 
 // Sync makes root match set. The error is for a sync that could not run at
-// all (unreadable ownership record); everything else is in the Report.
+// all (unreadable ownership record), with an empty Report, or whose record
+// could not be saved (hostfs.ErrNotRecorded), with the Report of what it
+// did; everything else is in the Report.
 func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) (Report, error) {
 	st, err := root.LoadState()
 	if err != nil {
@@ -147,12 +149,12 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		},
 		Refresh: refresher(ctx, root, facts, opts),
 	})
-	if err != nil {
-		return Report{}, err
-	}
 	rep.Written, rep.Removed, rep.Failed, rep.Recreated = res.Written, res.Removed, res.Failed, res.Recreated
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
+	if err != nil { // the record was not saved: say what was done anyway
+		return rep, err
+	}
 	if cd != nil && uses {
 		cd.check(&rep, root, p)
 	}

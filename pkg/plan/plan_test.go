@@ -82,6 +82,10 @@ func TestBuildFilesPerRuntime(t *testing.T) {
 	hosts := p.Files[2]
 	require.Equal(t, "etc/containerd/certs.d/r.example:5000/hosts.toml", hosts.Path)
 	require.Equal(t, containerd.RenderHosts([]string{"nodetrust_configmap_ns_a.crt", "nodetrust_secret_ns_a.crt"}), hosts.Data)
+	require.Equal(t, []string{ // hostfs names only those in place
+		"etc/containerd/certs.d/r.example:5000/nodetrust_configmap_ns_a.crt",
+		"etc/containerd/certs.d/r.example:5000/nodetrust_secret_ns_a.crt",
+	}, hosts.Needs)
 }
 
 func TestBuildHostTrust(t *testing.T) {
