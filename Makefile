@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease bench-cluster e2e test-layouts test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check bench-cluster e2e test-layouts test-real ci clean
 
 all: build
 
@@ -99,7 +99,15 @@ test-lease:
 	test/scripts/k8s-build.sh
 	cd test/lease && NODETRUST_REAL=1 go test -count=1 ./...
 
-test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease
+# nodetrust check against real docker-registry instances under alias names
+# (right/wrong CA, CN-only, missing intermediate, expired, closed port,
+# unknown name): its verdict must equal a real CRI pull through containerd
+# 1.6 and skopeo in every case (test/e2e/README.md). Needs root and deps.
+test-check: build deps
+	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
+		go test -count=1 -v -timeout 5m -run TestCheckMatchesPulls ./...
+
+test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check
 
 # The end-to-end story on one real node: a private-CA registry, containerd
 # pulling through CRI, the API server and an agent (test/e2e/README.md).

@@ -32,6 +32,7 @@ type agentFlags struct {
 	restart, restartUnits, systemdAddress                                                   string
 	maxRestarts                                                                             int
 	manageContainerdConfig, uninstall                                                       bool
+	containerdConfig                                                                        string
 	resync                                                                                  time.Duration
 }
 
@@ -51,6 +52,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.restart, "restart", "auto", "auto: restart container runtimes after an OS trust store change; never: report \"restart pending\" instead")
 	fl.IntVar(&f.maxRestarts, "max-concurrent-restarts", 1, "at most this many nodes restart their runtimes at once (coordination.k8s.io Leases)")
 	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(agent.DefaultRestartUnits, ","), "systemd units restarted, those loaded on the node")
+	fl.StringVar(&f.containerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
 	fl.BoolVar(&f.uninstall, "uninstall", false, "remove everything nodetrust wrote on the node and its Node annotations, then stay ready until stopped")
 	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
@@ -100,7 +102,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 
 // agentOptions builds the agent's inputs: a manifest directory, or the API.
 func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
-	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig}
+	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig, ContainerdConfig: f.containerdConfig}
 	if f.sourceDir != "" {
 		var nodeLabels labels.Set
 		if f.nodeLabels != "" {

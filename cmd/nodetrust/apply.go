@@ -12,6 +12,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
@@ -25,8 +26,13 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
 	output := fl.String("output", "text", "text or json")
 	manage := fl.Bool("manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
+	cdVersion := fl.String("containerd-version", "", "the running containerd's version (containerd --version), which decides how it reads config_path; unset: judged from the config's format")
+	cdConfig := fl.String("containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	if err := parseFlags(fl, args); err != nil {
 		return err
+	}
+	if _, err := containerd.ParseVersion(*cdVersion); err != nil {
+		return usageError{fmt.Errorf("apply: --containerd-version: %w", err)}
 	}
 	switch {
 	case *path == "":
@@ -34,7 +40,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case *output != "text" && *output != "json":
 		return usageError{fmt.Errorf("apply: --output must be text or json, not %q", *output)}
 	}
-	opts := node.Options{ManageContainerdConfig: *manage}
+	opts := node.Options{ManageContainerdConfig: *manage, ContainerdVersion: *cdVersion, ContainerdConfig: *cdConfig}
 	if *nodeLabels != "" {
 		set, err := labels.ConvertSelectorToLabelsMap(*nodeLabels)
 		if err != nil {
@@ -42,7 +48,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		opts.NodeLabels = set
 	}
-	set, err := source.ReadPath(*path, time.Now())
+	set, err := source.ReadPath(ctx, *path, time.Now())
 	if errors.Is(err, fs.ErrNotExist) {
 		return usageError{fmt.Errorf("apply: -f %s: %w", *path, err)}
 	}
@@ -115,6 +121,16 @@ func writeText(w io.Writer, rep node.Report) error {
 	for _, id := range rep.Kept {
 		fmt.Fprintf(w, "kept %s as last applied\n", id)
 	}
+	if c := rep.Containerd; c != nil {
+		how := "local pull"
+		if c.Transfer {
+			how = "transfer service"
+		}
+		fmt.Fprintf(w, "containerd: %s layout, config %s, hosts dir %s, version %s (%s)\n", c.Layout, c.Config, c.HostsDir, c.Version, how)
+		if c.Note != "" {
+			fmt.Fprintf(w, "containerd: %s\n", c.Note)
+		}
+	}
 	_, err := fmt.Fprintf(w, "%d sources applied, %d rejected, %d not selected, %d warnings; %d files written, %d removed, %d failed; state %s\n",
 		len(rep.Applied), len(rep.Rejected), rep.NotSelected, len(rep.Warnings),
 		len(rep.Written), len(rep.Removed), len(rep.Failed), rep.Hash)
@@ -141,6 +157,17 @@ type jsonReport struct {
 	// RestartPending: the trust store changed; Restart: units whose config changed.
 	RestartPending bool     `json:"restartPending"`
 	Restart        []string `json:"restart"`
+	// Containerd is what was found about containerd, when it is present.
+	Containerd *jsonContainerd `json:"containerd,omitempty"`
+}
+
+type jsonContainerd struct {
+	Layout   string `json:"layout"`
+	Config   string `json:"config"`
+	HostsDir string `json:"hostsDir"`
+	Version  string `json:"version"`
+	Transfer bool   `json:"transfer"`
+	Note     string `json:"note,omitempty"`
 }
 
 type jsonRejection struct {
@@ -170,6 +197,9 @@ func writeJSON(w io.Writer, rep node.Report) error {
 	}
 	if rep.RefreshErr != nil {
 		out.RefreshErr = rep.RefreshErr.Error()
+	}
+	if c := rep.Containerd; c != nil {
+		out.Containerd = &jsonContainerd{c.Layout, c.Config, c.HostsDir, c.Version, c.Transfer, c.Note}
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

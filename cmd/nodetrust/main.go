@@ -37,15 +37,19 @@ const usage = `usage: nodetrust <command> [flags]
 
 commands:
   apply    -f PATH [--host-root ROOT] [--node-labels k=v,...] [--output text|json]
-           [--manage-containerd-config]
+           [--manage-containerd-config] [--containerd-version V] [--containerd-config PATH]
            make ROOT match the sources in PATH once, then exit
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
-           [--manage-containerd-config] [--restart auto|never] [--max-concurrent-restarts N]
+           [--manage-containerd-config] [--containerd-config PATH]
+           [--restart auto|never] [--max-concurrent-restarts N]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
   status   [--kubeconfig K] [--selector S] [--output text|json] [--wait D]
            every node's state from its annotations; exit 0 when all are Ready and agree
+  check    REGISTRY [--host-root ROOT] [--output text|json]
+           resolve REGISTRY as each runtime under ROOT would and open a TLS connection
+           to each endpoint with exactly its trust; exit 0 when every runtime verifies
   version  print version and commit
 
 Run "nodetrust <command> -h" for the flags of a command.
@@ -94,6 +98,8 @@ func runCommand(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return runAgent(ctx, args[1:], stderr)
 	case "status":
 		return runStatus(ctx, args[1:], stdout, stderr)
+	case "check":
+		return runCheck(ctx, args[1:], stdout, stderr)
 	case "version", "--version":
 		_, err := fmt.Fprintf(stdout, "nodetrust %s (commit %s)\n", version, commit)
 		return err

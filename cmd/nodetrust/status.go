@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -62,14 +61,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		case <-time.After(statusPoll):
 		}
 	}
-	if *output == "json" {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		err = enc.Encode(s)
-	} else {
-		err = s.WriteTable(stdout)
-	}
-	if err != nil {
+	if err := writeOutput(stdout, *output, s, s.WriteTable); err != nil {
 		return err
 	}
 	if !s.OK() {

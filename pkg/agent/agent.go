@@ -84,6 +84,8 @@ type Options struct {
 	Restarts *Restarts
 	// ManageContainerdConfig: see node.Options.
 	ManageContainerdConfig bool
+	// ContainerdConfig: see node.Options.
+	ContainerdConfig string
 }
 
 // Agent runs the sync loop.
@@ -173,9 +175,7 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	start := time.Now()
 	set, nodeLabels := a.opts.Inputs.Collect()
-	rep, err := node.Sync(ctx, a.opts.Root, set, node.Options{
-		NodeLabels: nodeLabels, Refresh: a.opts.Refresh, ManageContainerdConfig: a.opts.ManageContainerdConfig,
-	})
+	rep, err := node.Sync(ctx, a.opts.Root, set, a.nodeOptions(nodeLabels))
 	if err != nil {
 		a.metrics.syncFailed()
 		a.log.Error("sync failed", "err", err)
@@ -260,4 +260,23 @@ func oneLine(s string) string {
 		s = s[:maxMessage-3] + "..."
 	}
 	return s
+}
+
+// runtimeVersioner is an Inputs that knows the node's container runtime
+// version (the Node's status.nodeInfo).
+type runtimeVersioner interface{ RuntimeVersion() string }
+
+// nodeOptions are the node.Options of one sync. The containerd version is
+// the kubelet's report for the Node, when the runtime is containerd.
+func (a *Agent) nodeOptions(nodeLabels labels.Set) node.Options {
+	opts := node.Options{
+		NodeLabels: nodeLabels, Refresh: a.opts.Refresh,
+		ManageContainerdConfig: a.opts.ManageContainerdConfig, ContainerdConfig: a.opts.ContainerdConfig,
+	}
+	if rv, ok := a.opts.Inputs.(runtimeVersioner); ok {
+		if v, ok := strings.CutPrefix(rv.RuntimeVersion(), "containerd://"); ok {
+			opts.ContainerdVersion = v
+		}
+	}
+	return opts
 }

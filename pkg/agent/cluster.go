@@ -202,6 +202,17 @@ func (c *Cluster) Collect() (source.Set, labels.Set) {
 	return set, labels.Set(n.Labels)
 }
 
+// RuntimeVersion is the container runtime version the kubelet reports for
+// this Node (status.nodeInfo.containerRuntimeVersion, such as
+// "containerd://1.7.23"), or "" when the Node is not cached yet.
+func (c *Cluster) RuntimeVersion() string {
+	n, err := c.nodes.Get(c.nodeName)
+	if err != nil {
+		return ""
+	}
+	return n.Status.NodeInfo.ContainerRuntimeVersion
+}
+
 func rejection(id source.ID, err error) *source.Rejection {
 	if r, ok := err.(*source.Rejection); ok {
 		return r

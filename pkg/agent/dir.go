@@ -60,7 +60,7 @@ func (d *Dir) Wait(ctx context.Context, notify func()) error {
 // Collect reads the directory; an unreadable one is incomplete input, so
 // nothing is removed on its account.
 func (d *Dir) Collect() (source.Set, labels.Set) {
-	set, err := source.ReadPath(d.path, time.Now())
+	set, err := source.ReadPath(context.Background(), d.path, time.Now())
 	if err != nil {
 		set.Errors = append(set.Errors, err)
 	}

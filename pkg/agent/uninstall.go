@@ -45,7 +45,7 @@ func (a *Agent) Uninstall(ctx context.Context) error {
 }
 
 func (a *Agent) uninstall(ctx context.Context) error {
-	rep, err := node.Sync(ctx, a.opts.Root, source.Set{}, node.Options{Refresh: a.opts.Refresh})
+	rep, err := node.Sync(ctx, a.opts.Root, source.Set{}, a.nodeOptions(nil))
 	if err != nil {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"encoding/asn1"
 	"encoding/hex"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -29,9 +30,14 @@ type Cert struct {
 type BlockError struct {
 	Index int    // 1-based position of the block in the data
 	Type  string // the PEM type found
+	// PrivateKey: the block is typed CERTIFICATE but holds a private key.
+	PrivateKey bool
 }
 
 func (e *BlockError) Error() string {
+	if e.PrivateKey {
+		return fmt.Sprintf("PEM block %d is labelled %q but holds a private key, not a certificate (a private key is never distributed)", e.Index, e.Type)
+	}
 	msg := fmt.Sprintf("PEM block %d is %q, not CERTIFICATE", e.Index, e.Type)
 	if strings.Contains(e.Type, "PRIVATE KEY") {
 		msg += " (a private key is never distributed)"
@@ -39,9 +45,25 @@ func (e *BlockError) Error() string {
 	return msg
 }
 
+// errDERKey reports data without PEM blocks that is a DER private key.
+var errDERKey = errors.New("holds a DER-encoded private key, not a certificate (a private key is never distributed)")
+
+// isPrivateKey reports whether der is a PKCS #8, PKCS #1 or SEC 1 private key.
+func isPrivateKey(der []byte) bool {
+	if _, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+		return true
+	}
+	if _, err := x509.ParsePKCS1PrivateKey(der); err == nil {
+		return true
+	}
+	_, err := x509.ParseECPrivateKey(der)
+	return err == nil
+}
+
 // Parse reads every certificate in data. Text outside PEM blocks (comments
-// in a CA bundle) is ignored. A non-CERTIFICATE block or a block with PEM
-// headers is an error. A CERTIFICATE block that does not parse is skipped
+// in a CA bundle) is ignored. A non-CERTIFICATE block, a block with PEM
+// headers, and a private key in any form (a CERTIFICATE block holding one,
+// a bare DER key) are errors. A CERTIFICATE block that does not parse is skipped
 // and described in skipped. Data with no PEM block at all is tried as one
 // DER certificate.
 func Parse(data []byte) (found []Cert, skipped []string, err error) {
@@ -59,6 +81,9 @@ func Parse(data []byte) (found []Cert, skipped []string, err error) {
 			return nil, nil, fmt.Errorf("PEM block %d has headers, which a certificate must not have", index)
 		}
 		c, perr := x509.ParseCertificate(block.Bytes)
+		if perr != nil && isPrivateKey(block.Bytes) {
+			return nil, nil, &BlockError{Index: index, Type: block.Type, PrivateKey: true}
+		}
 		if perr != nil {
 			skipped = append(skipped, fmt.Sprintf("certificate %d does not parse: %v", index, perr))
 			continue
@@ -68,6 +93,8 @@ func Parse(data []byte) (found []Cert, skipped []string, err error) {
 	if found == nil && skipped == nil && !bytes.Contains(data, []byte("-----BEGIN")) {
 		if c := parseDER(data); c != nil {
 			found = append(found, newCert(c))
+		} else if isPrivateKey(bytes.TrimSpace(data)) {
+			return nil, nil, errDERKey
 		}
 	}
 	return found, skipped, nil

@@ -2,6 +2,7 @@ package certs_test
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/pem"
 	"testing"
 	"time"
@@ -16,6 +17,11 @@ func TestParse(t *testing.T) {
 	a := certstest.NewCA(t, "A")
 	b := certstest.NewCA(t, "B")
 	bad := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("junk")})
+	pkcs8, err := x509.MarshalPKCS8PrivateKey(a.Key)
+	require.NoError(t, err)
+	sec1, err := x509.MarshalECPrivateKey(a.Key)
+	require.NoError(t, err)
+	keyAsCert := func(der []byte) []byte { return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}) }
 
 	tests := map[string]struct {
 		data     []byte
@@ -34,6 +40,10 @@ func TestParse(t *testing.T) {
 		"certificate request":    {data: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: []byte{1}}), errMatch: `"CERTIFICATE REQUEST", not CERTIFICATE`},
 		"headers":                {data: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Headers: map[string]string{"Proc-Type": "4,ENCRYPTED"}, Bytes: a.Cert.Raw}), errMatch: "headers"},
 		"key before certificate": {data: join(a.KeyPEM(t), a.CertPEM()), errMatch: "PEM block 1"},
+		"PKCS8 key typed CERTIFICATE": {data: join(a.CertPEM(), keyAsCert(pkcs8)),
+			errMatch: `PEM block 2 is labelled "CERTIFICATE" but holds a private key, not a certificate (a private key is never distributed)`},
+		"SEC1 key typed CERTIFICATE": {data: keyAsCert(sec1), errMatch: `PEM block 1 is labelled "CERTIFICATE" but holds a private key`},
+		"DER key":                    {data: append(pkcs8, '\n'), errMatch: "holds a DER-encoded private key, not a certificate"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -15,7 +15,7 @@ const ConfigFile = "etc/containerd/config.toml"
 const CertsDir = "/etc/containerd/certs.d"
 
 // Registry is what containerd's effective configuration says about where
-// its CRI plugin reads hosts.toml files.
+// its CRI plugin reads hosts.toml files, and how it pulls.
 type Registry struct {
 	// Version of the config format: 1 (containerd 1.x, default), 2
 	// (containerd 1.x and 2.x) or 3 (containerd 2.x).
@@ -34,8 +34,17 @@ type Registry struct {
 	// Conflict names a setting containerd refuses next to config_path
 	// (registry.mirrors, registry.configs.*.tls) and its file, or is "".
 	Conflict string
+	// Mirrors: registry.mirrors is set, so containerd 2.2 sets no default
+	// config_path.
+	Mirrors bool
+	// LocalPull names the first setting that makes containerd 2.1 and later
+	// pull without the transfer service (see CheckLocalImagePullConfigs in
+	// containerd's CRI config), or is "".
+	LocalPull string
 	// Files are the files read, main config first, then imports.
 	Files []string
+	// pull holds the pull settings read, by key.
+	pull map[string]any
 }
 
 // FS reads files and expands glob patterns, both in host paths
@@ -48,11 +57,14 @@ type FS interface {
 // maxImports bounds the import graph (imports may import).
 const maxImports = 64
 
-// ReadRegistry reads /etc/containerd/config.toml and its imports, later
-// files overriding earlier ones as containerd merges them.
-func ReadRegistry(fsys FS) (Registry, error) {
+// ReadRegistry reads /etc/containerd/config.toml and its imports.
+func ReadRegistry(fsys FS) (Registry, error) { return ReadConfig(fsys, "/"+ConfigFile) }
+
+// ReadConfig reads the containerd config at main (a host path) and its
+// imports, later files overriding earlier ones as containerd merges them.
+func ReadConfig(fsys FS, main string) (Registry, error) {
 	var reg Registry
-	queue := []string{"/" + ConfigFile}
+	queue := []string{main}
 	seen := map[string]bool{}
 	for len(queue) > 0 {
 		file := queue[0]
@@ -82,6 +94,7 @@ func ReadRegistry(fsys FS) (Registry, error) {
 			queue = append(queue, matches...)
 		}
 	}
+	reg.LocalPull = reg.localPull()
 	return reg, nil
 }
 
@@ -132,7 +145,85 @@ func (r *Registry) apply(file string, data []byte) ([]string, error) {
 	if err := conflicts(registry); err != nil && r.Conflict == "" {
 		r.Conflict = fmt.Sprintf("%s: %v", file, err)
 	}
+	for _, k := range []string{"mirrors", "configs", "auths"} {
+		if m, _ := registry[k].(map[string]any); len(m) > 0 {
+			r.pull = setPull(r.pull, "registry."+k, true)
+			r.Mirrors = r.Mirrors || k == "mirrors"
+		}
+	}
+	r.readPullSettings(cf)
 	return cf.Imports, nil
+}
+
+// The CRI settings that make containerd 2.1 and later pull without the
+// transfer service, with the value each has by default; the order is
+// containerd's own (CheckLocalImagePullConfigs).
+var localPullSettings = []struct {
+	key string
+	def any
+}{
+	{"use_local_image_pull", false},
+	{"disable_snapshot_annotations", true},
+	{"discard_unpacked_layers", false},
+	{"registry.mirrors", false},
+	{"registry.configs", false},
+	{"registry.auths", false},
+	{"max_concurrent_downloads", int64(3)},
+	{"image_pull_with_sync_fs", false},
+}
+
+// readPullSettings records the pull settings a file sets: in version 3 in
+// the CRI images plugin; in version 2 where containerd 2.x migrates them
+// from (the CRI plugin and its containerd table), over the images plugin.
+func (r *Registry) readPullSettings(cf configFile) {
+	if cf.Version < 2 {
+		return // containerd 1.x only: it always pulls locally
+	}
+	images, _ := cf.Plugins[criImagesPlugin(3)].(map[string]any)
+	for _, s := range localPullSettings {
+		if v, ok := images[s.key]; ok {
+			r.pull = setPull(r.pull, s.key, v)
+		}
+	}
+	if cf.Version != 2 {
+		return
+	}
+	cri, _ := cf.Plugins[criImagesPlugin(2)].(map[string]any)
+	ctd, _ := cri["containerd"].(map[string]any)
+	for _, src := range []struct {
+		m    map[string]any
+		keys []string
+	}{
+		{cri, []string{"max_concurrent_downloads", "image_pull_with_sync_fs"}},
+		{ctd, []string{"disable_snapshot_annotations", "discard_unpacked_layers"}},
+	} {
+		for _, k := range src.keys {
+			if v, ok := src.m[k]; ok {
+				r.pull = setPull(r.pull, k, v)
+			}
+		}
+	}
+}
+
+func setPull(m map[string]any, k string, v any) map[string]any {
+	if m == nil {
+		m = map[string]any{}
+	}
+	m[k] = v
+	return m
+}
+
+// localPull names the first setting that differs from its default.
+func (r Registry) localPull() string {
+	for _, s := range localPullSettings {
+		if v, ok := r.pull[s.key]; ok && v != s.def {
+			if strings.HasPrefix(s.key, "registry.") {
+				return s.key
+			}
+			return fmt.Sprintf("%s = %v", s.key, v)
+		}
+	}
+	return ""
 }
 
 // Section returns the TOML table that holds config_path for r's version.
@@ -146,38 +237,8 @@ func (r Registry) EditTarget() string {
 	if r.LastSection != "" {
 		return r.LastSection
 	}
+	if len(r.Files) > 0 {
+		return r.Files[0]
+	}
 	return "/" + ConfigFile
-}
-
-// Warning explains a config that makes containerd 2.x read the hosts.toml
-// files but not 1.x, or returns "". Both read config_path = "/x" in
-// config.toml, followed by an import with [plugins."io.containerd.grpc.v1.cri"]
-// sandbox_image = "…": 2.x merges the two, 1.x keeps only the import's
-// section, without config_path.
-func (r Registry) Warning() string {
-	if r.Problem() != "" || r.Version >= 3 || r.LastSection == "" || path.Clean(r.LastSectionPath) == path.Clean(r.ConfigPath) {
-		return ""
-	}
-	return fmt.Sprintf("containerd 1.x reads no hosts.toml with this config: it replaces a whole plugin section with each imported file's, and %s, the last file with [plugins.%q], does not set config_path (containerd 2.x merges them and is not affected); set config_path = %q there too",
-		r.LastSection, criImagesPlugin(r.Version), CertsDir)
-}
-
-// Problem explains why containerd would not read the hosts.toml files
-// nodetrust writes to CertsDir, or returns "".
-func (r Registry) Problem() string {
-	where := fmt.Sprintf("%s in %s", r.Section(), strings.Join(r.Files, ", "))
-	dirs := strings.Split(r.ConfigPath, ":")
-	switch {
-	case r.ConfigPath == "" && r.Conflict != "":
-		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s, and cannot be set as it is: %s", where, r.Conflict)
-	case r.ConfigPath == "" && r.Version >= 3:
-		return fmt.Sprintf("config_path is unset under %s, so containerd 2.x uses its default list %q, which 2.1 and later do not read hosts.toml from (containerd issue 12808); set config_path = %q and restart containerd", where, "/etc/containerd/certs.d:/etc/docker/certs.d", CertsDir)
-	case r.ConfigPath == "":
-		return fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s; set config_path = %q and restart containerd", where, CertsDir)
-	case len(dirs) > 1:
-		return fmt.Sprintf("containerd config_path %q under %s lists several directories: containerd 2.1 and later pull through the transfer service, which takes the list as one path and reads no hosts.toml (containerd issue 12808), and 1.x never split it; set config_path = %q", r.ConfigPath, where, CertsDir)
-	case path.Clean(r.ConfigPath) != CertsDir:
-		return fmt.Sprintf("containerd config_path is %q under %s, but nodetrust writes %s; set config_path = %q", r.ConfigPath, where, CertsDir, CertsDir)
-	}
-	return ""
 }

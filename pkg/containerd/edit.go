@@ -26,16 +26,24 @@ const (
 	markOriginal = "#nodetrust-original# "
 )
 
-// NewConfig is the config file nodetrust writes when a node has none. The
-// version 2 layout is read by containerd 1.x and migrated by 2.x; every
-// other setting keeps containerd's default.
-func NewConfig() []byte {
-	return []byte(`# Written by nodetrust --manage-containerd-config: this node had no containerd
+// newConfigHeader starts the config NewConfig writes.
+const newConfigHeader = `# Written by nodetrust --manage-containerd-config: this node had no containerd
 # config file. nodetrust removes it when it is uninstalled.
-version = 2
+`
+
+// NewConfig is the config file nodetrust writes when a node has none, with
+// config_path set to hostsDir ("" is CertsDir); as the ours of a
+// ConfigMerger merge, it names the config_path to set. The version 2 layout
+// is read by containerd 1.x and migrated by 2.x; every other setting keeps
+// containerd's default.
+func NewConfig(hostsDir string) []byte {
+	if hostsDir == "" {
+		hostsDir = CertsDir
+	}
+	return []byte(newConfigHeader + `version = 2
 
 [plugins."io.containerd.grpc.v1.cri".registry]
-  config_path = "` + CertsDir + `"
+  config_path = "` + hostsDir + `"
 `)
 }
 
@@ -51,6 +59,11 @@ func (ConfigMerger) Merge(base, ours []byte) ([]byte, error) {
 		return nil, errors.New("nodetrust's containerd config sets no config_path")
 	}
 	return SetConfigPath(base, reg.ConfigPath)
+}
+
+// Generated reports whether data is a config NewConfig wrote.
+func (ConfigMerger) Generated(data []byte) bool {
+	return bytes.HasPrefix(data, []byte(newConfigHeader))
 }
 
 // Unmerge undoes the edit Merge made, found by its marks; a file without

@@ -75,13 +75,13 @@ func TestSetConfigPathFixtures(t *testing.T) {
 				removed = []string{strings.Replace(tc.added[0], markOriginal, "", 1)}
 			}
 			require.Equal(t, removed, changedLines(string(out), base))
-			require.Empty(t, edited(t, out).Problem())
+			require.Empty(t, edited(t, out).Reading(Version{}, Default).Problem)
 
 			again, err := SetConfigPath(out, CertsDir)
 			require.NoError(t, err)
 			require.Equal(t, string(out), string(again), "a second edit changes nothing")
 
-			restored, err := ConfigMerger{}.Unmerge(out, NewConfig())
+			restored, err := ConfigMerger{}.Unmerge(out, NewConfig(""))
 			require.NoError(t, err)
 			require.Equal(t, base, string(restored), "Unmerge restores the file byte for byte")
 		})
@@ -170,7 +170,7 @@ func fixtureName(name string) string { return "fixture:" + name }
 
 func TestConfigMerger(t *testing.T) {
 	base := []byte("version = 2\n")
-	out, err := ConfigMerger{}.Merge(base, NewConfig())
+	out, err := ConfigMerger{}.Merge(base, NewConfig(""))
 	require.NoError(t, err)
 	require.Equal(t, CertsDir, edited(t, out).ConfigPath)
 
@@ -178,11 +178,11 @@ func TestConfigMerger(t *testing.T) {
 	require.ErrorContains(t, err, "sets no config_path")
 
 	// NewConfig is itself a config containerd reads hosts.toml with.
-	require.Empty(t, edited(t, NewConfig()).Problem())
+	require.Empty(t, edited(t, NewConfig("")).Reading(Version{}, Default).Problem)
 
 	// An operator who rewrote the line (marks gone) keeps the file as is.
 	own := []byte("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/mine\"\n")
-	restored, err := ConfigMerger{}.Unmerge(own, NewConfig())
+	restored, err := ConfigMerger{}.Unmerge(own, NewConfig(""))
 	require.NoError(t, err)
 	require.Equal(t, own, restored)
 }
@@ -191,7 +191,7 @@ func TestReadRegistryConflict(t *testing.T) {
 	reg, err := ReadRegistry(mapFS{"/etc/containerd/config.toml": fixture(t, "gke-style.toml")})
 	require.NoError(t, err)
 	require.Contains(t, reg.Conflict, "/etc/containerd/config.toml: registry.mirrors is set")
-	require.Contains(t, reg.Problem(), "cannot be set as it is")
+	require.Contains(t, reg.Reading(Version{}, Default).Problem, "cannot be set as it is")
 
 	reg, err = ReadRegistry(mapFS{
 		"/etc/containerd/config.toml":          fixture(t, "dropin-main.toml"),

@@ -84,8 +84,8 @@ func TestMergeErrors(t *testing.T) {
 	ours := RenderHosts([]string{"n.crt"})
 	for base, want := range map[string]string{
 		"server = ":        "does not parse",
-		"ca = 3":           "top-level ca is int64",
-		"ca = [[\"a\",1]]": "holds []interface {}",
+		"ca = 3":           "top-level ca is a integer",
+		"ca = [[\"a\",1]]": "top-level ca holds a array",
 	} {
 		_, err := HostsMerger{}.Merge([]byte(base), ours)
 		require.ErrorContains(t, err, want, base)
@@ -101,5 +101,96 @@ func TestShadowDir(t *testing.T) {
 		"10.0.0.1:443":          "10.0.0.1_443_",
 	} {
 		require.Equal(t, want, ShadowDir(registry), registry)
+	}
+}
+
+// The merge is a text edit: every byte of the operator's file stays, and
+// containerd's view is the original plus nodetrust's CA files.
+func TestMergeIsMinimal(t *testing.T) {
+	base := `# pull-through caches, primary first
+server = 'https://upstream.example'   # literal quoting stays
+host."https://z-dotted.example".capabilities = ["pull"]
+
+[host."https://z-primary.example"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://a-fallback.example:5000"]
+  capabilities = ["pull", "resolve"]
+  ca = [
+    "/etc/certs/a.crt", # comment kept
+  ]
+`
+	ours := RenderAdditions(Additions{
+		CA:    []string{"nodetrust_x.crt"},
+		Hosts: map[string][]string{"https://a-fallback.example:5000": {"../a-fallback.example:5000/nodetrust_x.crt"}, "https://z-dotted.example": {"../z/n.crt"}, "https://gone.example": {"n.crt"}},
+	})
+	merged, err := HostsMerger{}.Merge([]byte(base), ours)
+	require.NoError(t, err)
+	want := `# pull-through caches, primary first
+server = 'https://upstream.example'   # literal quoting stays
+host."https://z-dotted.example".capabilities = ["pull"]
+ca = ["nodetrust_x.crt"] # added by nodetrust
+host."https://z-dotted.example".ca = ["../z/n.crt"] # added by nodetrust
+
+[host."https://z-primary.example"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://a-fallback.example:5000"]
+  capabilities = ["pull", "resolve"]
+  ca = [
+    "/etc/certs/a.crt", "../a-fallback.example:5000/nodetrust_x.crt", # comment kept
+  ]
+`
+	require.Equal(t, want, string(merged))
+	urls, err := HostURLs(merged)
+	require.NoError(t, err)
+	require.Equal(t, []string{"https://z-dotted.example", "https://z-primary.example", "https://a-fallback.example:5000"}, urls, "the order containerd tries them in")
+
+	again, err := HostsMerger{}.Merge(merged, ours)
+	require.NoError(t, err)
+	require.Equal(t, string(merged), string(again), "merging twice changes nothing")
+
+	back, err := HostsMerger{}.Unmerge(merged, ours)
+	require.NoError(t, err)
+	require.Equal(t, decode(t, []byte(base)), decode(t, back))
+	require.NotContains(t, string(back), "nodetrust")
+}
+
+func TestMergeHostTableWithoutCA(t *testing.T) {
+	base := "server = \"https://docker.io\"\n\n[host.\"https://harbor.local:5000\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+	ours := RenderAdditions(Additions{Hosts: map[string][]string{"https://harbor.local:5000": {"../harbor.local:5000/nodetrust_x.crt"}}})
+	merged, err := HostsMerger{}.Merge([]byte(base), ours)
+	require.NoError(t, err)
+	require.Equal(t, base[:len(base)-len("  capabilities = [\"pull\", \"resolve\"]\n")]+
+		"  ca = [\"../harbor.local:5000/nodetrust_x.crt\"] # added by nodetrust\n  capabilities = [\"pull\", \"resolve\"]\n", string(merged))
+	back, err := HostsMerger{}.Unmerge(merged, ours)
+	require.NoError(t, err)
+	require.Equal(t, base, string(back), "the marked line goes, byte for byte")
+
+	created, err := HostsMerger{}.Create(ours)
+	require.NoError(t, err)
+	require.Nil(t, created, "a mirror's entries never create a file")
+	created, err = HostsMerger{}.Create(RenderAdditions(Additions{CA: []string{"n.crt"}}))
+	require.NoError(t, err)
+	require.Equal(t, string(RenderHosts([]string{"n.crt"})), string(created))
+	require.True(t, Generated(created))
+	require.False(t, Generated([]byte(base)))
+}
+
+func TestMergeRefusesInlineHost(t *testing.T) {
+	ours := RenderAdditions(Additions{Hosts: map[string][]string{"https://m": {"n.crt"}}})
+	_, err := HostsMerger{}.Merge([]byte("host.\"https://m\" = { capabilities = [\"pull\"] }\n"), ours)
+	require.ErrorContains(t, err, "inline table")
+}
+
+func TestHostOf(t *testing.T) {
+	for url, want := range map[string]string{
+		"https://harbor.local:5000":          "harbor.local:5000",
+		"https://harbor.local:5000/v2/proxy": "harbor.local:5000",
+		"harbor.local":                       "harbor.local",
+		"http://harbor.local":                "",
+		"HTTPS://[fd00::1]:5000":             "[fd00::1]:5000",
+	} {
+		require.Equal(t, want, HostOf(url), url)
 	}
 }

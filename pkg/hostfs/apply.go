@@ -12,6 +12,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // StatePath is where the ownership record lives, relative to the host root.
@@ -44,6 +46,13 @@ type File struct {
 	// systemd unit). Writing the file adds it to State.Restart; restoring
 	// the original takes it out again, as what runs then matches the disk.
 	Restart string
+	// Needs, on a Late file, lists the files (paths) its Data names. After
+	// the other files are written, a Late file names only those in place:
+	// when some are not (their create failed), its Data is rendered again
+	// from those that are by its Merger, which must then be a Renderer, or
+	// the file keeps its previous content and fails. With none in place, it
+	// is not desired at all.
+	Needs []string
 }
 
 // Merger merges nodetrust's content into a file someone else wrote.
@@ -52,6 +61,19 @@ type Merger interface {
 	Merge(base, ours []byte) ([]byte, error)
 	// Unmerge returns current with everything ours added removed.
 	Unmerge(current, ours []byte) ([]byte, error)
+	// Generated reports whether data is a file nodetrust generated (it
+	// carries nodetrust's marker). Such a file is nodetrust's own even
+	// when the ownership record is lost: it is replaced, never taken for
+	// someone's original to merge into and restore.
+	Generated(data []byte) bool
+}
+
+// Renderer renders a Late file's content again from the subset of its
+// File.Needs that are in place (see File.Needs).
+type Renderer interface {
+	// Render returns ours, the Data of the File at file, naming only the
+	// files in present.
+	Render(file string, ours []byte, present []string) []byte
 }
 
 // Owned is the record of one file nodetrust wrote or merged into.
@@ -63,6 +85,10 @@ type Owned struct {
 	Refresh bool        `json:"refresh,omitempty"`
 	Late    bool        `json:"late,omitempty"`
 	Restart string      `json:"restart,omitempty"`
+	// Pending is the SHA-256 of content about to replace the file, in the
+	// intent recorded before the write: a file holding it is nodetrust's
+	// own output, written by a run that was killed before it confirmed it.
+	Pending string `json:"pending,omitempty"`
 }
 
 // MergeState keeps what a merged file is restored from.
@@ -126,6 +152,8 @@ type Result struct {
 	Restart []string
 	// RestartSince is State.RestartSince after the apply.
 	RestartSince time.Time
+	// Swept lists the temporary files of killed runs that were removed.
+	Swept []string
 }
 
 // LoadState reads the ownership record; a missing record is an empty one.
@@ -138,7 +166,11 @@ func (r *Root) LoadState() (State, error) {
 		return State{}, fmt.Errorf("read ownership record: %w", err)
 	}
 	var st State
-	if err := json.Unmarshal(data, &st); err != nil {
+	err = json.Unmarshal(data, &st)
+	if trimmed := bytes.TrimSpace(data); err == nil && (len(trimmed) == 0 || trimmed[0] != '{') {
+		err = errors.New("not a JSON object")
+	}
+	if err != nil {
 		return State{}, fmt.Errorf("ownership record %s is corrupt (move it away to start over; files it listed are then left alone): %w", StatePath, err)
 	}
 	if st.Files == nil {
@@ -156,11 +188,30 @@ func (r *Root) LoadState() (State, error) {
 func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Options) (Result, error) {
 	a := &applier{root: r, opts: opts, old: st, dirs: map[string]bool{}, next: cloneState(st)}
 	a.next.Applied = applied
-	a.plan(desired)
+	a.sweep()
+	// Files other files name first, then, knowing which of them are in
+	// place, the files that name them, then removals.
+	early, late, want := a.sorted(desired)
+	for _, f := range early {
+		a.planFile(f)
+	}
 	if err := a.saveIntent(); err != nil {
 		return Result{}, err
 	}
-	a.execute()
+	a.write()
+	for _, f := range late {
+		if f, ok := a.resolveNeeds(f); ok {
+			a.planFile(f)
+		} else {
+			delete(want, f.Path)
+		}
+	}
+	a.planRemovals(want)
+	if err := a.saveIntent(); err != nil {
+		return Result{}, err
+	}
+	a.write()
+	a.remove()
 	pending := a.refreshNeeded || st.RefreshPending
 	if opts.Refresh != nil && pending {
 		a.res.Refreshed = true
@@ -190,10 +241,11 @@ type op struct {
 	path   string
 	data   []byte // content to write; nil with remove
 	remove bool
-	mode   fs.FileMode
+	at     attrs  // of the file replaced, if any
 	base   string // with writes: the directory that must exist
 	owned  Owned  // the record entry after success; before, with removals
 	create bool   // path was not owned before
+	same   bool   // with a restore: the file holds it already
 }
 
 type applier struct {
@@ -204,6 +256,8 @@ type applier struct {
 	writes        []op
 	removes       []op
 	refreshNeeded bool
+	// refreshRecorded: an intent saved so far has RefreshPending.
+	refreshRecorded bool
 	// restartChanged: a write or refresh this apply made awaits a restart.
 	restartChanged bool
 	res            Result
@@ -213,24 +267,99 @@ func (a *applier) fail(p string, err error) {
 	a.res.Failed = append(a.res.Failed, fmt.Errorf("%s: %w", p, err))
 }
 
-// plan compares desired files with the record and the disk.
-func (a *applier) plan(desired []File) {
-	want := make(map[string]bool, len(desired))
+// sweep removes temporary files left by killed runs in every directory
+// nodetrust manages: recorded directories, those holding recorded files,
+// and the record's own.
+func (a *applier) sweep() {
+	dirs := map[string]bool{path.Dir(StatePath): true}
+	for p := range a.old.Files {
+		dirs[path.Dir(p)] = true
+	}
+	for _, d := range a.old.Dirs {
+		dirs[d] = true
+	}
+	for d := range dirs {
+		a.res.Swept = append(a.res.Swept, a.root.sweep(d)...)
+	}
+	sort.Strings(a.res.Swept)
+}
+
+// sorted splits desired into plain and Late files, each sorted by path,
+// and returns the set of desired paths. A path desired twice fails.
+func (a *applier) sorted(desired []File) (early, late []File, want map[string]bool) {
+	want = make(map[string]bool, len(desired))
 	sorted := append([]File(nil), desired...)
-	sort.SliceStable(sorted, func(i, j int) bool {
-		if sorted[i].Late != sorted[j].Late {
-			return !sorted[i].Late
-		}
-		return sorted[i].Path < sorted[j].Path
-	})
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Path < sorted[j].Path })
 	for _, f := range sorted {
 		if want[f.Path] {
 			a.fail(f.Path, errors.New("desired twice"))
 			continue
 		}
 		want[f.Path] = true
-		a.planFile(f)
+		if f.Late {
+			late = append(late, f)
+		} else {
+			early = append(early, f)
+		}
 	}
+	return early, late, want
+}
+
+// resolveNeeds returns f naming only the files of f.Needs that are in
+// place, and false when none is.
+func (a *applier) resolveNeeds(f File) (File, bool) {
+	if len(f.Needs) == 0 {
+		return f, true
+	}
+	var present, missing []string
+	for _, p := range f.Needs {
+		if a.inPlace(p) {
+			present = append(present, p)
+		} else {
+			missing = append(missing, p)
+		}
+	}
+	switch {
+	case len(missing) == 0:
+		return f, true
+	case len(present) == 0:
+		return f, false
+	}
+	r, ok := a.opts.Mergers[f.Merger].(Renderer)
+	if !ok {
+		f.Data = nil // planFile fails it: the previous content stays
+		return f, true
+	}
+	f.Data = r.Render(f.Path, f.Data, present)
+	return f, true
+}
+
+// inPlace reports whether p is a file nodetrust owns and that is on disk.
+func (a *applier) inPlace(p string) bool {
+	if _, ok := a.next.Files[p]; !ok {
+		return false
+	}
+	t, err := a.root.stat(p)
+	return err == nil && t == unix.S_IFREG
+}
+
+// ours reports whether cur is what nodetrust last wrote at a path owned as
+// o, or what a killed run was about to write there.
+func ours(o Owned, cur []byte) bool {
+	h := hash(cur)
+	return h == o.SHA256 || (o.Pending != "" && h == o.Pending)
+}
+
+// generated reports whether the merger named merger recognises cur as a
+// file nodetrust generated.
+func (a *applier) generated(merger string, cur []byte) bool {
+	m, ok := a.opts.Mergers[merger]
+	return ok && cur != nil && m.Generated(cur)
+}
+
+// planRemovals plans the removal of every recorded file not in want,
+// files that name others first.
+func (a *applier) planRemovals(want map[string]bool) {
 	var gone []string
 	for p := range a.old.Files {
 		if !want[p] {
@@ -250,7 +379,11 @@ func (a *applier) plan(desired []File) {
 }
 
 func (a *applier) planFile(f File) {
-	cur, mode, err := a.root.readIfExists(f.Path)
+	if f.Data == nil && len(f.Needs) > 0 {
+		a.fail(f.Path, errors.New("not rewritten: some of the files it names could not be written"))
+		return
+	}
+	cur, at, err := a.root.readIfExists(f.Path)
 	if err != nil {
 		a.fail(f.Path, err)
 		return
@@ -259,11 +392,17 @@ func (a *applier) planFile(f File) {
 	next := Owned{Refresh: f.Refresh, Late: f.Late, Restart: f.Restart}
 	content := f.Data
 	switch {
-	case isOwned && owned.Merge != nil && owned.Merge.Created && hash(cur) == owned.SHA256:
+	case isOwned && owned.Merge != nil && owned.Merge.Created && cur != nil && (ours(owned, cur) || a.generated(f.Merger, cur)):
 		next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
+		if content, err = a.create(f); err != nil || content == nil {
+			a.fail(f.Path, fmt.Errorf("create: %w (nothing to write)", err))
+			return
+		}
 	case isOwned && owned.Merge != nil && cur != nil:
 		base := owned.Merge.Base
-		if hash(cur) != owned.SHA256 { // edited by the operator after our merge
+		// Neither nodetrust's output nor the original it merged into: edited
+		// by the operator after the merge.
+		if !ours(owned, cur) && !bytes.Equal(cur, base) {
 			if base, err = a.unmerge(owned.Merge, cur); err != nil {
 				a.fail(f.Path, err)
 				return
@@ -274,15 +413,26 @@ func (a *applier) planFile(f File) {
 			// setting they conflict with): take ours out rather than leave
 			// them beside it, and stop owning it.
 			a.fail(f.Path, err)
-			a.removes = append(a.removes, op{path: f.Path, data: base, mode: mode, owned: owned})
+			a.removes = append(a.removes, op{path: f.Path, data: base, at: at, owned: owned})
 			return
 		}
 		next.Merge = &MergeState{Base: base, Ours: f.Data, Merger: f.Merger}
-	case isOwned || cur == nil:
-		// Ours (or a merged file someone deleted, which is ours from now on),
-		// or nothing there yet.
+	case isOwned || cur == nil || a.generated(f.Merger, cur):
+		// Ours (or a merged file someone deleted, which is ours from now on,
+		// or a file nodetrust generated, whose record was lost), or nothing
+		// there yet.
 		if f.CreateAsMerge && f.Merger != "" {
 			next.Merge = &MergeState{Ours: f.Data, Merger: f.Merger, Created: true}
+			if content, err = a.create(f); err != nil {
+				a.fail(f.Path, err)
+				return
+			}
+			if content == nil { // only ever merged into an existing file
+				if isOwned && cur != nil {
+					a.planRemoval(f.Path, owned)
+				}
+				return
+			}
 		}
 	case f.Merger != "":
 		if content, err = a.merge(f, cur); err != nil {
@@ -299,11 +449,23 @@ func (a *applier) planFile(f File) {
 		a.next.Files[f.Path] = next
 		return
 	}
-	if mode == 0 {
-		mode = 0o644
-	}
 	a.refreshNeeded = a.refreshNeeded || f.Refresh
-	a.writes = append(a.writes, op{path: f.Path, data: content, mode: mode, base: f.Base, owned: next, create: !isOwned})
+	a.writes = append(a.writes, op{path: f.Path, data: content, at: at, base: f.Base, owned: next, create: !isOwned})
+}
+
+// Creator is a Merger that decides what to write where no file exists; a
+// nil result writes nothing (additions that only ever go into someone
+// else's file). Without it, File.Data is written.
+type Creator interface {
+	Create(ours []byte) ([]byte, error)
+}
+
+func (a *applier) create(f File) ([]byte, error) {
+	c, ok := a.opts.Mergers[f.Merger].(Creator)
+	if !ok {
+		return f.Data, nil
+	}
+	return c.Create(f.Data)
 }
 
 func (a *applier) merge(f File, base []byte) ([]byte, error) {
@@ -332,7 +494,7 @@ func (a *applier) unmerge(ms *MergeState, cur []byte) ([]byte, error) {
 }
 
 func (a *applier) planRemoval(p string, owned Owned) {
-	cur, mode, err := a.root.readIfExists(p)
+	cur, at, err := a.root.readIfExists(p)
 	if err != nil {
 		a.fail(p, err)
 		return
@@ -342,35 +504,35 @@ func (a *applier) planRemoval(p string, owned Owned) {
 		return
 	}
 	a.refreshNeeded = a.refreshNeeded || owned.Refresh
-	unchanged := hash(cur) == owned.SHA256
-	if owned.Merge == nil || (owned.Merge.Created && unchanged) {
+	unchanged := ours(owned, cur)
+	if owned.Merge == nil || (owned.Merge.Created && (unchanged || a.generated(owned.Merge.Merger, cur))) {
 		a.removes = append(a.removes, op{path: p, remove: true, owned: owned})
 		return
 	}
 	restore := owned.Merge.Base
-	if !unchanged {
+	if !unchanged && !bytes.Equal(cur, restore) {
 		if restore, err = a.unmerge(owned.Merge, cur); err != nil {
 			a.fail(p, err)
 			return
 		}
 	}
-	a.removes = append(a.removes, op{path: p, data: restore, mode: mode, owned: owned})
+	// Already restored (by a run killed before it recorded so): nothing to write.
+	a.removes = append(a.removes, op{path: p, data: restore, at: at, owned: owned, same: bytes.Equal(cur, restore)})
 }
 
-// saveIntent records, before anything is written, the ownership of every
-// path about to be created or merged and every directory about to be made,
-// so a crash at any point leaves a record the next run converges from.
+// saveIntent records, before the planned writes, the ownership of every
+// path about to be written, with the content it is about to get as
+// Pending, and every directory about to be made, so a kill at any point
+// leaves a record the next run converges from: the file holds the content
+// last confirmed, the pending one, or (for a merge) the original.
 func (a *applier) saveIntent() error {
-	intent := cloneState(a.old)
+	intent := cloneState(a.next)
+	intent.Applied = a.old.Applied
 	changed := false
 	for _, w := range a.writes {
-		if !w.create {
-			continue
-		}
 		o := w.owned
-		if o.Merge == nil {
-			o.SHA256 = ""
-		}
+		o.SHA256 = intent.Files[w.path].SHA256 // "" for a create
+		o.Pending = hash(w.data)
 		intent.Files[w.path] = o
 		changed = true
 		for _, d := range a.missingDirs(w.path, w.base) {
@@ -379,7 +541,8 @@ func (a *applier) saveIntent() error {
 	}
 	if a.refreshNeeded && !intent.RefreshPending {
 		intent.RefreshPending = true
-		changed = true
+		changed = changed || !a.refreshRecorded
+		a.refreshRecorded = true
 	}
 	if !changed {
 		return nil
@@ -390,7 +553,9 @@ func (a *applier) saveIntent() error {
 // batchSize bounds the directories a write batch holds open.
 const batchSize = 256
 
-func (a *applier) execute() {
+// write executes the planned writes, in batches, and clears them.
+func (a *applier) write() {
+	defer func() { a.writes = nil }()
 	var batch []staged
 	var ops []op
 	flush := func() {
@@ -411,12 +576,18 @@ func (a *applier) execute() {
 		}
 	}
 	flush()
+}
+
+// remove executes the planned removals and restores, then removes the
+// directories nodetrust created that nothing needs any more.
+func (a *applier) remove() {
 	for _, rm := range a.removes {
 		var err error
-		if rm.remove {
+		switch {
+		case rm.remove:
 			err = a.root.remove(rm.path, false)
-		} else {
-			err = a.root.atomicWrite(rm.path, rm.data, rm.mode)
+		case !rm.same:
+			err = a.root.atomicWrite(rm.path, rm.data, rm.at)
 		}
 		if err != nil {
 			a.fail(rm.path, err)
@@ -463,7 +634,7 @@ func (a *applier) stage(w op) (staged, error) {
 		a.dirs[d] = true
 		a.next.Dirs = addItem(a.next.Dirs, d)
 	}
-	return a.root.stage(w.path, w.data, w.mode)
+	return a.root.stage(w.path, w.data, w.at)
 }
 
 // isDir reports, with a cache for one apply, whether d is a directory
@@ -546,7 +717,7 @@ func (r *Root) saveState(st State) error {
 			return fmt.Errorf("save ownership record: %w", err)
 		}
 	}
-	if err := r.atomicWrite(StatePath, data, 0o600); err != nil {
+	if err := r.atomicWrite(StatePath, data, attrs{mode: 0o600}); err != nil {
 		return fmt.Errorf("save ownership record: %w", err)
 	}
 	return nil

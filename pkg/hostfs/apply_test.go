@@ -29,6 +29,16 @@ func (lineMerger) Unmerge(cur, ours []byte) ([]byte, error) {
 	return []byte(strings.ReplaceAll(string(cur), string(ours), "")), nil
 }
 
+// Generated recognises files starting with genMark.
+func (lineMerger) Generated(data []byte) bool { return strings.HasPrefix(string(data), genMark) }
+
+// Render names the present files one a line, under genMark.
+func (lineMerger) Render(_ string, _ []byte, present []string) []byte {
+	return []byte(genMark + strings.Join(present, "\n") + "\n")
+}
+
+const genMark = "#generated\n"
+
 type fixture struct {
 	t        *testing.T
 	dir      string

@@ -55,6 +55,35 @@ func (r *Root) IsDir(rel string) bool {
 	return true
 }
 
+// ExistsInRoot reports whether rel exists, following symlinks as
+// ReadFileInRoot does.
+func (r *Root) ExistsInRoot(rel string) bool {
+	fd, err := r.open(rel, unix.O_PATH, true)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// Readlink returns the target of the symlink at rel, whose parent is
+// reached without symlinks.
+func (r *Root) Readlink(rel string) (string, error) {
+	if err := checkClean(rel); err != nil || rel == "." {
+		return "", fmt.Errorf("%q is not a clean path inside the host root", rel)
+	}
+	dirfd, err := r.open(path.Dir(rel), unix.O_PATH|unix.O_DIRECTORY, false)
+	if err != nil {
+		return "", err
+	}
+	defer unix.Close(dirfd)
+	target, err := readlinkat(dirfd, path.Base(rel))
+	if err != nil {
+		return "", &fs.PathError{Op: "readlink", Path: rel, Err: err}
+	}
+	return target, nil
+}
+
 // ReadFile reads a regular file at rel; a symlink anywhere in rel is refused.
 func (r *Root) ReadFile(rel string) ([]byte, error) {
 	data, _, err := r.read(rel, false)
@@ -70,31 +99,41 @@ func (r *Root) ReadFileInRoot(rel string) ([]byte, error) {
 	return data, err
 }
 
-// read returns the content and permission bits of the regular file at rel.
-// A missing file is an error wrapping fs.ErrNotExist.
-func (r *Root) read(rel string, inRoot bool) ([]byte, fs.FileMode, error) {
+// attrs are the permission bits and owner a replaced file keeps.
+type attrs struct {
+	mode     fs.FileMode
+	uid, gid int
+	// chown: give the written file uid and gid (those of the file it
+	// replaces); a new file belongs to the process.
+	chown bool
+}
+
+// read returns the content and attributes of the regular file at rel. A
+// missing file is an error wrapping fs.ErrNotExist.
+func (r *Root) read(rel string, inRoot bool) ([]byte, attrs, error) {
 	fd, err := r.open(rel, unix.O_RDONLY|unix.O_NONBLOCK, inRoot)
 	if err != nil {
-		return nil, 0, err
+		return nil, attrs{}, err
 	}
 	f := os.NewFile(uintptr(fd), path.Join(r.dir, rel))
 	defer f.Close()
-	info, err := f.Stat()
-	if err != nil {
-		return nil, 0, err
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, attrs{}, err
 	}
-	if !info.Mode().IsRegular() {
-		return nil, 0, fmt.Errorf("%s is not a regular file", rel)
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, attrs{}, fmt.Errorf("%s is not a regular file", rel)
 	}
-	data := make([]byte, 0, info.Size()+1)
+	at := attrs{mode: fs.FileMode(st.Mode & 0o7777).Perm(), uid: int(st.Uid), gid: int(st.Gid), chown: true}
+	data := make([]byte, 0, st.Size+1)
 	for {
 		n, err := f.Read(data[len(data):cap(data)])
 		data = data[:len(data)+n]
 		if errors.Is(err, io.EOF) {
-			return data, info.Mode().Perm(), nil
+			return data, at, nil
 		}
 		if err != nil {
-			return nil, 0, err
+			return nil, attrs{}, err
 		}
 		if len(data) == cap(data) {
 			data = append(data, 0)[:len(data)]

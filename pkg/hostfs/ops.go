@@ -4,18 +4,27 @@ import (
 	"crypto/rand"
 	"errors"
 	"io/fs"
+	"os"
 	"path"
+	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
+// Modes of what nodetrust creates, whatever the process umask: runtimes
+// running as other users (rootless podman) read certs.d.
+const (
+	dirMode  = 0o755
+	fileMode = 0o644
+)
+
 // readIfExists is read for a file that may be missing: then data is nil.
-func (r *Root) readIfExists(rel string) ([]byte, fs.FileMode, error) {
-	data, mode, err := r.read(rel, false)
+func (r *Root) readIfExists(rel string) ([]byte, attrs, error) {
+	data, at, err := r.read(rel, false)
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, 0, nil
+		return nil, attrs{}, nil
 	}
-	return data, mode, err
+	return data, at, err
 }
 
 // stat returns the file type bits of rel, refusing symlinks.
@@ -41,20 +50,58 @@ func (r *Root) parent(rel string, flags int) (int, string, error) {
 	return fd, path.Base(rel), err
 }
 
-// mkdir creates the directory rel (mode 0755); an existing one is fs.ErrExist.
+// mkdir creates the directory rel, mode 0755 whatever the umask; an
+// existing one is fs.ErrExist.
 func (r *Root) mkdir(rel string) error {
 	dfd, name, err := r.parent(rel, unix.O_PATH)
 	if err != nil {
 		return err
 	}
 	defer unix.Close(dfd)
-	if err := unix.Mkdirat(dfd, name, 0o755); err != nil {
+	if err := unix.Mkdirat(dfd, name, dirMode); err != nil {
 		if errors.Is(err, unix.EEXIST) {
 			return fs.ErrExist
 		}
 		return &fs.PathError{Op: "mkdir", Path: rel, Err: err}
 	}
+	fd, err := unix.Openat(dfd, name, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err == nil {
+		err = unix.Fchmod(fd, dirMode)
+		unix.Close(fd)
+	}
+	if err != nil {
+		return &fs.PathError{Op: "chmod", Path: rel, Err: err}
+	}
 	return nil
+}
+
+// tmpPrefix and tmpSuffix frame the temporary files writes go through.
+const tmpPrefix, tmpSuffix = ".nodetrust-", ".tmp"
+
+// sweep removes nodetrust's temporary files left in dir by a killed run
+// and returns their paths. Only regular files named like one are removed.
+func (r *Root) sweep(dir string) []string {
+	fd, err := r.open(dir, unix.O_RDONLY|unix.O_DIRECTORY, false)
+	if err != nil {
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	defer f.Close()
+	names, _ := f.Readdirnames(-1)
+	var out []string
+	for _, n := range names {
+		if !strings.HasPrefix(n, tmpPrefix) || !strings.HasSuffix(n, tmpSuffix) {
+			continue
+		}
+		var st unix.Stat_t
+		if unix.Fstatat(fd, n, &st, unix.AT_SYMLINK_NOFOLLOW) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+			continue
+		}
+		if unix.Unlinkat(fd, n, 0) == nil {
+			out = append(out, path.Join(dir, n))
+		}
+	}
+	return out
 }
 
 // remove unlinks the file, or with dir the empty directory, at rel. A
@@ -79,8 +126,8 @@ func (r *Root) remove(rel string, dir bool) error {
 }
 
 // atomicWrite replaces rel with data durably: a batch of one.
-func (r *Root) atomicWrite(rel string, data []byte, mode fs.FileMode) error {
-	s, err := r.stage(rel, data, mode)
+func (r *Root) atomicWrite(rel string, data []byte, at attrs) error {
+	s, err := r.stage(rel, data, at)
 	if err != nil {
 		return err
 	}
@@ -111,7 +158,9 @@ type staged struct {
 }
 
 // stage writes data to a temporary file beside rel, without syncing it.
-func (r *Root) stage(rel string, data []byte, mode fs.FileMode) (staged, error) {
+// The file gets at's owner (with at.chown) and mode, set explicitly after
+// the create so the umask does not matter.
+func (r *Root) stage(rel string, data []byte, at attrs) (staged, error) {
 	dfd, name, err := r.parent(rel, unix.O_RDONLY)
 	if err != nil {
 		return staged{}, err
@@ -121,14 +170,21 @@ func (r *Root) stage(rel string, data []byte, mode fs.FileMode) (staged, error) 
 		unix.Close(dfd)
 		return staged{}, err
 	}
-	s := staged{dfd: dfd, dev: st.Dev, tmp: ".nodetrust-" + rand.Text()[:12] + ".tmp", name: name, rel: rel}
+	s := staged{dfd: dfd, dev: st.Dev, tmp: tmpPrefix + rand.Text()[:12] + tmpSuffix, name: name, rel: rel}
+	mode := at.mode
+	if mode == 0 {
+		mode = fileMode
+	}
 	fd, err := unix.Openat(dfd, s.tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode))
 	if err != nil {
 		unix.Close(dfd)
 		return staged{}, &fs.PathError{Op: "create", Path: path.Join(path.Dir(rel), s.tmp), Err: err}
 	}
 	err = writeAll(fd, data)
-	if err == nil {
+	if err == nil && at.chown {
+		err = unix.Fchown(fd, at.uid, at.gid)
+	}
+	if err == nil { // after the chown, which may clear set-id bits
 		err = unix.Fchmod(fd, uint32(mode))
 	}
 	if cerr := unix.Close(fd); err == nil {

@@ -99,14 +99,15 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 		files   map[string]string // relative to the host root
 		edited  string            // the file nodetrust edits, "" for none
 		problem string
+		hosts   string // where the hosts.toml goes, when not etc/containerd/certs.d
 	}{
 		{name: "no config file: one is created", edited: configFile},
-		{name: "a drop-in sets the wrong directory: the drop-in is edited",
+		{name: "a drop-in sets another directory: written there, nothing edited",
 			files: map[string]string{
 				configFile:                            hostfile(t, "dropin-main.toml"),
-				"etc/containerd/conf.d/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/docker/certs.d\"\n",
+				"etc/containerd/conf.d/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/opt/certs.d\"\n",
 			},
-			edited: "etc/containerd/conf.d/registry.toml"},
+			hosts: "opt/certs.d/r.example:5000/hosts.toml"},
 		{name: "an import hides config_path from containerd 1.x: the import is edited",
 			files: map[string]string{
 				configFile:                            "version = 2\nimports = [\"/etc/containerd/conf.d/*.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
@@ -116,10 +117,10 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 		{name: "already right: untouched", files: map[string]string{configFile: hostfile(t, "containerd-1.7-certsd.toml")}},
 		{name: "mirrors: refused", files: map[string]string{configFile: hostfile(t, "gke-style.toml")},
 			problem: "cannot be set as it is: /etc/containerd/config.toml: registry.mirrors is set"},
-		{name: "set outside /etc/containerd: refused",
+		{name: "hidden from 1.x by a file outside /etc/containerd: refused",
 			files: map[string]string{
-				configFile:                     "version = 2\nimports = [\"/opt/containerd/registry.toml\"]\n",
-				"opt/containerd/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/opt/certs.d\"\n",
+				configFile:                     "version = 2\nimports = [\"/opt/containerd/registry.toml\"]\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d\"\n",
+				"opt/containerd/registry.toml": "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  sandbox_image = \"registry.k8s.io/pause:3.9\"\n",
 			},
 			problem: "nodetrust does not edit /opt/containerd/registry.toml, the file that sets containerd's config_path"},
 	}
@@ -137,7 +138,14 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 			} else {
 				require.Empty(t, rep.NodeProblems)
 			}
-			require.Empty(t, rep.NodeWarnings)
+			if tc.problem == "" {
+				require.Empty(t, rep.NodeWarnings)
+			}
+			hosts := tc.hosts
+			if hosts == "" {
+				hosts = "etc/containerd/certs.d/r.example:5000/hosts.toml"
+			}
+			require.Contains(t, rep.Written, hosts)
 			after := hostfstest.Tree(t, h.dir, "var")
 			var changed []string
 			for p := range after {
@@ -198,7 +206,7 @@ func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
 func TestSyncCreatedConfigReplacedByAPackage(t *testing.T) {
 	h, set := managedHost(t, "")
 	h.sync(set, nil)
-	require.Equal(t, string(containerd.NewConfig()), h.read(configFile), "created")
+	require.Equal(t, string(containerd.NewConfig("")), h.read(configFile), "created")
 
 	pkg := hostfile(t, "containerd-1.6-config-default.toml")
 	hostfstest.WriteFile(t, h.dir, configFile, pkg)

@@ -11,8 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -36,6 +34,12 @@ type Options struct {
 	// when it would not read the hosts.toml files nodetrust writes, and
 	// restores the original file once nodetrust writes none.
 	ManageContainerdConfig bool
+	// ContainerdVersion is the running containerd's version
+	// (containerd.ParseVersion); "" judges it from the config's format.
+	ContainerdVersion string
+	// ContainerdConfig overrides the discovery of containerd's main config
+	// file (a path on the node).
+	ContainerdConfig string
 }
 
 // Report says what a Sync found and did.
@@ -70,6 +74,9 @@ type Report struct {
 	RestartSince time.Time
 	// Runtimes: a container runtime's config directory exists on the node.
 	Runtimes bool
+	// Containerd says which containerd layout and hosts directory were
+	// found, when containerd is present.
+	Containerd *ContainerdInfo
 	// Owned lists every file nodetrust owns on the node after the sync.
 	Owned []string
 }
@@ -98,24 +105,37 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	rep.Kept = kept
 	facts := Detect(root)
 	facts.NodeLabels = opts.NodeLabels
-	p := plan.Build(effective, facts)
+	cd, err := detectContainerd(root, &facts, opts, st)
+	if err != nil {
+		return Report{}, err
+	}
+	if facts.Talos {
+		facts.Containerd, facts.Docker, facts.Containers = false, false, false
+	}
+	p := plan.Build(effective, facts.Facts)
 	rep.Applied, rep.NotSelected, rep.Warnings, rep.Hash = p.Sources, p.NotSelected, p.Warnings, p.Hash
 	rep.Runtimes = facts.Containerd || facts.Docker || facts.Containers
+	rep.NodeWarnings = append(rep.NodeWarnings, facts.Notes...)
+	if facts.Talos && len(p.Sources) > 0 {
+		rep.NodeProblems = append(rep.NodeProblems, containerd.TalosProblem(firstRegistry(p.Sources)))
+	}
 
 	applied, err := json.Marshal(storeAll(p.Sources))
 	if err != nil {
 		return Report{}, err
 	}
 	files := p.Files
-	config := &configReader{root: root}
-	if opts.ManageContainerdConfig && facts.Containerd && usesContainerdHosts(p) {
-		f, problem := containerdConfig(config, st)
-		if problem != "" {
-			rep.NodeProblems = append(rep.NodeProblems, problem)
-		}
-		if f != nil {
-			files = append(files[:len(files):len(files)], *f)
-			config.done = false // the apply may edit what was read
+	uses := usesContainerdHosts(p)
+	if cd != nil {
+		rep.Containerd = &cd.info
+		if opts.ManageContainerdConfig && uses {
+			f, problem := cd.configEdit(st)
+			if problem != "" {
+				rep.NodeProblems = append(rep.NodeProblems, problem)
+			}
+			if f != nil {
+				files = append(files[:len(files):len(files)], *f)
+			}
 		}
 	}
 	res, err := root.Apply(st, files, applied, hostfs.Options{
@@ -131,11 +151,22 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
-	if usesContainerdHosts(p) {
-		rep.checkContainerd(config)
-		rep.checkShadows(root, p)
+	if cd != nil && uses {
+		cd.check(&rep, root, p)
+	}
+	if facts.Containers {
+		rep.checkContainersOrder(root, p)
 	}
 	return rep, nil
+}
+
+func firstRegistry(ss []source.Source) string {
+	for _, s := range ss {
+		if len(s.Registries) > 0 {
+			return string(s.Registries[0])
+		}
+	}
+	return "REGISTRY"
 }
 
 func usesContainerdHosts(p plan.Plan) bool {
@@ -145,106 +176,6 @@ func usesContainerdHosts(p plan.Plan) bool {
 		}
 	}
 	return false
-}
-
-// checkContainerd reports a containerd that would not read the hosts.toml
-// files just written.
-func (r *Report) checkContainerd(config *configReader) {
-	reg, err := config.read()
-	switch {
-	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
-		r.NodeWarnings = append(r.NodeWarnings, fmt.Sprintf("cannot check containerd's config_path: no /%s; containerd's built-in default reads no hosts.toml on 1.x", containerd.ConfigFile))
-	case err != nil:
-		r.NodeProblems = append(r.NodeProblems, err.Error())
-	case reg.Problem() != "":
-		r.NodeProblems = append(r.NodeProblems, reg.Problem())
-	case reg.Warning() != "":
-		r.NodeWarnings = append(r.NodeWarnings, reg.Warning())
-	}
-}
-
-// containerdConfig returns the containerd config file nodetrust edits so
-// that containerd reads hosts.toml: the one it edited before, or else the
-// last file with the CRI plugin section, whose config_path wins on
-// containerd 1.x and 2.x alike (the main config when none has one, created
-// when missing). It returns nil when the config needs no edit or cannot take
-// one; checkContainerd then reports why.
-func containerdConfig(config *configReader, st hostfs.State) (*hostfs.File, string) {
-	file := func(rel string) *hostfs.File {
-		return &hostfs.File{Path: rel, Base: path.Dir(rel), Data: containerd.NewConfig(),
-			Merger: containerd.ConfigMergerName, CreateAsMerge: true, Restart: containerd.Unit}
-	}
-	for p, o := range st.Files {
-		if o.Restart == containerd.Unit {
-			return file(p), ""
-		}
-	}
-	reg, err := config.read()
-	switch {
-	case errors.Is(err, fs.ErrNotExist) && len(reg.Files) == 0:
-		return file(containerd.ConfigFile), ""
-	case err != nil || (reg.Problem() == "" && reg.Warning() == "") || reg.Conflict != "":
-		return nil, ""
-	}
-	target := reg.EditTarget()
-	rel := strings.TrimPrefix(target, "/")
-	if !strings.HasPrefix(rel, plan.ContainerdDir+"/") {
-		return nil, fmt.Sprintf("nodetrust does not edit %s, the file that sets containerd's config_path: --manage-containerd-config edits files below /%s only", target, plan.ContainerdDir)
-	}
-	return file(rel), ""
-}
-
-// checkShadows reports registries whose hosts.toml containerd does not read
-// because a directory in the older host_port_ naming comes first.
-func (r *Report) checkShadows(root *hostfs.Root, p plan.Plan) {
-	for _, f := range p.Files {
-		if f.Merger != containerd.MergerName {
-			continue
-		}
-		dir := path.Dir(f.Path)
-		reg := path.Base(dir)
-		shadow := containerd.ShadowDir(reg)
-		if shadow == "" || !root.IsDir(path.Join(path.Dir(dir), shadow)) {
-			continue
-		}
-		r.NodeProblems = append(r.NodeProblems, fmt.Sprintf(
-			"containerd reads /%s before /%s (the older host_port_ naming comes first), so nodetrust's CA for %s is not used; move what that directory holds into /%s/%s and remove it",
-			path.Join(path.Dir(dir), shadow), dir, reg, dir, containerd.HostsFile))
-	}
-}
-
-// configReader reads containerd's config files at most once per sync,
-// unless a planned edit makes the caller read them again.
-type configReader struct {
-	root *hostfs.Root
-	done bool
-	reg  containerd.Registry
-	err  error
-}
-
-func (c *configReader) read() (containerd.Registry, error) {
-	if !c.done {
-		c.reg, c.err = containerd.ReadRegistry(hostFS{c.root})
-		c.done = true
-	}
-	return c.reg, c.err
-}
-
-// hostFS reads host paths inside the host root for containerd.ReadRegistry.
-type hostFS struct{ root *hostfs.Root }
-
-func (h hostFS) ReadFile(hostPath string) ([]byte, error) {
-	return h.root.ReadFileInRoot(strings.TrimPrefix(path.Clean(hostPath), "/"))
-}
-
-// Glob lists matches below the root; reading them stays inside the root.
-func (h hostFS) Glob(pattern string) ([]string, error) {
-	matches, err := filepath.Glob(filepath.Join(h.root.Dir(), path.Clean("/"+pattern)))
-	for i, m := range matches {
-		rel, _ := filepath.Rel(h.root.Dir(), m)
-		matches[i] = "/" + filepath.ToSlash(rel)
-	}
-	return matches, err
 }
 
 // withKept adds to the valid sources the last applied version of every
@@ -293,12 +224,20 @@ func storeAll(ss []source.Source) []source.Stored {
 	return out
 }
 
-// Detect reads the facts of the node under root.
-func Detect(root *hostfs.Root) plan.Facts {
-	f := plan.Facts{
+// Detect reads the facts of the node under root: which runtimes are
+// present, and its OS trust store.
+func Detect(root *hostfs.Root) Facts {
+	f := Facts{Facts: plan.Facts{
 		Containerd: root.IsDir(plan.ContainerdDir),
 		Docker:     root.IsDir(plan.DockerDir),
 		Containers: root.IsDir(plan.ContainersDir),
+	}}
+	// A daemon installed without its config directory still reads it.
+	if !f.Docker && anyFile(root, "usr/bin/dockerd", "usr/sbin/dockerd") {
+		f.Docker, f.DockerBase = true, "etc"
+	}
+	if !f.Containers && anyFile(root, "usr/bin/crio", "usr/bin/podman", "usr/bin/skopeo") {
+		f.Containers, f.ContainersBase = true, "etc"
 	}
 	data, err := root.ReadFileInRoot(truststore.OSReleasePath)
 	if errors.Is(err, fs.ErrNotExist) { // os-release(5): fall back to /usr/lib
@@ -307,6 +246,15 @@ func Detect(root *hostfs.Root) plan.Facts {
 	if err != nil {
 		f.TrustStoreErr = fmt.Errorf("host trust is unsupported: cannot read /%s: %w", truststore.OSReleasePath, err)
 		return f
+	}
+	switch osID(data) {
+	case containerd.Talos:
+		f.Talos = true
+	case "rhcos", "scos": // OpenShift's node-ca owns /etc/docker/certs.d
+		if f.Docker {
+			f.Docker = false
+			f.Notes = append(f.Notes, "OpenShift node: /etc/docker/certs.d is left to OpenShift's node-ca, which deletes directories it did not write; CRI-O reads /etc/containers/certs.d first")
+		}
 	}
 	st, err := truststore.Detect(data)
 	if err != nil {
@@ -317,7 +265,35 @@ func Detect(root *hostfs.Root) plan.Facts {
 	return f
 }
 
-func refresher(ctx context.Context, root *hostfs.Root, f plan.Facts, opts Options) func() error {
+// Facts are plan.Facts plus what only the sync acts on.
+type Facts struct {
+	plan.Facts
+	// Talos: nothing can be written (read-only /etc, files removed).
+	Talos bool
+	// Notes become node warnings.
+	Notes []string
+}
+
+func anyFile(root *hostfs.Root, rels ...string) bool {
+	for _, rel := range rels {
+		if root.ExistsInRoot(rel) {
+			return true
+		}
+	}
+	return false
+}
+
+// osID is os-release's ID, unquoted.
+func osID(data []byte) string {
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "ID="); ok {
+			return strings.ToLower(strings.Trim(v, `"'`))
+		}
+	}
+	return ""
+}
+
+func refresher(ctx context.Context, root *hostfs.Root, f Facts, opts Options) func() error {
 	if f.TrustStore == nil {
 		return nil
 	}

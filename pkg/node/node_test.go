@@ -28,7 +28,8 @@ type host struct {
 	root     *hostfs.Root
 	refresh  []string
 	failNext bool
-	manage   bool // --manage-containerd-config
+	manage   bool   // --manage-containerd-config
+	version  string // --containerd-version
 }
 
 func newHost(t testing.TB, dirs ...string) *host {
@@ -46,6 +47,7 @@ func (h *host) sync(set source.Set, nodeLabels labels.Set) node.Report {
 	rep, err := node.Sync(context.Background(), h.root, set, node.Options{
 		NodeLabels:             nodeLabels,
 		ManageContainerdConfig: h.manage,
+		ContainerdVersion:      h.version,
 		Refresh: func(_ context.Context, st truststore.Store, root string) error {
 			h.refresh = append(h.refresh, st.Family+"@"+root)
 			if h.failNext {
@@ -137,12 +139,12 @@ func TestSyncHostTrust(t *testing.T) {
 
 func TestSyncHostTrustUnsupported(t *testing.T) {
 	h := newHost(t, "etc/docker")
-	hostfstest.WriteFile(t, h.dir, "etc/os-release", "ID=talos\n")
+	hostfstest.WriteFile(t, h.dir, "etc/os-release", "ID=bottlerocket\n")
 	s := mkSource(t, "corp", map[string]string{source.AnnotationHostTrust: "true", source.AnnotationRegistries: "r"})
 	rep := h.sync(source.Set{Sources: []source.Source{s}}, nil)
 	require.True(t, rep.OK(), "unsupported host trust is a warning")
 	require.Len(t, rep.Warnings, 1)
-	require.Contains(t, rep.Warnings[0].Message, "host trust is unsupported on talos")
+	require.Contains(t, rep.Warnings[0].Message, "host trust is unsupported on bottlerocket")
 	require.Equal(t, []string{"etc/docker/certs.d/r/nodetrust_secret_ns_corp.crt"}, rep.Written, "registries still apply")
 	require.Empty(t, h.refresh)
 }
@@ -180,7 +182,7 @@ func TestSyncChecksContainerdConfig(t *testing.T) {
 		"no config.toml":  {"", "", "cannot check containerd's config_path"},
 		"unset":           {"version = 2\n", `config_path is unset under [plugins."io.containerd.grpc.v1.cri".registry]`, ""},
 		"certs.d":         {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d'\n", "", ""},
-		"two directories": {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", "lists several directories", ""},
+		"two directories": {"version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\nconfig_path = '/etc/containerd/certs.d:/etc/docker/certs.d'\n", "takes config_path as one directory", ""},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"path"
+	"path/filepath"
 	"sort"
 	"strings"
 
@@ -33,6 +34,19 @@ const (
 type Facts struct {
 	// Which runtimes are present: their config directories exist.
 	Containerd, Docker, Containers bool
+	// ContainerdHosts is the hosts directory containerd reads (relative to
+	// the host root); its parent must exist. Empty means ContainerdDir's
+	// certs.d.
+	ContainerdHosts string
+	// HostsFiles lists, by path relative to the host root, the hosts.toml
+	// files in ContainerdHosts that nodetrust did not generate, with their
+	// [host."URL"] entries: a source's CA for a registry is added to the
+	// entries that point at it (a mirror or pull-through cache).
+	HostsFiles map[string][]string
+	// DockerBase and ContainersBase are the directories that must exist
+	// for those runtimes' certs.d (their config dirs, or /etc when only
+	// the daemon is installed); empty means DockerDir and ContainersDir.
+	DockerBase, ContainersBase string
 	// TrustStore is the OS trust store; nil when unsupported, with the
 	// reason in TrustStoreErr.
 	TrustStore    *truststore.Store
@@ -53,6 +67,8 @@ type Plan struct {
 	Warnings []Warning
 	// Hash identifies what applies: equal on nodes with the same sources.
 	Hash string
+
+	paths map[string]bool // of the CA files added
 }
 
 // Warning is a problem that does not stop a source from applying.
@@ -73,7 +89,18 @@ func Build(sources []source.Source, f Facts) Plan {
 	}
 	sort.Slice(p.Sources, func(i, j int) bool { return p.Sources[i].ID.Less(p.Sources[j].ID) })
 
-	hostsCAs := map[registry.Host][]string{}
+	hosts := f.ContainerdHosts
+	if hosts == "" {
+		hosts = path.Join(ContainerdDir, "certs.d")
+	}
+	dockerBase, containersBase := or(f.DockerBase, DockerDir), or(f.ContainersBase, ContainersDir)
+	adds := map[string]*containerd.Additions{} // by hosts.toml path
+	addFor := func(file string) *containerd.Additions {
+		if adds[file] == nil {
+			adds[file] = &containerd.Additions{}
+		}
+		return adds[file]
+	}
 	for _, s := range p.Sources {
 		for _, w := range s.Warnings {
 			p.Warnings = append(p.Warnings, Warning{s.ID, w})
@@ -82,28 +109,35 @@ func Build(sources []source.Source, f Facts) Plan {
 		name := FileName(s.ID)
 		for _, r := range s.Registries {
 			if f.Containerd {
-				p.add(ContainerdDir, path.Join(ContainerdDir, "certs.d", string(r), name), bundle)
-				hostsCAs[r] = append(hostsCAs[r], name)
+				p.add(path.Dir(hosts), path.Join(hosts, string(r), name), bundle)
+				a := addFor(path.Join(hosts, string(r), containerd.HostsFile))
+				a.CA = append(a.CA, name)
+				p.mirrors(f.HostsFiles, hosts, r, name, addFor)
 			}
 			if f.Docker {
-				p.add(DockerDir, path.Join(DockerDir, "certs.d", string(r), name), bundle)
+				p.add(dockerBase, path.Join(DockerDir, "certs.d", string(r), name), bundle)
 			}
 			if f.Containers {
-				p.add(ContainersDir, path.Join(ContainersDir, "certs.d", string(r), name), bundle)
+				p.add(containersBase, path.Join(ContainersDir, "certs.d", string(r), name), bundle)
 			}
 		}
 		if s.HostTrust {
 			p.anchors(s, f)
 		}
 	}
-	for r, cas := range hostsCAs {
-		sort.Strings(cas)
+	for file, a := range adds {
+		sort.Strings(a.CA)
+		for _, cas := range a.Hosts {
+			sort.Strings(cas)
+		}
 		p.Files = append(p.Files, hostfs.File{
-			Path:   path.Join(ContainerdDir, "certs.d", string(r), containerd.HostsFile),
-			Base:   ContainerdDir,
-			Data:   containerd.RenderHosts(cas),
-			Merger: containerd.MergerName,
-			Late:   true,
+			Path:          file,
+			Base:          path.Dir(hosts),
+			Data:          containerd.RenderAdditions(*a),
+			Merger:        containerd.MergerName,
+			Late:          true,
+			CreateAsMerge: true,
+			Needs:         a.Files(path.Dir(file)), // hostfs names only those written
 		})
 	}
 	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
@@ -111,7 +145,43 @@ func Build(sources []source.Source, f Facts) Plan {
 	return p
 }
 
+// mirrors adds the CA file name of registry r to every [host] entry of a
+// foreign hosts.toml that points at r, by a path relative to that file.
+func (p *Plan) mirrors(files map[string][]string, hosts string, r registry.Host, name string, addFor func(string) *containerd.Additions) {
+	for file, urls := range files {
+		for _, u := range urls {
+			if containerd.HostOf(u) != string(r) {
+				continue
+			}
+			rel, err := filepath.Rel(path.Dir(file), path.Join(hosts, string(r), name))
+			if err != nil {
+				continue
+			}
+			a := addFor(file)
+			if a.Hosts == nil {
+				a.Hosts = map[string][]string{}
+			}
+			a.Hosts[u] = append(a.Hosts[u], filepath.ToSlash(rel))
+		}
+	}
+}
+
+func or(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// add adds a CA file, once: containerd's hosts directory may be Docker's.
 func (p *Plan) add(base, file string, data []byte) {
+	if p.paths[file] {
+		return
+	}
+	if p.paths == nil {
+		p.paths = map[string]bool{}
+	}
+	p.paths[file] = true
 	p.Files = append(p.Files, hostfs.File{Path: file, Base: base, Data: data})
 }
 

@@ -115,8 +115,11 @@ func validatePort(p string) error {
 		}
 	}
 	n, err := strconv.Atoi(p)
-	if err != nil || n < 1 || n > 65535 || (len(p) > 1 && p[0] == '0') {
+	if err != nil || n < 1 || n > 65535 {
 		return fmt.Errorf("port %q is outside 1-65535", p)
+	}
+	if p[0] == '0' {
+		return fmt.Errorf("port %q has a leading zero; image references spell a port without one: write %d", p, n)
 	}
 	return nil
 }

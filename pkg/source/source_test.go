@@ -1,6 +1,7 @@
 package source_test
 
 import (
+	"context"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -19,7 +20,10 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
-var now = time.Now()
+var (
+	now = time.Now()
+	ctx = context.Background()
+)
 
 func secret(ann map[string]string, data map[string][]byte) *corev1.Secret {
 	return &corev1.Secret{
@@ -181,7 +185,7 @@ data:
 		require.NoError(t, os.WriteFile(filepath.Join(dir, name), []byte(content), 0o644))
 	}
 
-	set, err := source.ReadPath(dir, now)
+	set, err := source.ReadPath(ctx, dir, now)
 	require.NoError(t, err)
 	require.True(t, set.Complete(), "%v", set.Errors)
 	var ids []string
@@ -194,13 +198,13 @@ data:
 	require.Contains(t, set.Rejected[0].Reason, "base64")
 
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "broken.yaml"), []byte("a: [b\n"), 0o644))
-	set, err = source.ReadPath(dir, now)
+	set, err = source.ReadPath(ctx, dir, now)
 	require.NoError(t, err)
 	require.False(t, set.Complete())
 	require.ErrorContains(t, set.Errors[0], "broken.yaml: document 1")
 	require.Len(t, set.Sources, 3, "the readable files still count")
 
-	_, err = source.ReadPath(filepath.Join(dir, "missing"), now)
+	_, err = source.ReadPath(ctx, filepath.Join(dir, "missing"), now)
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
@@ -209,7 +213,7 @@ func TestReadPathDuplicateRejected(t *testing.T) {
 	doc := fmt.Sprintf("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: cm, namespace: x, labels: {nodetrust.io/ca: \"true\"}}\ndata: {ca.crt: %q}\n", string(ca.CertPEM()))
 	p := filepath.Join(t.TempDir(), "dup.yaml")
 	require.NoError(t, os.WriteFile(p, []byte(doc+"---\n"+doc), 0o644))
-	set, err := source.ReadPath(p, now)
+	set, err := source.ReadPath(ctx, p, now)
 	require.NoError(t, err)
 	require.Empty(t, set.Sources)
 	require.Len(t, set.Rejected, 1)

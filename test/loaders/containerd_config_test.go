@@ -416,8 +416,9 @@ func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
 
 	reg, err := nodetrustcd.ReadRegistry(dirFS{main: mainPath})
 	require.NoError(t, err)
-	require.Empty(t, reg.Problem())
-	require.Contains(t, reg.Warning(), "containerd 1.x reads no hosts.toml with this config")
+	rd := reg.Reading(nodetrustcd.Version{}, nodetrustcd.Default)
+	require.Empty(t, rd.Problem)
+	require.Contains(t, rd.Warning, "containerd 1.x reads no hosts.toml with this config")
 	require.Equal(t, dropinPath, reg.EditTarget())
 
 	edited, err := nodetrustcd.SetConfigPath([]byte(dropin), nodetrustcd.CertsDir)
@@ -431,7 +432,7 @@ func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
 	require.Equal(t, wantCertsDir, images.configPath, "containerd 2.4 after the drop-in's edit")
 	reg, err = nodetrustcd.ReadRegistry(dirFS{main: mainPath})
 	require.NoError(t, err)
-	require.Empty(t, reg.Warning())
+	require.Empty(t, reg.Reading(nodetrustcd.Version{}, nodetrustcd.Default).Warning)
 }
 
 // dirFS serves ReadRegistry's /etc/containerd/config.toml from main and
