@@ -53,14 +53,16 @@ type pullSettings struct {
 // (the same in v2.4.2):
 //
 //   - plugins/cri/images/plugin.go InitFn: on Linux an empty config_path
-//     without mirrors becomes "/etc/containerd/certs.d:/etc/docker/certs.d";
+//     without mirrors becomes "/etc/containerd/certs.d:/etc/docker/certs.d"
+//     (from 2.2 on: v2.0.5 and v2.1.4 have no such default);
 //   - internal/cri/config/config.go CheckLocalImagePullConfigs: the local
 //     pull is used when use_local_image_pull is set or any of
 //     disable_snapshot_annotations = false, discard_unpacked_layers,
 //     registry mirrors/configs/auths, max_concurrent_downloads != 3,
 //     image_pull_with_sync_fs is.
 //
-// Below 2.1 the CRI pulls locally whatever the settings (SPEC §2a).
+// Below 2.1 the CRI pulls locally whatever the settings (SPEC §2a; v2.0.5's
+// CRI has no transfer-service pull at all).
 func cd2PullSettings(t *testing.T, path string, v cdVersion) pullSettings {
 	t.Helper()
 	images, logs, err := cd2DecodeImages(t, path)
@@ -73,7 +75,7 @@ func cd2PullSettings(t *testing.T, path string, v cdVersion) pullSettings {
 	}
 	reg := field(images, "Registry")
 	ps := pullSettings{configPath: field(reg, "ConfigPath").String()}
-	if ps.configPath == "" && field(reg, "Mirrors").Len() == 0 {
+	if ps.configPath == "" && field(reg, "Mirrors").Len() == 0 && v.atLeast(2, 2) {
 		ps.configPath = "/etc/containerd/certs.d:/etc/docker/certs.d"
 	}
 	for _, c := range []struct {

@@ -57,7 +57,7 @@ var layouts = []struct {
 	{layout: "aks", configFile: "/etc/containerd/config.toml",
 		versions: []layoutVersion{{"1.7.27", true, false}, {"2.2.4", true, false}}},
 	{layout: "containerd-2.2-default", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"2.0.5", true, true}, {"2.2.4", false, false}}},
+		versions: []layoutVersion{{"2.0.5", false, false}, {"2.2.4", false, false}}},
 	{layout: "talos", configFile: "/etc/cri/containerd.toml",
 		versions: []layoutVersion{{"2.2.3", false, true}}},
 }
