@@ -253,16 +253,19 @@ func (pc pullCase) run(t *testing.T, env layoutEnv, note func(string)) {
 	ctrd, took := startContainerdSpec(t, env.hostsFile, root, spec)
 	ref := env.reg.imageRef()
 	note(fmt.Sprintf("%s up in %.2fs", ctrd.version, took.Seconds()))
+	var mirrorFile, mirrorHosts string
 	if pc.mirror {
 		ref = upstreamHost + "/e2e/img:v1"
 		dir := filepath.Join(root, "etc/containerd/certs.d", upstreamHost)
+		mirrorFile = filepath.Join(dir, "hosts.toml")
 		hosts := fmt.Sprintf("server = \"https://%s\"\n\n[host.\"https://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", upstreamHost, env.reg.name())
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		if err := os.WriteFile(mirrorFile, []byte(hosts), 0o644); err != nil {
 			t.Fatal(err)
 		}
+		mirrorHosts = hosts
 	}
 	if _, _, err := ctrd.pull(ref); err == nil {
 		t.Fatalf("before apply: pull of %s succeeded", ref)
@@ -284,6 +287,13 @@ func (pc pullCase) run(t *testing.T, env layoutEnv, note func(string)) {
 	}
 	removed := env.cli.apply(t, t.TempDir(), root, pc.version)
 	note(fmt.Sprintf("source gone (removed %d): %s", len(removed.Removed), expectPull(t, ctrd, ref, false, note, "after removal")))
+	if pc.mirror {
+		if got, err := os.ReadFile(mirrorFile); err != nil || string(got) != mirrorHosts {
+			t.Errorf("the operator's %s after removal: %v\n%s\nwant byte for byte:\n%s", mirrorFile, err, got, mirrorHosts)
+		} else {
+			note("operator's mirror hosts.toml restored byte for byte")
+		}
+	}
 }
 
 // k3sRestart replays what k3s does at every start to a host in its
