@@ -31,6 +31,9 @@ type layoutVersion struct {
 	// (no --containerd-version) cannot get right: it does not read this
 	// layout's config, or it judges without the runtime version.
 	preIssue9 bool
+	// override passes the layout's config as --containerd-config instead
+	// of leaving it to discovery.
+	override bool
 }
 
 // layouts are the fixtures of hostfiles/layouts: the containerd config
@@ -41,25 +44,28 @@ var layouts = []struct {
 	versions   []layoutVersion
 }{
 	{layout: "k3s", configFile: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-		versions: []layoutVersion{{"2.0.5", true, true}, {"2.2.4", true, true}}},
+		versions: []layoutVersion{{"2.0.5", true, true, false}, {"2.2.4", true, true, false},
+			{version: "2.2.4", trusted: true, preIssue9: true, override: true}}},
 	{layout: "k3s-containerd1.7", configFile: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
-		versions: []layoutVersion{{"1.7.27", true, true}, {"2.2.4", true, true}}},
+		versions: []layoutVersion{{"1.7.27", true, true, false}, {"2.2.4", true, true, false}}},
 	{layout: "rke2", configFile: "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
-		versions: []layoutVersion{{"2.0.5", true, true}, {"2.2.4", true, true}}},
+		versions: []layoutVersion{{"2.0.5", true, true, false}, {"2.2.4", true, true, false}}},
 	{layout: "microk8s", configFile: "/var/snap/microk8s/8147/args/containerd.toml",
-		versions: []layoutVersion{{"1.7.27", true, true}, {"2.2.3", true, true}}},
+		versions: []layoutVersion{{"1.7.27", true, true, false}, {"2.2.3", true, true, false},
+			{version: "2.2.3", trusted: true, preIssue9: true, override: true}}},
 	{layout: "eks-al2023", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"2.0.5", true, true}, {"2.2.4", true, true}}},
+		versions: []layoutVersion{{"2.0.5", true, true, false}, {"2.2.4", true, true, false}}},
 	{layout: "eks-al2023-containerd1.7", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"1.7.27", true, true}, {"2.2.4", true, true}}},
+		versions: []layoutVersion{{"1.7.27", true, true, false}, {"2.2.4", true, true, false}}},
 	{layout: "kind", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"1.7.27", false, false}, {"2.3.4", true, true}}},
+		versions: []layoutVersion{{"1.7.27", false, false, false}, {"2.3.4", true, true, false}}},
 	{layout: "aks", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"1.7.27", true, false}, {"2.2.4", true, false}}},
+		versions: []layoutVersion{{"1.7.27", true, false, false}, {"2.2.4", true, false, false}}},
 	{layout: "containerd-2.2-default", configFile: "/etc/containerd/config.toml",
-		versions: []layoutVersion{{"2.0.5", false, false}, {"2.2.4", false, false}}},
+		versions: []layoutVersion{{"2.0.5", false, false, false}, {"2.2.4", false, false, false}}},
 	{layout: "talos", configFile: "/etc/cri/containerd.toml",
-		versions: []layoutVersion{{"2.2.3", false, true}}},
+		versions: []layoutVersion{{"2.2.3", false, true, false},
+			{version: "2.2.3", trusted: false, preIssue9: true, override: true}}},
 }
 
 // applyReport is the part of `nodetrust apply --output json` judged here.
@@ -90,13 +96,17 @@ func hasContainerdVersionFlag(t *testing.T) bool {
 }
 
 // applyJSON runs `nodetrust apply -f manifests --host-root root --output
-// json [--containerd-version version]` and decodes its report. Exit 0 and 1
-// (a node problem) are both answers; 2 (usage) is not.
-func applyJSON(t *testing.T, manifests, root, version string) applyReport {
+// json [--containerd-version version] [--containerd-config config]` and
+// decodes its report. Exit 0 and 1 (a node problem) are both answers; 2
+// (usage) is not.
+func applyJSON(t *testing.T, manifests, root, version, config string) applyReport {
 	t.Helper()
 	args := []string{"apply", "-f", manifests, "--host-root", root, "--output", "json"}
 	if version != "" {
 		args = append(args, "--containerd-version", version)
+	}
+	if config != "" {
+		args = append(args, "--containerd-config", config)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -184,7 +194,11 @@ func TestLayoutsJudgedByContainerd(t *testing.T) {
 
 	for _, l := range layouts {
 		for _, v := range l.versions {
-			t.Run(l.layout+"/containerd-"+v.version, func(t *testing.T) {
+			name := l.layout + "/containerd-" + v.version
+			if v.override {
+				name += "/--containerd-config"
+			}
+			t.Run(name, func(t *testing.T) {
 				if v.preIssue9 && !withFlag && !strict {
 					t.Skipf("needs issue 9 (the binary has no --containerd-version); NODETRUST_LAYOUTS_STRICT=1 runs it anyway")
 				}
@@ -193,11 +207,14 @@ func TestLayoutsJudgedByContainerd(t *testing.T) {
 				before := judgeContainerd(t, cd17, root, l.configFile, v.version, registryPort, leaf)
 				require.False(t, before.trusted, "trusted before apply: %s", before.how)
 
-				version := v.version
+				version, config := v.version, ""
 				if !withFlag {
 					version = ""
 				}
-				rep := applyJSON(t, manifests, root, version)
+				if v.override {
+					config = l.configFile
+				}
+				rep := applyJSON(t, manifests, root, version, config)
 				requireNoPrivateKey(t, root)
 				got := judgeContainerd(t, cd17, root, l.configFile, v.version, registryPort, leaf)
 				t.Logf("%s: %s\nnodetrust: ok=%v written=%q nodeProblems=%q nodeWarnings=%q\ntree:\n%s",
