@@ -99,6 +99,7 @@ type Agent struct {
 	kick            chan struct{}
 	ready           atomic.Bool
 	metrics         *Metrics
+	writers         writers
 }
 
 // New returns an agent; call Run.
@@ -180,6 +181,9 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 		a.metrics.syncFailed()
 		a.log.Error("sync failed", "err", err)
 		return a.opts.Retry, nil
+	}
+	if fight := a.writers.note(rep.Recreated, time.Now()); fight != "" {
+		rep.NodeProblems = append(rep.NodeProblems, fight)
 	}
 	st := StatusOf(rep)
 	var retry time.Duration

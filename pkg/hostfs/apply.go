@@ -138,6 +138,9 @@ type State struct {
 type Result struct {
 	Written []string
 	Removed []string
+	// Recreated are the files of Written that nodetrust owned and found
+	// deleted: someone else removed them since the last apply.
+	Recreated []string
 	// Failed holds one error per target that could not be written or
 	// removed; everything else was still applied.
 	Failed []error
@@ -246,6 +249,7 @@ type op struct {
 	owned  Owned  // the record entry after success; before, with removals
 	create bool   // path was not owned before
 	same   bool   // with a restore: the file holds it already
+	absent bool   // with writes: no file was there when planned
 }
 
 type applier struct {
@@ -270,7 +274,15 @@ func (a *applier) fail(p string, err error) {
 // sweep removes temporary files left by killed runs in every directory
 // nodetrust manages: recorded directories, those holding recorded files,
 // and the record's own.
+//
+// Only the first Apply of a Root sweeps: with one writer per host root (the
+// lock), temporary files come only from a run killed before this one, and an
+// agent's later syncs would read every managed directory for nothing.
 func (a *applier) sweep() {
+	if a.root.swept {
+		return
+	}
+	a.root.swept = true
 	dirs := map[string]bool{path.Dir(StatePath): true}
 	for p := range a.old.Files {
 		dirs[path.Dir(p)] = true
@@ -450,7 +462,7 @@ func (a *applier) planFile(f File) {
 		return
 	}
 	a.refreshNeeded = a.refreshNeeded || f.Refresh
-	a.writes = append(a.writes, op{path: f.Path, data: content, at: at, base: f.Base, owned: next, create: !isOwned})
+	a.writes = append(a.writes, op{path: f.Path, data: content, at: at, base: f.Base, owned: next, create: !isOwned, absent: cur == nil})
 }
 
 // Creator is a Merger that decides what to write where no file exists; a
@@ -613,6 +625,9 @@ func (a *applier) written(w op, err error) {
 	}
 	a.next.Files[w.path] = w.owned
 	a.res.Written = append(a.res.Written, w.path)
+	if w.absent && !w.create {
+		a.res.Recreated = append(a.res.Recreated, w.path)
+	}
 	if w.owned.Restart != "" {
 		a.next.Restart = addItem(a.next.Restart, w.owned.Restart)
 		a.restartChanged = true
@@ -634,7 +649,9 @@ func (a *applier) stage(w op) (staged, error) {
 		a.dirs[d] = true
 		a.next.Dirs = addItem(a.next.Dirs, d)
 	}
-	return a.root.stage(w.path, w.data, w.at)
+	s, err := a.root.stage(w.path, w.data, w.at)
+	s.noReplace = w.absent
+	return s, err
 }
 
 // isDir reports, with a cache for one apply, whether d is a directory

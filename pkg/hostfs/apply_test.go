@@ -63,6 +63,17 @@ func newFixture(t *testing.T, dirs ...string) *fixture {
 	return f
 }
 
+// reopen opens the root again, as the next run (a new process) does.
+func (f *fixture) reopen() {
+	root, err := hostfs.Open(f.dir)
+	require.NoError(f.t, err)
+	if walkMode {
+		hostfs.DisableOpenat2(root)
+	}
+	f.t.Cleanup(func() { root.Close() })
+	f.root = root
+}
+
 func (f *fixture) apply(files ...hostfs.File) hostfs.Result {
 	f.t.Helper()
 	st, err := f.root.LoadState()

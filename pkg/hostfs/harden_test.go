@@ -146,6 +146,8 @@ func TestApplySweepsTempFiles(t *testing.T) {
 	hostfstest.WriteFile(t, f.dir, "var/lib/nodetrust/.nodetrust-KILLED000002.tmp", "x")
 	hostfstest.WriteFile(t, f.dir, "etc/docker/.nodetrust-notours.tmp", "theirs: not a managed directory")
 	hostfstest.WriteFile(t, f.dir, "etc/docker/certs.d/r/.other.tmp", "theirs")
+	require.Empty(t, f.apply(file("etc/docker/certs.d/r/a.crt", "A")).Swept, "a Root sweeps once: its own runs leave no temporary files")
+	f.reopen() // the next run
 	res := f.apply()
 	require.Equal(t, []string{
 		"etc/docker/certs.d/.nodetrust-KILLED000001.tmp",

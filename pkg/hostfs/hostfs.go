@@ -27,6 +27,8 @@ type Root struct {
 	fd  int // O_PATH descriptor of dir
 	// noOpenat2 is set when the kernel lacks openat2 (Linux < 5.6).
 	noOpenat2 bool
+	// swept: an Apply has swept temporary files of killed runs.
+	swept bool
 }
 
 // Open opens the host root at dir.

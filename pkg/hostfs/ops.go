@@ -155,6 +155,10 @@ type staged struct {
 	dev       uint64
 	tmp, name string
 	rel       string
+	// noReplace: there was no file when the write was planned, so one that
+	// appeared since (another writer's) is not replaced; the next sync
+	// merges into it.
+	noReplace bool
 }
 
 // stage writes data to a temporary file beside rel, without syncing it.
@@ -197,6 +201,21 @@ func (r *Root) stage(rel string, data []byte, at attrs) (staged, error) {
 	return s, nil
 }
 
+// rename moves the temporary file into place.
+func (s staged) rename() error {
+	if !s.noReplace {
+		return unix.Renameat(s.dfd, s.tmp, s.dfd, s.name)
+	}
+	err := unix.Renameat2(s.dfd, s.tmp, s.dfd, s.name, unix.RENAME_NOREPLACE)
+	switch {
+	case errors.Is(err, unix.EEXIST):
+		return errors.New("another writer created the file meanwhile; left to it, merged on the next sync")
+	case errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS): // a filesystem without RENAME_NOREPLACE
+		return unix.Renameat(s.dfd, s.tmp, s.dfd, s.name)
+	}
+	return err
+}
+
 func (s staged) abort() {
 	_ = unix.Unlinkat(s.dfd, s.tmp, 0)
 	unix.Close(s.dfd)
@@ -235,7 +254,7 @@ func commit(batch []staged) []error {
 		return errs
 	}
 	for i, s := range batch {
-		if err := unix.Renameat(s.dfd, s.tmp, s.dfd, s.name); err != nil {
+		if err := s.rename(); err != nil {
 			_ = unix.Unlinkat(s.dfd, s.tmp, 0)
 			errs[i] = &fs.PathError{Op: "rename", Path: s.rel, Err: err}
 		}

@@ -54,10 +54,12 @@ type Report struct {
 	Warnings    []plan.Warning
 	Written     []string
 	Removed     []string
-	Failed      []error
-	Refreshed   bool
-	RefreshErr  error
-	Hash        string
+	// Recreated are the written files that someone else had deleted.
+	Recreated  []string
+	Failed     []error
+	Refreshed  bool
+	RefreshErr error
+	Hash       string
 	// NodeProblems keep the node from using what was applied, such as a
 	// containerd that reads no hosts.toml. They make an agent's node
 	// Degraded; they are not failed writes.
@@ -148,7 +150,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	if err != nil {
 		return Report{}, err
 	}
-	rep.Written, rep.Removed, rep.Failed = res.Written, res.Removed, res.Failed
+	rep.Written, rep.Removed, rep.Failed, rep.Recreated = res.Written, res.Removed, res.Failed, res.Recreated
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
 	if cd != nil && uses {
