@@ -41,7 +41,7 @@ type containerdSpec struct {
 	v3         bool     // config version 3 (containerd 2.x), else version 2
 	nodeConfig string   // node path of the node view, e.g. /etc/containerd/config.toml
 	configPath string   // CRI registry config_path, node paths, ':'-separated
-	images     []string // extra lines of the CRI images section (v3), e.g. "use_local_image_pull = true"
+	images     []string // extra lines of the CRI images section (v3) or CRI containerd table (v2), e.g. "discard_unpacked_layers = true"
 }
 
 // debianSpec is Debian's containerd 1.6 reading /etc/containerd/certs.d,
@@ -115,7 +115,16 @@ state = %q
 
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = %q
-`, cniBin, cniConf, configPath)
+%s`, cniBin, cniConf, configPath, v2Containerd(spec.images))
+}
+
+// v2Containerd renders extra lines of a version 2 config's CRI containerd
+// table, where discard_unpacked_layers and its neighbours live.
+func v2Containerd(lines []string) string {
+	if len(lines) == 0 {
+		return ""
+	}
+	return "\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n" + indentLines("    ", lines)
 }
 
 func indentLines(indent string, lines []string) string {
