@@ -102,10 +102,12 @@ test-lease:
 # nodetrust check against real docker-registry instances under alias names
 # (right/wrong CA, CN-only, missing intermediate, expired, closed port,
 # unknown name): its verdict must equal a real CRI pull through containerd
-# 1.6 and skopeo in every case (test/e2e/README.md). Needs root and deps.
+# 1.6 and skopeo in every case, and agent --verify's, on a manifest directory
+# and for a Node on the real API server (test/e2e/README.md). Needs root.
 test-check: build deps
+	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh
 	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
-		go test -count=1 -v -timeout 5m -run TestCheckMatchesPulls ./...
+		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check
 

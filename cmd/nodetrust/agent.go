@@ -18,6 +18,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/check"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/lease"
@@ -31,9 +32,9 @@ type agentFlags struct {
 	kubeconfig, nodeName, namespaces, hostRoot, healthAddr, sourceDir, nodeLabels, logLevel string
 	restart, restartUnits, systemdAddress                                                   string
 	maxRestarts                                                                             int
-	manageContainerdConfig, uninstall                                                       bool
 	containerdConfig                                                                        string
-	resync                                                                                  time.Duration
+	manageContainerdConfig, uninstall, verify                                               bool
+	resync, verifyInterval                                                                  time.Duration
 }
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
@@ -55,6 +56,8 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.containerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
 	fl.BoolVar(&f.uninstall, "uninstall", false, "remove everything nodetrust wrote on the node and its Node annotations, then stay ready until stopped")
+	fl.BoolVar(&f.verify, "verify", false, "check each registry of the applied sources as `nodetrust check` does, after every change and every --verify-interval; a registry that does not verify degrades the node")
+	fl.DurationVar(&f.verifyInterval, "verify-interval", agent.DefaultVerifyInterval, "with --verify: how often the registries are checked again when nothing changed")
 	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
 	if err := parseFlags(fl, args); err != nil {
 		return err
@@ -71,6 +74,9 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	if f.maxRestarts < 1 {
 		return usageError{errors.New("agent: --max-concurrent-restarts must be at least 1")}
+	}
+	if f.verifyInterval <= 0 {
+		return usageError{errors.New("agent: --verify-interval must be positive")}
 	}
 	opts, err := agentOptions(f, log)
 	if err != nil {
@@ -149,7 +155,33 @@ func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 		return opts, usageError{fmt.Errorf("agent: --host-root: %w", err)}
 	}
 	opts.Root = root
+	if f.verify && !f.uninstall {
+		v := registryVerifier{root: root, config: f.containerdConfig}
+		if rv, ok := opts.Inputs.(interface{ RuntimeVersion() string }); ok {
+			v.version = rv.RuntimeVersion
+		}
+		opts.Verifier, opts.VerifyInterval = v, f.verifyInterval
+	}
 	return opts, nil
+}
+
+// registryVerifier verifies a registry with pkg/check on the host root.
+type registryVerifier struct {
+	root    *hostfs.Root
+	config  string        // --containerd-config
+	version func() string // the Node's container runtime version, when known
+}
+
+func (v registryVerifier) Verify(ctx context.Context, reg string) agent.Verification {
+	opts := check.Options{ContainerdConfig: v.config}
+	if v.version != nil {
+		opts.ContainerdVersion, _ = strings.CutPrefix(v.version(), "containerd://")
+		if !strings.HasPrefix(v.version(), "containerd://") {
+			opts.ContainerdVersion = ""
+		}
+	}
+	rep := check.Registry(ctx, v.root, reg, opts)
+	return agent.Verification{Registry: reg, OK: rep.OK, Reason: rep.Problem(), LeafNotAfter: rep.LeafNotAfter()}
 }
 
 func agentNamespaces(flagValue string) ([]string, error) {

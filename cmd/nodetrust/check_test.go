@@ -9,10 +9,12 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
+	"github.com/nodetrust/nodetrust/pkg/check"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
 
@@ -33,7 +35,8 @@ type checkNode struct {
 func newCheckNode(t *testing.T) checkNode {
 	t.Helper()
 	ca := certstest.NewCA(t, "Registry CA")
-	leaf := certstest.Issue(t, certstest.Template{CommonName: checkAlias, DNSNames: []string{checkAlias}}, &ca)
+	leaf := certstest.Issue(t, certstest.Template{CommonName: checkAlias, DNSNames: []string{checkAlias},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour)}, &ca) // no expiry warning
 	s := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusUnauthorized) }))
 	s.TLS = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key}}}
 	s.StartTLS()
@@ -55,15 +58,15 @@ func (n checkNode) apply(t *testing.T, pem []byte) {
 	require.Equal(t, 0, code, out+stderr)
 }
 
-func checkJSON(t *testing.T, args ...string) (int, checkReport) {
+func checkJSON(t *testing.T, args ...string) (int, check.Report) {
 	t.Helper()
 	code, out, stderr := exec(append([]string{"check"}, args...)...)
-	var rep checkReport
+	var rep check.Report
 	require.NoError(t, json.Unmarshal([]byte(out), &rep), out+stderr)
 	return code, rep
 }
 
-func verdicts(rep checkReport) map[string][]string {
+func verdicts(rep check.Report) map[string][]string {
 	out := map[string][]string{}
 	for _, rt := range rep.Runtimes {
 		for _, e := range rt.Endpoints {
@@ -84,7 +87,10 @@ func TestCheckVerifiedEverywhere(t *testing.T) {
 	code, rep := checkJSON(t, n.reg, "--host-root", n.root, "--output", "json")
 	require.Equal(t, 0, code)
 	require.True(t, rep.OK)
-	require.Equal(t, map[string][]string{"containerd": {"verified"}, "docker": {"verified"}, "containers/image": {"verified"}}, verdicts(rep))
+	require.Equal(t, map[string][]string{"containerd": {"verified"}, "docker": {"skip-verify"}, "containers/image": {"verified"}}, verdicts(rep))
+	require.Equal(t, []string{"dockerd treats " + checkAlias + " (127.0.0.1) as an insecure registry (default range 127.0.0.0/8): it does not verify TLS and falls back to plain HTTP"},
+		rep.Runtimes[1].Warnings, "the alias is loopback in the node's hosts file")
+	require.Empty(t, rep.Runtimes[0].Warnings)
 	cd := rep.Runtimes[0]
 	require.Equal(t, "/etc/containerd/certs.d/"+n.reg, cd.Dir)
 	require.Equal(t, "hosts.toml", cd.From)
@@ -98,6 +104,7 @@ func TestCheckVerifiedEverywhere(t *testing.T) {
 	require.Equal(t, 0, code, out)
 	require.Contains(t, out, "OK   containerd: "+n.reg+" from /etc/containerd/certs.d/"+n.reg+" (hosts.toml)\n  1. verified https://"+n.reg+"/v2 [pull,resolve,push,referrers]\n")
 	require.Contains(t, out, "OK   docker: ")
+	require.Contains(t, out, "1. skip-verify https://"+n.reg+"\n")
 	require.Contains(t, out, "served: CN="+checkAlias+" (issuer CN=Registry CA")
 }
 
@@ -108,7 +115,8 @@ func TestCheckFailures(t *testing.T) {
 		code, rep := checkJSON(t, n.reg, "--host-root", n.root, "--output", "json")
 		require.Equal(t, 1, code)
 		require.False(t, rep.OK)
-		require.Equal(t, map[string][]string{"containerd": {"unknown-authority"}, "docker": {"unknown-authority"}, "containers/image": {"unknown-authority"}}, verdicts(rep))
+		require.Equal(t, map[string][]string{"containerd": {"unknown-authority"}, "docker": {"skip-verify"}, "containers/image": {"unknown-authority"}}, verdicts(rep),
+			"dockerd does not verify a loopback registry")
 		require.Contains(t, rep.Runtimes[0].Endpoints[0].Probe.Reason, "the labelled CA did not sign this chain: issuer is CN=Registry CA")
 	})
 	t.Run("nothing applied, the system bundle trusts it", func(t *testing.T) {

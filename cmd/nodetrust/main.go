@@ -41,13 +41,13 @@ commands:
            make ROOT match the sources in PATH once, then exit
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
            [--manage-containerd-config] [--containerd-config PATH]
-           [--restart auto|never] [--max-concurrent-restarts N]
+           [--restart auto|never] [--max-concurrent-restarts N] [--verify] [--verify-interval 10m]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
   status   [--kubeconfig K] [--selector S] [--output text|json] [--wait D]
            every node's state from its annotations; exit 0 when all are Ready and agree
-  check    REGISTRY [--host-root ROOT] [--output text|json]
+  check    REGISTRY [--host-root ROOT] [--output text|json] [--containerd-version V] [--containerd-config PATH]
            resolve REGISTRY as each runtime under ROOT would and open a TLS connection
            to each endpoint with exactly its trust; exit 0 when every runtime verifies
   version  print version and commit

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
@@ -121,6 +122,44 @@ func TestApplyUnparsableManifestRemovesNothing(t *testing.T) {
 	require.Contains(t, out, "unreadable")
 	require.Contains(t, out, "kept Secret registry/a as last applied")
 	require.Equal(t, before, hostfstest.Tree(t, root))
+}
+
+// TestApplyOddInputKeepsLastApplied: a malformed source, and a FIFO in
+// place of the manifest, each make apply exit 1, promptly, naming the file,
+// and keep the last applied version.
+func TestApplyOddInputKeepsLastApplied(t *testing.T) {
+	ca := string(certstest.NewCA(t, "CA").CertPEM())
+	tests := map[string]struct {
+		spoil func(t *testing.T, manifest string)
+		want  string
+	}{
+		"unquoted label value": {func(t *testing.T, p string) {
+			body := strings.Replace(secretYAML("a", "r", ca), `{nodetrust.io/ca: "true"}`, `{nodetrust.io/ca: true}`, 1)
+			require.NoError(t, os.WriteFile(p, []byte(body), 0o644))
+		}, "rejected Secret registry/a: FILE: document 1: metadata.labels[nodetrust.io/ca]: must be a string, not the boolean true"},
+		"FIFO in its place": {func(t *testing.T, p string) {
+			require.NoError(t, os.Remove(p))
+			require.NoError(t, unix.Mkfifo(p, 0o644))
+		}, "unreadable FILE: is a named pipe (FIFO), not a regular manifest file; refused"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			root := t.TempDir()
+			hostfstest.MkdirAll(t, root, "etc/docker")
+			dir := t.TempDir()
+			p := manifest(t, dir, "s.yaml", secretYAML("a", "r", ca))
+			code, _, _ := exec("apply", "-f", dir, "--host-root", root)
+			require.Equal(t, 0, code)
+			before := hostfstest.Tree(t, root)
+
+			tc.spoil(t, p)
+			code, out, _ := exec("apply", "-f", dir, "--host-root", root)
+			require.Equal(t, 1, code, out)
+			require.Contains(t, out, strings.ReplaceAll(tc.want, "FILE", p))
+			require.Contains(t, out, "kept Secret registry/a as last applied")
+			require.Equal(t, before, hostfstest.Tree(t, root))
+		})
+	}
 }
 
 func TestApplyNodeLabels(t *testing.T) {

@@ -86,6 +86,11 @@ type Options struct {
 	ManageContainerdConfig bool
 	// ContainerdConfig: see node.Options.
 	ContainerdConfig string
+	// Verifier checks each registry of the applied sources after every
+	// change and every VerifyInterval (default DefaultVerifyInterval); a
+	// registry that does not verify degrades the node. nil: no verification.
+	Verifier       Verifier
+	VerifyInterval time.Duration
 }
 
 // Agent runs the sync loop.
@@ -100,6 +105,7 @@ type Agent struct {
 	ready           atomic.Bool
 	metrics         *Metrics
 	writers         writers
+	verified        verified
 }
 
 // New returns an agent; call Run.
@@ -112,6 +118,9 @@ func New(opts Options) *Agent {
 	}
 	if opts.Retry == 0 {
 		opts.Retry = 5 * time.Second
+	}
+	if opts.VerifyInterval == 0 {
+		opts.VerifyInterval = DefaultVerifyInterval
 	}
 	return &Agent{opts: opts, log: opts.Logger, kick: make(chan struct{}, 1), metrics: newMetrics()}
 }
@@ -149,7 +158,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
-	var retry <-chan time.Time
+	var retry, verifyTick <-chan time.Time
+	if a.opts.Verifier != nil {
+		t := time.NewTicker(a.opts.VerifyInterval)
+		defer t.Stop()
+		verifyTick = t.C
+	}
 	a.Trigger()
 	for {
 		select {
@@ -158,6 +172,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-resync.C:
 		case <-retry:
 		case <-a.kick:
+		case <-verifyTick:
+			a.verified.due = true
 		}
 		retry = nil
 		delay, owned := a.sync(ctx)
@@ -186,6 +202,9 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 		rep.NodeProblems = append(rep.NodeProblems, fight)
 	}
 	st := StatusOf(rep)
+	if a.opts.Verifier != nil {
+		st = withVerification(st, a.verify(ctx, rep, time.Now()))
+	}
 	var retry time.Duration
 	if rep.RestartPending || len(rep.Restart) > 0 {
 		retry = a.restart(ctx, &st, rep)

@@ -71,13 +71,23 @@ func start(t *testing.T, objs ...runtime.Object) *env {
 // startOn runs an agent with a fresh fake API holding objs on the host root dir.
 func startOn(t *testing.T, dir string, objs ...runtime.Object) *env {
 	t.Helper()
+	return startWith(t, dir, nil, objs...)
+}
+
+// startWith is startOn with options changed by opts (when not nil).
+func startWith(t *testing.T, dir string, opts func(*agent.Options), objs ...runtime.Object) *env {
+	t.Helper()
 	e := &env{t: t, client: fake.NewClientset(objs...), dir: dir, done: make(chan error, 1)}
 	root, err := hostfs.Open(e.dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
 	cluster := agent.NewCluster(fakeAPI{e.client}, "n1", []string{ns})
-	e.agent = agent.New(agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour, Retry: 50 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	o := agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour, Retry: 50 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if opts != nil {
+		opts(&o)
+	}
+	e.agent = agent.New(o)
 	ctx, cancel := context.WithCancel(context.Background())
 	e.cancel = cancel
 	go func() { e.done <- e.agent.Run(ctx) }()

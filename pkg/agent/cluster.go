@@ -206,6 +206,9 @@ func (c *Cluster) Collect() (source.Set, labels.Set) {
 // this Node (status.nodeInfo.containerRuntimeVersion, such as
 // "containerd://1.7.23"), or "" when the Node is not cached yet.
 func (c *Cluster) RuntimeVersion() string {
+	if c.nodes == nil { // informers not started (uninstall)
+		return ""
+	}
 	n, err := c.nodes.Get(c.nodeName)
 	if err != nil {
 		return ""

@@ -27,9 +27,16 @@ type Metrics struct {
 	sourcesApplied int
 	warnings       int
 	expiry         map[[2]string]time.Time // (source, sha256) → NotAfter
+	registries     []Verification          // the last verification, sorted by registry
 }
 
 func newMetrics() *Metrics { return &Metrics{expiry: map[[2]string]time.Time{}} }
+
+func (m *Metrics) verifiedRegistries(results []Verification) {
+	m.mu.Lock()
+	m.registries = results
+	m.mu.Unlock()
+}
 
 func (m *Metrics) synced(rep node.Report, ok bool, now time.Time) {
 	m.mu.Lock()
@@ -107,7 +114,30 @@ func (m *Metrics) WriteTo(w io.Writer) (int64, error) {
 	for _, k := range keys {
 		fmt.Fprintf(cw, "nodetrust_ca_expiry_seconds{source=%q,sha256=%q} %.0f\n", k[0], k[1], m.expiry[k].Sub(now).Seconds())
 	}
+	m.writeRegistries(cw, now)
 	return cw.n, cw.err
+}
+
+// writeRegistries writes the last verification: verified 0/1 per registry
+// and the seconds until its serving certificate expires, when one was seen.
+func (m *Metrics) writeRegistries(w io.Writer, now time.Time) {
+	if m.registries == nil {
+		return
+	}
+	fmt.Fprint(w, "# HELP nodetrust_registry_verified Whether this node's pulls from the registry verify (1) or not (0), by nodetrust check.\n# TYPE nodetrust_registry_verified gauge\n")
+	for _, r := range m.registries {
+		v := 0
+		if r.OK {
+			v = 1
+		}
+		fmt.Fprintf(w, "nodetrust_registry_verified{registry=%q} %d\n", r.Registry, v)
+	}
+	fmt.Fprint(w, "# HELP nodetrust_registry_cert_expiry_seconds Seconds until the registry's serving certificate expires (negative: expired).\n# TYPE nodetrust_registry_cert_expiry_seconds gauge\n")
+	for _, r := range m.registries {
+		if !r.LeafNotAfter.IsZero() {
+			fmt.Fprintf(w, "nodetrust_registry_cert_expiry_seconds{registry=%q} %.0f\n", r.Registry, r.LeafNotAfter.Sub(now).Seconds())
+		}
+	}
 }
 
 type countWriter struct {

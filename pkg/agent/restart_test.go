@@ -88,7 +88,9 @@ func startNode(t *testing.T, n nodeSetup) *restartEnv {
 		r.Units = []string{"containerd.service", "crio.service"}
 	}
 	r.Systemd = func(context.Context) (systemd.Conn, error) { return e.unit, nil }
-	e.agent = agent.New(agent.Options{Root: root, Inputs: agent.NewDir(e.src, nil), Publisher: e.status,
+	inputs := agent.NewDir(e.src, nil)
+	inputs.Settle = 20 * time.Millisecond // the tests write whole files at once
+	e.agent = agent.New(agent.Options{Root: root, Inputs: inputs, Publisher: e.status,
 		Resync: time.Hour, Retry: 20 * time.Millisecond, Restarts: &r, ManageContainerdConfig: n.manage,
 		Refresh: func(context.Context, truststore.Store, string) error { return nil },
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})

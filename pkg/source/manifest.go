@@ -38,7 +38,8 @@ type Set struct {
 
 // FileRead is what reading one manifest file found.
 type FileRead struct {
-	Bytes int // the length read
+	Bytes   int       // the length read
+	ModTime time.Time // when it was last written, as read
 	// Objects counts the labelled Secrets and ConfigMaps in the file, valid
 	// or rejected, and those that may be labelled but are unreadable.
 	Objects int
@@ -114,31 +115,31 @@ func manifestFiles(dir string) ([]string, error) {
 // could block: the path is checked, then opened non-blocking (a FIFO's open
 // would wait for a writer) and checked again on the open file. A file that
 // changes while it is read is an error, not a half-written manifest.
-func readRegular(ctx context.Context, path string) ([]byte, error) {
+func readRegular(ctx context.Context, path string) ([]byte, fs.FileInfo, error) {
 	info, err := os.Stat(path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !info.Mode().IsRegular() {
-		return nil, notRegular(path, info.Mode())
+		return nil, nil, notRegular(path, info.Mode())
 	}
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NONBLOCK|unix.O_NOCTTY, 0)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer f.Close()
 	before, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if !before.Mode().IsRegular() {
-		return nil, notRegular(path, before.Mode())
+		return nil, nil, notRegular(path, before.Mode())
 	}
 	var buf bytes.Buffer
 	chunk := make([]byte, 64<<10)
 	for {
 		if err := ctx.Err(); err != nil {
-			return nil, fmt.Errorf("%s: %w", path, err)
+			return nil, nil, fmt.Errorf("%s: %w", path, err)
 		}
 		n, err := f.Read(chunk)
 		buf.Write(chunk[:n])
@@ -146,17 +147,17 @@ func readRegular(ctx context.Context, path string) ([]byte, error) {
 			break
 		}
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	after, err := f.Stat()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if after.Size() != before.Size() || !after.ModTime().Equal(before.ModTime()) || int64(buf.Len()) != after.Size() {
-		return nil, fmt.Errorf("%s: changed while it was read (a write in progress)", path)
+		return nil, nil, fmt.Errorf("%s: changed while it was read (a write in progress)", path)
 	}
-	return buf.Bytes(), nil
+	return buf.Bytes(), after, nil
 }
 
 func notRegular(path string, mode fs.FileMode) error {
@@ -187,12 +188,12 @@ type reader struct {
 func (r *reader) readFile(ctx context.Context, path string) {
 	r.file = path
 	r.files[path] = FileRead{}
-	data, err := readRegular(ctx, path)
+	data, info, err := readRegular(ctx, path)
 	if err != nil {
 		r.inputError(err)
 		return
 	}
-	r.update(func(f *FileRead) { f.Bytes = len(data) })
+	r.update(func(f *FileRead) { f.Bytes, f.ModTime = len(data), info.ModTime() })
 	isJSON := utilyaml.IsJSONBuffer(data)
 	docs, err := splitDocuments(data, isJSON)
 	if isJSON && err != nil { // YAML in flow style: {a: b}
@@ -262,10 +263,11 @@ func decodeDocument(doc []byte, isJSON bool) (obj map[string]any, strictErr, err
 	} else {
 		js, err := yaml.YAMLToJSONStrict(doc)
 		if err != nil {
+			dupErr := err
 			if js, err = yaml.YAMLToJSON(doc); err != nil {
 				return nil, nil, err
 			}
-			strictErr = duplicateKeys(doc)
+			strictErr = duplicateKeys(dupErr)
 		}
 		if err := sigsjson.UnmarshalCaseSensitivePreserveInts(js, &v); err != nil {
 			return nil, nil, err
@@ -281,10 +283,9 @@ func decodeDocument(doc []byte, isJSON bool) (obj map[string]any, strictErr, err
 	}
 }
 
-// duplicateKeys describes the duplicate keys of a YAML document that
-// decodes only when they are allowed.
-func duplicateKeys(doc []byte) error {
-	_, err := yaml.YAMLToJSONStrict(doc)
+// duplicateKeys rewords the strict decoding error of a YAML document that
+// decodes only when duplicate keys are allowed.
+func duplicateKeys(err error) error {
 	msg := strings.TrimPrefix(err.Error(), "yaml: unmarshal errors:")
 	return fmt.Errorf("duplicate key, which Kubernetes refuses: %s", strings.Join(strings.Fields(msg), " "))
 }
@@ -299,7 +300,7 @@ func (r *reader) object(where string, obj map[string]any, strictErr error) {
 		return
 	}
 	if items, ok := obj["items"]; ok && strings.HasSuffix(kind, "List") {
-		r.list(where, items, strictErr)
+		r.list(where, obj, items, strictErr)
 		return
 	}
 	if (kind != KindSecret && kind != KindConfigMap) || apiVersion != "v1" {
@@ -321,7 +322,22 @@ func typeMetaProblem(obj map[string]any) string {
 	return fmt.Sprintf("no %s (a string) to say what the object is", strings.Join(missing, " and no "))
 }
 
-func (r *reader) list(where string, items any, strictErr error) {
+// typedListItem gives an item of a typed list (SecretList, as the API
+// returns it) the kind and apiVersion the list implies, where it has none.
+func typedListItem(item map[string]any, list map[string]any) {
+	kind, apiVersion := list["kind"].(string), list["apiVersion"]
+	if kind == "List" {
+		return
+	}
+	if _, ok := item["kind"]; !ok {
+		item["kind"] = strings.TrimSuffix(kind, "List")
+	}
+	if _, ok := item["apiVersion"]; !ok {
+		item["apiVersion"] = apiVersion
+	}
+}
+
+func (r *reader) list(where string, listType map[string]any, items any, strictErr error) {
 	if strictErr != nil {
 		r.inputError(fmt.Errorf("%s: %w", where, strictErr))
 	}
@@ -337,6 +353,7 @@ func (r *reader) list(where string, items any, strictErr error) {
 			r.inputError(fmt.Errorf("%s: must be an object, not %s", itemWhere, describe(item)))
 			continue
 		}
+		typedListItem(obj, listType)
 		r.object(itemWhere, obj, nil)
 	}
 }

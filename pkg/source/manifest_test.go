@@ -210,3 +210,77 @@ func TestReadPathHonoursContext(t *testing.T) {
 	_, err := source.ReadPath(ctx, p, now)
 	require.ErrorIs(t, err, context.Canceled)
 }
+
+// TestReadPathAcceptsServerOutput: strict decoding accepts everything
+// `kubectl get -o yaml` prints for a Secret and a ConfigMap.
+func TestReadPathAcceptsServerOutput(t *testing.T) {
+	_, b64 := goodSource(certstest.NewCA(t, "CA"))
+	list := `apiVersion: v1
+items:
+- apiVersion: v1
+  data:
+    ca.crt: ` + b64 + `
+  immutable: false
+  kind: Secret
+  metadata:
+    annotations:
+      kubectl.kubernetes.io/last-applied-configuration: |
+        {"apiVersion":"v1","kind":"Secret"}
+      nodetrust.io/registries: r.example:5000
+    creationTimestamp: "2026-11-30T10:00:00Z"
+    finalizers: [example.com/keep]
+    generation: 1
+    labels:
+      nodetrust.io/ca: "true"
+    managedFields:
+    - apiVersion: v1
+      fieldsType: FieldsV1
+      fieldsV1:
+        f:data:
+          .: {}
+          f:ca.crt: {}
+      manager: kubectl-client-side-apply
+      operation: Update
+      time: "2026-11-30T10:00:00Z"
+    name: reg
+    namespace: ns
+    ownerReferences:
+    - apiVersion: v1
+      blockOwnerDeletion: true
+      controller: true
+      kind: ConfigMap
+      name: owner
+      uid: 0b9c1f6e-1111-4a8e-9c4e-2d2d2d2d2d2d
+    resourceVersion: "4242"
+    uid: 5f0e3a1c-2222-4b7d-8e2f-3c3c3c3c3c3c
+  type: Opaque
+- apiVersion: v1
+  binaryData: {der.crt: ` + b64 + `}
+  data: {ca.pem: "", note: text}
+  kind: ConfigMap
+  metadata: {name: cm, namespace: ns, labels: {nodetrust.io/ca: "true"}, deletionGracePeriodSeconds: 30}
+kind: List
+metadata:
+  resourceVersion: ""
+`
+	p := filepath.Join(t.TempDir(), "get.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(list), 0o644))
+	set, err := source.ReadPath(context.Background(), p, now)
+	require.NoError(t, err)
+	require.True(t, set.Complete(), "%v", set.Errors)
+	require.Empty(t, set.Rejected)
+	require.Len(t, set.Sources, 2)
+	info, err := os.Stat(p)
+	require.NoError(t, err)
+	require.Equal(t, source.FileRead{Bytes: len(list), ModTime: info.ModTime(), Objects: 2}, set.Files[p])
+
+	// The API's own typed list leaves kind and apiVersion out of its items.
+	raw := `{"kind":"SecretList","apiVersion":"v1","metadata":{"resourceVersion":"7"},"items":[` +
+		`{"metadata":{"name":"raw","namespace":"ns","labels":{"nodetrust.io/ca":"true"}},"data":{"ca.crt":"` + b64 + `"},"type":"Opaque"}]}`
+	require.NoError(t, os.WriteFile(p, []byte(raw), 0o644))
+	set, err = source.ReadPath(context.Background(), p, now)
+	require.NoError(t, err)
+	require.True(t, set.Complete(), "%v", set.Errors)
+	require.Len(t, set.Sources, 1)
+	require.Equal(t, source.ID{Kind: "Secret", Namespace: "ns", Name: "raw"}, set.Sources[0].ID)
+}

@@ -131,7 +131,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 		}
 	}
 	realHosts, _ := os.ReadFile("/etc/hosts")
-	rep := newReport(t)
+	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
 	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
 		bin = cluster.AgentBinary(t)
@@ -278,6 +278,7 @@ stringData:
 			}
 			ciOK, ciVerdict, _, _ := out.verdict(t, "containers/image")
 			details = append(details, agree(t, "skopeo", ciOK, ciVerdict, skErr))
+			details = append(details, agentVerifies(t, root, manifests, c.registry, out.OK))
 			return strings.Join(details, "; ")
 		})
 	}
@@ -291,4 +292,45 @@ stringData:
 		}
 		return "/etc/hosts unchanged, no test mounts on the host"
 	})
+}
+
+// agentVerifies runs `nodetrust agent --source-dir --verify` on the same root
+// and manifests until its /metrics has verified reg, and fails t unless the
+// agent's verdict (nodetrust_registry_verified) equals check's.
+func agentVerifies(t *testing.T, root, manifests, reg string, checkOK bool) string {
+	t.Helper()
+	a := cluster.StartAgent(t, cluster.AgentOptions{Node: "check-node", Root: root,
+		Extra: []string{"--source-dir", manifests, "--verify", "--verify-interval", "1h"}})
+	defer a.Stop()
+	line := fmt.Sprintf("nodetrust_registry_verified{registry=%q} ", reg)
+	var got string
+	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+		_, body, err := a.Get("/metrics")
+		if err != nil {
+			return false
+		}
+		for _, l := range strings.Split(body, "\n") {
+			if v, found := strings.CutPrefix(l, line); found {
+				got = v
+				return true
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("agent --verify: no %s in /metrics after 30 s", line)
+	}
+	if want := map[bool]string{true: "1", false: "0"}[checkOK]; got != want {
+		t.Fatalf("agent --verify says %s%s, check says ok=%v", line, got, checkOK)
+	}
+	return fmt.Sprintf("agent --verify %s after %.2fs", got, time.Since(a.Started).Seconds())
+}
+
+// checkReport is newReport writing to name beside $NODETRUST_E2E_REPORT, so
+// the check suites do not overwrite each other's (or the story's) report.
+func checkReport(t *testing.T, name string) *report {
+	if p := os.Getenv("NODETRUST_E2E_REPORT"); p != "" {
+		t.Setenv("NODETRUST_E2E_REPORT", filepath.Join(filepath.Dir(p), name))
+	}
+	return newReport(t)
 }

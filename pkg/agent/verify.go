@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nodetrust/nodetrust/pkg/node"
+)
+
+// DefaultVerifyInterval is how often the registries are verified again
+// when nothing changed.
+const DefaultVerifyInterval = 10 * time.Minute
+
+const (
+	// verifyConcurrency bounds the registries probed at once.
+	verifyConcurrency = 4
+	// verifyTimeout bounds one registry's verification (each probe step has
+	// its own, shorter timeout).
+	verifyTimeout = 30 * time.Second
+)
+
+// Verifier says whether this node's pulls from a registry will verify
+// (pkg/check through cmd/nodetrust in the agent).
+type Verifier interface {
+	Verify(ctx context.Context, registry string) Verification
+}
+
+// Verification is one registry's outcome on this node.
+type Verification struct {
+	Registry string
+	OK       bool
+	// Reason is one line when not OK.
+	Reason string
+	// LeafNotAfter is the serving certificate's expiry, zero when none was seen.
+	LeafNotAfter time.Time
+}
+
+// verified is the last verification and the state it was made for.
+type verified struct {
+	hash    string
+	at      time.Time
+	results []Verification // sorted by registry
+	due     bool           // the interval elapsed
+}
+
+// registriesOf lists the registries of the applied sources, sorted, once each.
+func registriesOf(rep node.Report) []string {
+	var regs []string
+	for _, s := range rep.Applied {
+		for _, r := range s.Registries {
+			regs = append(regs, string(r))
+		}
+	}
+	slices.Sort(regs)
+	return slices.Compact(regs)
+}
+
+// verify runs the verifier when the applied state changed, files were
+// written or removed, or the interval elapsed; otherwise the last results
+// stand. It returns the results that apply to rep.
+func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Verification {
+	v := &a.verified
+	changed := rep.Hash != v.hash || len(rep.Written)+len(rep.Removed) > 0
+	if !changed && !v.due && !v.at.IsZero() {
+		return v.results
+	}
+	regs := registriesOf(rep)
+	results := make([]Verification, len(regs))
+	sem := make(chan struct{}, verifyConcurrency)
+	var wg sync.WaitGroup
+	for i, reg := range regs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			rctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+			defer cancel()
+			results[i] = a.opts.Verifier.Verify(rctx, reg)
+			results[i].Registry = reg
+		}()
+	}
+	wg.Wait()
+	*v = verified{hash: rep.Hash, at: now, results: results}
+	failed := 0
+	for _, r := range results {
+		if !r.OK {
+			failed++
+			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
+		}
+	}
+	a.log.Info("registries verified", "registries", len(results), "failed", failed, "duration", time.Since(now))
+	a.metrics.verifiedRegistries(results)
+	return results
+}
+
+// withVerification degrades a Ready status when a registry does not verify
+// and adds each failure to the message.
+func withVerification(st Status, results []Verification) Status {
+	var parts []string
+	for _, r := range results {
+		if !r.OK {
+			parts = append(parts, fmt.Sprintf("registry %s not verified: %s", r.Registry, r.Reason))
+		}
+	}
+	if len(parts) == 0 {
+		return st
+	}
+	if st.State == StateReady {
+		st.State = StateDegraded
+	}
+	msg := strings.Join(parts, "; ")
+	if st.Message != "" {
+		msg = st.Message + "; " + msg
+	}
+	st.Message = oneLine(msg)
+	return st
+}
