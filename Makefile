@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults bench-cluster e2e test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults bench-cluster e2e test-layouts test-real ci clean
 
 all: build
 
@@ -116,12 +116,23 @@ test-check: build deps
 	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
 		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
 
-test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults
+test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults
 
 # The end-to-end story on one real node: a private-CA registry, containerd
 # pulling through CRI, the API server and an agent (test/e2e/README.md).
 e2e: build
 	NODETRUST_BIN=$(CURDIR)/$(BIN) test/e2e/run.sh
+
+# Real CRI pulls on each node layout (test/e2e TestLayoutPulls): Debian's
+# containerd 1.6 and containerd 2.2.4 built from Go modules (cached by
+# test/scripts/containerd2-build.sh, ~3.5 min cold). Report:
+# $NODETRUST_CACHE/e2e/layout-report.txt.
+test-layouts: build deps
+	test/scripts/containerd2-build.sh
+	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) \
+		NODETRUST_CONTAINERD2=$$($(CURDIR)/test/scripts/containerd2-build.sh --print-bin) \
+		NODETRUST_LAYOUT_REPORT=$${NODETRUST_LAYOUT_REPORT:-$(NODETRUST_CACHE)/e2e/layout-report.txt} \
+		go test -count=1 -v -timeout 15m -run TestLayoutPulls ./...
 
 # The whole suite, as CI runs it.
 ci: lint test test-real e2e

@@ -32,26 +32,46 @@ type containerdNode struct {
 	runtime runtimeapi.RuntimeServiceClient
 }
 
-// startContainerd starts containerd with its CRI registry config_path at
-// hostRoot/etc/containerd/certs.d. It also plants the node's view of that
-// configuration, hostRoot/etc/containerd/config.toml: the same file with
-// config_path = "/etc/containerd/certs.d", as containerd on a real node whose
-// root is hostRoot would have it (nodetrust reads it to check config_path).
-func startContainerd(t *testing.T, hostsFile, hostRoot string) (*containerdNode, time.Duration) {
-	t.Helper()
-	dir := t.TempDir()
-	c := &containerdNode{dir: dir, sock: filepath.Join(dir, "containerd.sock")}
-	config := func(certsDir string) string {
-		return fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = [
+// containerdSpec says which containerd to start and with what CRI image
+// settings. Paths in it are node paths: the config containerd runs with has
+// them below the host root, the node view nodetrust reads has them as they
+// are (as on a real node whose root is the host root).
+type containerdSpec struct {
+	bin        string   // the daemon: "containerd" is Debian's 1.6 on PATH
+	v3         bool     // config version 3 (containerd 2.x), else version 2
+	nodeConfig string   // node path of the node view, e.g. /etc/containerd/config.toml
+	configPath string   // CRI registry config_path, node paths, ':'-separated
+	images     []string // extra lines of the CRI images section (v3) or CRI containerd table (v2), e.g. "discard_unpacked_layers = true"
+}
+
+// debianSpec is Debian's containerd 1.6 reading /etc/containerd/certs.d,
+// what TestNodeStory runs.
+var debianSpec = containerdSpec{bin: "containerd", nodeConfig: "/etc/containerd/config.toml", configPath: "/etc/containerd/certs.d"}
+
+// config renders the containerd config of spec; certsRoot prefixes every
+// config_path entry (the host root for the running containerd, "" for the
+// node view).
+func (spec containerdSpec) config(dir, sock, certsRoot string) string {
+	var entries []string
+	for _, p := range filepath.SplitList(spec.configPath) {
+		entries = append(entries, filepath.Join(certsRoot, p))
+	}
+	configPath := strings.Join(entries, string(filepath.ListSeparator))
+	version, disabled, q := 2, `disabled_plugins = [
   "io.containerd.snapshotter.v1.aufs",
   "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper",
   "io.containerd.snapshotter.v1.zfs",
 ]
-
+`, `"`
+	if spec.v3 {
+		// containerd 2.x is built without those snapshotters.
+		version, disabled, q = 3, "", "'"
+	}
+	top := fmt.Sprintf(`version = %d
+root = %q
+state = %q
+%s
 [grpc]
   address = %q
 
@@ -61,9 +81,29 @@ disabled_plugins = [
 [debug]
   address = %q
 
-[plugins."io.containerd.internal.v1.opt"]
+[plugins.%sio.containerd.internal.v1.opt%s]
   path = %q
+`, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, sock, sock+".ttrpc",
+		filepath.Join(dir, "debug.sock"), q, q, filepath.Join(dir, "opt"))
+	cniBin, cniConf := filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf")
+	if spec.v3 {
+		return top + fmt.Sprintf(`
+[plugins.'io.containerd.grpc.v1.cri']
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
 
+[plugins.'io.containerd.cri.v1.runtime'.cni]
+  bin_dirs = [%q]
+  conf_dir = %q
+
+[plugins.'io.containerd.cri.v1.images']
+%s
+[plugins.'io.containerd.cri.v1.images'.registry]
+  config_path = %q
+`, cniBin, cniConf, indentLines("  ", spec.images), configPath)
+	}
+	return top + fmt.Sprintf(`
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
@@ -75,20 +115,56 @@ disabled_plugins = [
 
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = %q
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc",
-			filepath.Join(dir, "debug.sock"), filepath.Join(dir, "opt"),
-			filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf"), certsDir)
+%s`, cniBin, cniConf, configPath, v2Containerd(spec.images))
+}
+
+// v2Containerd renders extra lines of a version 2 config's CRI containerd
+// table, where discard_unpacked_layers and its neighbours live.
+func v2Containerd(lines []string) string {
+	if len(lines) == 0 {
+		return ""
 	}
-	nodeView := filepath.Join(hostRoot, "etc", "containerd", "config.toml")
-	if err := os.WriteFile(nodeView, []byte(config("/etc/containerd/certs.d")), 0o644); err != nil {
+	return "\n  [plugins.\"io.containerd.grpc.v1.cri\".containerd]\n" + indentLines("    ", lines)
+}
+
+func indentLines(indent string, lines []string) string {
+	var b strings.Builder
+	for _, l := range lines {
+		b.WriteString(indent + l + "\n")
+	}
+	return b.String()
+}
+
+// startContainerd starts Debian's containerd 1.6 with its CRI registry
+// config_path at hostRoot/etc/containerd/certs.d (debianSpec).
+func startContainerd(t *testing.T, hostsFile, hostRoot string) (*containerdNode, time.Duration) {
+	t.Helper()
+	return startContainerdSpec(t, hostsFile, hostRoot, debianSpec)
+}
+
+// startContainerdSpec starts spec.bin in a private mount namespace whose
+// /etc/hosts is hostsFile, with the CRI registry config_path of spec below
+// hostRoot. It also plants the node's view of that configuration at
+// hostRoot/spec.nodeConfig: the same file with the config_path entries as
+// node paths, as containerd on a real node whose root is hostRoot would
+// have it (nodetrust reads it to find where containerd looks).
+func startContainerdSpec(t *testing.T, hostsFile, hostRoot string, spec containerdSpec) (*containerdNode, time.Duration) {
+	t.Helper()
+	dir := t.TempDir()
+	c := &containerdNode{dir: dir, sock: filepath.Join(dir, "containerd.sock")}
+	nodeView := filepath.Join(hostRoot, spec.nodeConfig)
+	if err := os.MkdirAll(filepath.Dir(nodeView), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(nodeView, []byte(spec.config(dir, c.sock, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(config(filepath.Join(hostRoot, "etc", "containerd", "certs.d"))), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(spec.config(dir, c.sock, hostRoot)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, "containerd", "--config", cfg)
+	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, spec.bin, "--config", cfg)
 	p, err := cluster.StartProc("containerd", filepath.Join(dir, "containerd.log"), bin, args...)
 	if err != nil {
 		t.Fatal(err)

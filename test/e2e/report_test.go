@@ -13,6 +13,8 @@ import (
 // report records each story step: result, seconds and a one-line detail.
 type report struct {
 	t       *testing.T
+	title   string // first line of the report
+	env     string // variable naming the file the report is written to
 	started time.Time
 	header  []string
 	steps   []stepResult
@@ -26,7 +28,13 @@ type stepResult struct {
 }
 
 func newReport(t *testing.T) *report {
-	r := &report{t: t, started: time.Now()}
+	return newReportAs(t, "nodetrust end-to-end report (test/e2e)", "NODETRUST_E2E_REPORT")
+}
+
+// newReportAs is newReport with its own title and the variable naming its
+// file ($env; a new /tmp/nodetrust-e2e-*/report.txt when unset).
+func newReportAs(t *testing.T, title, env string) *report {
+	r := &report{t: t, title: title, env: env, started: time.Now()}
 	// Registered first, so it runs last: after every process is stopped, and
 	// also when a step failed.
 	t.Cleanup(r.write)
@@ -66,7 +74,7 @@ func (r *report) render() string {
 	if r.t.Failed() {
 		result = "FAIL"
 	}
-	fmt.Fprintf(&b, "nodetrust end-to-end report (test/e2e)\n")
+	fmt.Fprintf(&b, "%s\n", r.title)
 	fmt.Fprintf(&b, "date: %s   go: %s %s/%s   cpus: %d\n", r.started.UTC().Format(time.RFC3339), runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU())
 	for _, h := range r.header {
 		fmt.Fprintf(&b, "%s\n", h)
@@ -81,7 +89,7 @@ func (r *report) render() string {
 
 func (r *report) write() {
 	text := r.render()
-	path := os.Getenv("NODETRUST_E2E_REPORT")
+	path := os.Getenv(r.env)
 	if path == "" {
 		dir, err := os.MkdirTemp("", "nodetrust-e2e-")
 		if err != nil {
@@ -97,4 +105,10 @@ func (r *report) write() {
 		r.t.Errorf("report: %v", err)
 	}
 	r.t.Logf("\n%s\nreport written to %s", text, path)
+}
+
+// add records a step that ran elsewhere (a subtest) with its result: "ok",
+// "FAIL" or "skip".
+func (r *report) add(name, result string, secs float64, detail string) {
+	r.steps = append(r.steps, stepResult{name: name, result: result, secs: secs, detail: detail})
 }

@@ -141,20 +141,37 @@ type cd2Images struct {
 }
 
 // cd2ImagesConfig loads the config file at path (and its imports) as
+// containerd 2.4's main command does (cd2DecodeImages) and reads
+// Registry.ConfigPath and Registry.Mirrors from the images plugin's config.
+func cd2ImagesConfig(t *testing.T, path string) (cd2Images, error) {
+	t.Helper()
+	images, logs, err := cd2DecodeImages(t, path)
+	if err != nil {
+		return cd2Images{}, err
+	}
+	reg := images.FieldByName("Registry")
+	require.True(t, reg.IsValid(), "containerd 2's ImageConfig has no Registry field")
+	cp := reg.FieldByName("ConfigPath")
+	mirrors := reg.FieldByName("Mirrors")
+	require.True(t, cp.IsValid() && mirrors.IsValid(), "containerd 2's Registry has no ConfigPath or Mirrors field")
+	return cd2Images{configPath: cp.String(), mirrors: mirrors.Len(), logs: logs}, nil
+}
+
+// cd2DecodeImages loads the config file at path (and its imports) as
 // containerd 2.4's main command does: starting from the current config
 // version, every file read is migrated to it by containerd's core and
 // plugin migrations before it is merged (LoadConfigWithPlugins). Then it
 // decodes the CRI images plugin's section with containerd's Config.Decode
 // into a copy of the plugin's own default config, of containerd's own
-// (internal) type, and reads Registry.ConfigPath and Registry.Mirrors from
-// it by reflection.
-func cd2ImagesConfig(t *testing.T, path string) (cd2Images, error) {
+// (internal) type, and returns that ImageConfig (a struct value, read by
+// reflection) and what containerd logged.
+func cd2DecodeImages(t *testing.T, path string) (reflect.Value, []string, error) {
 	t.Helper()
 	ctx, logs := captureContainerdLog()
 	// containerd 2's defaultConfig() starts at version.ConfigVersion.
 	cfg := &cd2srvconfig.Config{Version: cd2version.ConfigVersion}
 	if err := cd2srvconfig.LoadConfigWithPlugins(ctx, path, cd2Plugins, cfg); err != nil {
-		return cd2Images{}, err
+		return reflect.Value{}, nil, err
 	}
 	def := cd2ImagesDefault(t)
 	// A deep copy of the default, so that decoding never changes the
@@ -164,14 +181,9 @@ func cd2ImagesConfig(t *testing.T, path string) (cd2Images, error) {
 	images := reflect.New(reflect.TypeOf(def.Config).Elem())
 	require.NoError(t, toml2.Unmarshal(b, images.Interface()))
 	if _, err := cfg.Decode(ctx, cd2ImagesPlugin, images.Interface()); err != nil {
-		return cd2Images{}, err
+		return reflect.Value{}, nil, err
 	}
-	reg := images.Elem().FieldByName("Registry")
-	require.True(t, reg.IsValid(), "containerd 2's ImageConfig has no Registry field")
-	cp := reg.FieldByName("ConfigPath")
-	mirrors := reg.FieldByName("Mirrors")
-	require.True(t, cp.IsValid() && mirrors.IsValid(), "containerd 2's Registry has no ConfigPath or Mirrors field")
-	return cd2Images{configPath: cp.String(), mirrors: mirrors.Len(), logs: logs.entries}, nil
+	return images.Elem(), logs.entries, nil
 }
 
 // containerdView is what both containerd loaders said about one config
@@ -404,8 +416,9 @@ func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
 
 	reg, err := nodetrustcd.ReadRegistry(dirFS{main: mainPath})
 	require.NoError(t, err)
-	require.Empty(t, reg.Problem())
-	require.Contains(t, reg.Warning(), "containerd 1.x reads no hosts.toml with this config")
+	rd := reg.Reading(nodetrustcd.Version{}, nodetrustcd.Default)
+	require.Empty(t, rd.Problem)
+	require.Contains(t, rd.Warning, "containerd 1.x reads no hosts.toml with this config")
 	require.Equal(t, dropinPath, reg.EditTarget())
 
 	edited, err := nodetrustcd.SetConfigPath([]byte(dropin), nodetrustcd.CertsDir)
@@ -419,7 +432,7 @@ func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
 	require.Equal(t, wantCertsDir, images.configPath, "containerd 2.4 after the drop-in's edit")
 	reg, err = nodetrustcd.ReadRegistry(dirFS{main: mainPath})
 	require.NoError(t, err)
-	require.Empty(t, reg.Warning())
+	require.Empty(t, reg.Reading(nodetrustcd.Version{}, nodetrustcd.Default).Warning)
 }
 
 // dirFS serves ReadRegistry's /etc/containerd/config.toml from main and

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Build containerd 2.x from Go modules through the module proxy (nothing is
+# downloaded as a binary), for the layout tests that pull through containerd
+# 2's CRI (test/e2e TestLayoutPulls): a throwaway module outside the repo
+# requiring github.com/containerd/containerd/v2 and a tools.go importing its
+# cmd/containerd, built static with CGO_ENABLED=0 and the tags
+# no_btrfs no_devmapper no_zfs (/work/shared/REAL-COMPONENTS.md).
+#
+# Only the daemon is built. Image pulls through CRI need no runc and no shim:
+# those run containers, which the layout tests never do. The CRI plugin
+# starts without them (runc is only looked up when a sandbox is created).
+#
+# The binary is cached outside the repo, keyed by version:
+#   $NODETRUST_CACHE/containerd/<version>/bin/containerd
+# (NODETRUST_CACHE defaults to ~/.cache/nodetrust). Idempotent (skips what
+# exists), atomic (temp name then mv), safe to run concurrently (flock).
+#
+# Usage: test/scripts/containerd2-build.sh [--print-bin]
+# Env:   CONTAINERD2_VERSION (default below)
+#
+# Measured on 2 shared cores: see test/e2e/README.md (layouts).
+set -euo pipefail
+
+VERSION="${CONTAINERD2_VERSION:-v2.2.4}"
+CACHE="${NODETRUST_CACHE:-$HOME/.cache/nodetrust}"
+DIR="$CACHE/containerd/$VERSION"
+BIN="$DIR/bin/containerd"
+
+case "${1:-}" in
+--print-bin)
+	echo "$BIN"
+	exit 0
+	;;
+"") ;;
+*)
+	echo "usage: $0 [--print-bin]" >&2
+	exit 2
+	;;
+esac
+
+log() { printf 'containerd2-build.sh: %s\n' "$*" >&2; }
+
+if [[ -x "$BIN" ]]; then
+	log "cached: $BIN"
+	exit 0
+fi
+
+export GOFLAGS="${GOFLAGS:-} -p=2 -buildvcs=false"
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+export CGO_ENABLED=0
+
+mkdir -p "$DIR/bin"
+exec 9>"$CACHE/containerd/.build.lock"
+if ! flock -n 9; then
+	log "another containerd2-build.sh holds $CACHE/containerd/.build.lock; waiting"
+	flock 9
+fi
+if [[ -x "$BIN" ]]; then
+	log "built concurrently by another run: $BIN"
+	exit 0
+fi
+
+t_all=$(date +%s)
+timed() { # name cmd...
+	local name=$1 t0
+	shift
+	t0=$(date +%s)
+	"$@"
+	log "$name: $(($(date +%s) - t0)) s"
+}
+
+src="$DIR/src"
+mkdir -p "$src"
+if [[ ! -f "$src/.tidy-ok" ]]; then
+	log "preparing throwaway module in $src for github.com/containerd/containerd/v2 $VERSION"
+	cat >"$src/go.mod" <<EOF
+module nodetrust.test/containerd2build
+
+go 1.24.0
+
+require github.com/containerd/containerd/v2 $VERSION
+EOF
+	cat >"$src/tools.go" <<'EOF'
+//go:build tools
+
+package containerd2build
+
+import _ "github.com/containerd/containerd/v2/cmd/containerd"
+EOF
+	rm -f "$src/go.sum"
+	(cd "$src" && timed "go mod tidy (containerd $VERSION)" go mod tidy)
+	touch "$src/.tidy-ok"
+fi
+
+# containerd's Makefile sets these; `containerd --version` and the CRI
+# Version call report them.
+pkg=github.com/containerd/containerd/v2/version
+ldflags="-s -w -X $pkg.Version=$VERSION -X $pkg.Revision=gomod -X $pkg.Package=github.com/containerd/containerd/v2"
+tmp="$DIR/bin/.containerd.tmp.$$"
+trap 'rm -f "$tmp"' EXIT
+(cd "$src" && timed "build containerd $VERSION" go build -tags "tools no_btrfs no_devmapper no_zfs" -trimpath \
+	-ldflags "$ldflags" -o "$tmp" github.com/containerd/containerd/v2/cmd/containerd)
+"$tmp" --version >&2
+mv -f "$tmp" "$BIN"
+log "done in $(($(date +%s) - t_all)) s: $BIN"
