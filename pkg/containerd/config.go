@@ -45,6 +45,11 @@ type Registry struct {
 	Files []string
 	// pull holds the pull settings read, by key.
 	pull map[string]any
+	// v2Containerd holds the pull settings of version 2 files' CRI
+	// containerd table, which 2.x migrates only when v2Runtimes (some file
+	// has its runtimes table).
+	v2Containerd map[string]any
+	v2Runtimes   bool
 }
 
 // FS reads files and expands glob patterns, both in host paths
@@ -92,6 +97,11 @@ func ReadConfig(fsys FS, main string) (Registry, error) {
 				return reg, fmt.Errorf("containerd config %s: imports %q: %w", file, imp, err)
 			}
 			queue = append(queue, matches...)
+		}
+	}
+	if reg.v2Runtimes {
+		for k, v := range reg.v2Containerd {
+			reg.pull = setPull(reg.pull, k, v)
 		}
 	}
 	reg.LocalPull = reg.localPull()
@@ -189,18 +199,21 @@ func (r *Registry) readPullSettings(cf configFile) {
 		return
 	}
 	cri, _ := cf.Plugins[criImagesPlugin(2)].(map[string]any)
+	for _, k := range []string{"max_concurrent_downloads", "image_pull_with_sync_fs"} {
+		if v, ok := cri[k]; ok {
+			r.pull = setPull(r.pull, k, v)
+		}
+	}
+	// containerd 2.x's migration (plugins/cri/images migrateConfig) takes
+	// these from the containerd table only when it has a runtimes table:
+	// without one they are dropped, and the transfer service stays in use.
 	ctd, _ := cri["containerd"].(map[string]any)
-	for _, src := range []struct {
-		m    map[string]any
-		keys []string
-	}{
-		{cri, []string{"max_concurrent_downloads", "image_pull_with_sync_fs"}},
-		{ctd, []string{"disable_snapshot_annotations", "discard_unpacked_layers"}},
-	} {
-		for _, k := range src.keys {
-			if v, ok := src.m[k]; ok {
-				r.pull = setPull(r.pull, k, v)
-			}
+	if _, ok := ctd["runtimes"].(map[string]any); ok {
+		r.v2Runtimes = true
+	}
+	for _, k := range []string{"disable_snapshot_annotations", "discard_unpacked_layers"} {
+		if v, ok := ctd[k]; ok {
+			r.v2Containerd = setPull(r.v2Containerd, k, v)
 		}
 	}
 }

@@ -35,13 +35,15 @@ func TestReadingByVersion(t *testing.T) {
 		return "version = 3\n" + extra
 	}
 	const (
-		list2  = "[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"
-		one2   = "[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d\"\n"
-		list3  = "[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"
-		eks    = "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n" + list2
-		local3 = "[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n"
-		snap3  = "[plugins.\"io.containerd.cri.v1.images\"]\ndisable_snapshot_annotations = false\n"
-		mcd2   = "[plugins.\"io.containerd.grpc.v1.cri\"]\nmax_concurrent_downloads = 10\n" + list2
+		list2 = "[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"
+		one2  = "[plugins.\"io.containerd.grpc.v1.cri\".registry]\nconfig_path = \"/etc/containerd/certs.d\"\n"
+		list3 = "[plugins.\"io.containerd.cri.v1.images\".registry]\nconfig_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"
+		eks   = "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\nruntime_type = \"io.containerd.runc.v2\"\n" + list2
+		// Without a runtimes table, 2.x's migration drops the setting.
+		noRuntimes = "[plugins.\"io.containerd.grpc.v1.cri\".containerd]\ndiscard_unpacked_layers = true\n" + list2
+		local3     = "[plugins.\"io.containerd.cri.v1.images\"]\nuse_local_image_pull = true\n"
+		snap3      = "[plugins.\"io.containerd.cri.v1.images\"]\ndisable_snapshot_annotations = false\n"
+		mcd2       = "[plugins.\"io.containerd.grpc.v1.cri\"]\nmax_concurrent_downloads = 10\n" + list2
 	)
 	const ok, unset, transfer = "", "reads no hosts.toml: config_path is unset", "pulls through its transfer service"
 	tests := []struct {
@@ -54,6 +56,7 @@ func TestReadingByVersion(t *testing.T) {
 		{"unset v3 local pull", v3(local3), map[string]string{"2.0": unset, "2.1": unset, "2.2": ok, "2.3": ok}, "/etc/containerd/certs.d"},
 		{"list v2", v2(list2), map[string]string{"1.6": ok, "1.7": ok, "2.0": ok, "2.1": transfer, "2.2": transfer, "2.3": transfer}, "/etc/containerd/certs.d"},
 		{"EKS: list with discard_unpacked_layers", v2(eks), map[string]string{"1.7": ok, "2.0": ok, "2.1": ok, "2.2": ok, "2.3": ok}, "/etc/containerd/certs.d"},
+		{"list v2, discard_unpacked_layers but no runtimes table", v2(noRuntimes), map[string]string{"1.7": ok, "2.0": ok, "2.1": transfer, "2.2": transfer}, "/etc/containerd/certs.d"},
 		{"list v3", v3(list3), map[string]string{"2.0": ok, "2.1": transfer, "2.2": transfer}, "/etc/containerd/certs.d"},
 		{"list v3 with snapshot annotations on", v3(snap3 + list3), map[string]string{"2.1": ok, "2.2": ok}, "/etc/containerd/certs.d"},
 		{"list v2 with max_concurrent_downloads", v2(mcd2), map[string]string{"2.1": ok, "2.2": ok}, "/etc/containerd/certs.d"},

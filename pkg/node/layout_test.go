@@ -50,7 +50,7 @@ func TestSyncLayouts(t *testing.T) {
 			files: map[string]string{"var/lib/rancher/rke2/agent/etc/containerd/config.toml": "version = 3\n[plugins.'io.containerd.cri.v1.images'.registry]\n  config_path = '/var/lib/rancher/rke2/agent/etc/containerd/certs.d'\n"},
 			want:  []string{"var/lib/rancher/rke2/agent/etc/containerd/certs.d/r:5000/hosts.toml", "var/lib/rancher/rke2/agent/etc/containerd/certs.d/r:5000/" + ca}},
 		{name: "EKS AL2023: a list with discard_unpacked_layers", version: "2.1.4",
-			files: map[string]string{configFile: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  discard_unpacked_layers = true\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"},
+			files: map[string]string{configFile: "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd]\n  discard_unpacked_layers = true\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.runc]\n  runtime_type = \"io.containerd.runc.v2\"\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs.d:/etc/docker/certs.d\"\n"},
 			want:  []string{"etc/containerd/certs.d/r:5000/hosts.toml", "etc/containerd/certs.d/r:5000/" + ca}},
 		{name: "2.2 transfer service with the default list", version: "2.2.4",
 			files:   map[string]string{configFile: "version = 3\n"},

@@ -163,8 +163,7 @@ func layoutCases() []pullCase {
 			spec: containerdSpec{nodeConfig: "/etc/containerd/config.toml", configPath: listPath,
 				images: []string{"discard_unpacked_layers = true", `[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]`, `  runtime_type = "io.containerd.runc.v2"`}}},
 		{name: "2.2: v2 config, discard_unpacked_layers without runtimes, list", version: "2.2.4", wantPull: false, wantProblem: true,
-			spec: containerdSpec{nodeConfig: "/etc/containerd/config.toml", configPath: listPath, images: []string{"discard_unpacked_layers = true"}},
-			bug:  "pkg/containerd readPullSettings takes discard_unpacked_layers from a v2 containerd table without runtimes, which containerd 2's migration drops"},
+			spec: containerdSpec{nodeConfig: "/etc/containerd/config.toml", configPath: listPath, images: []string{"discard_unpacked_layers = true"}}},
 	}
 }
 
