@@ -1,0 +1,119 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodetrust/nodetrust/test/cluster"
+)
+
+const (
+	nodeName  = "node1"
+	agentNS   = cluster.AgentNamespace
+	workNS    = "workload"
+	appName   = "app"
+	regSecret = "registry-tls"
+)
+
+// skipUnlessNode skips unless NODETRUST_REAL=1 and root.
+func skipUnlessNode(t *testing.T) {
+	t.Helper()
+	cluster.SkipUnlessReal(t)
+	if os.Geteuid() != 0 {
+		t.Skip("test/node needs root (systemd-nspawn, cgroups, mounts)")
+	}
+}
+
+// story is the shared state of TestNodeStory's steps.
+type story struct {
+	t    *testing.T
+	c    *cluster.Cluster
+	n    *node
+	reg  *registry
+	rep  *report
+	ctx  context.Context
+	imgs string // directory of built images
+}
+
+// agentImageTar is $NODETRUST_IMAGE_TAR (make image's bin/nodetrust-image.tar)
+// or an image packed here from the binary under test.
+func (s *story) agentImageTar() string {
+	if p := os.Getenv("NODETRUST_IMAGE_TAR"); p != "" {
+		return p
+	}
+	return packImage(s.t, s.imgs, cluster.AgentBinary(s.t), agentImage)
+}
+
+// TestNodeStory is issue 12's story on one real node, timed into a report.
+func TestNodeStory(t *testing.T) {
+	skipUnlessNode(t)
+	s := &story{t: t, rep: newReport(t), ctx: context.Background(), imgs: t.TempDir()}
+	var pauseBin string
+	s.rep.step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
+		s.c = startControlPlane(t)
+		return fmt.Sprintf("kube-apiserver /readyz %s", secs(s.c.APIReady))
+	})
+	s.rep.step("build the pause image (tools/image) and the agent image", func() string {
+		pauseBin = filepath.Join(s.imgs, "pause")
+		require.NoError(t, goBuild(".", "./pause", pauseBin))
+		packImage(t, s.imgs, pauseBin, pauseImage)
+		return filepath.Base(s.agentImageTar())
+	})
+	s.rep.step("node: nspawn-booted Debian root, systemd, containerd 1.6, kubelet", func() string {
+		s.n = startNode(t, s.c, nodeName)
+		return fmt.Sprintf("containerd up %s after nspawn, Node Ready %s", secs(s.n.Booted), secs(s.n.Ready))
+	})
+	s.rep.step("import the pause and agent images into the node's containerd", func() string {
+		s.n.importImage(t, filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar"), pauseImage)
+		s.n.importImage(t, s.agentImageTar(), agentImage)
+		return pauseImage + ", " + agentImage
+	})
+	s.rep.step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
+}
+
+// rollout applies deploy/ through the overlay and times rollout status.
+func (s *story) rollout() string {
+	t := s.t
+	applyOverlay(t, s.c, "install")
+	start := time.Now()
+	out := kubectl(t, s.c, "-n", agentNS, "rollout", "status", "ds/nodetrust", "--timeout=180s")
+	took := time.Since(start)
+	pod := s.agentPod()
+	ann := s.nodeAnnotations()
+	require.Equal(t, cluster.StateReady, ann[cluster.AnnState], "rollout done, so the first sync completed: %v", ann)
+	return fmt.Sprintf("rollout status %s; pod %s; %s", secs(took), pod.Name, strings.TrimSpace(out))
+}
+
+// agentPod is the DaemonSet's pod on the node.
+func (s *story) agentPod() *corev1.Pod {
+	s.t.Helper()
+	pods, err := s.c.Admin.CoreV1().Pods(agentNS).List(s.ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=nodetrust"})
+	require.NoError(s.t, err)
+	require.Len(s.t, pods.Items, 1)
+	return &pods.Items[0]
+}
+
+func (s *story) nodeAnnotations() map[string]string {
+	s.t.Helper()
+	nd, err := s.c.Admin.CoreV1().Nodes().Get(s.ctx, nodeName, metav1.GetOptions{})
+	require.NoError(s.t, err)
+	out := map[string]string{}
+	for k, v := range nd.Annotations {
+		if strings.HasPrefix(k, "nodetrust.io/") {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+var _ = appsv1.Deployment{}
