@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
-	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
@@ -43,6 +42,9 @@ type story struct {
 	rep  *report
 	ctx  context.Context
 	imgs string // directory of built images
+
+	ca      *cluster.CA     // the registry's current CA
+	serving cluster.Serving // and its serving certificate
 }
 
 // agentImageTar is $NODETRUST_IMAGE_TAR (make image's bin/nodetrust-image.tar)
@@ -78,7 +80,24 @@ func TestNodeStory(t *testing.T) {
 		s.n.importImage(t, s.agentImageTar(), agentImage)
 		return pauseImage + ", " + agentImage
 	})
+	var pristine map[string]string
+	s.rep.step("snapshot the node root's trust directories before nodetrust", func() string {
+		pristine = trustSnapshot(t, s.n.root)
+		return fmt.Sprintf("%d paths", len(pristine))
+	})
 	s.rep.step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
+	s.rep.step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
+		pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
+		return s.untrustedPull(pauseTar)
+	})
+	s.rep.step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
+	s.rep.step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
+	s.rep.step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
+	s.rep.step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
+	s.rep.step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
+	s.rep.step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
+		return s.uninstall(pristine)
+	})
 }
 
 // rollout applies deploy/ through the overlay and times rollout status.
@@ -115,5 +134,3 @@ func (s *story) nodeAnnotations() map[string]string {
 	}
 	return out
 }
-
-var _ = appsv1.Deployment{}
