@@ -14,55 +14,15 @@ import (
 )
 
 // startControlPlane is test/cluster's etcd + kube-apiserver plus
-// kube-controller-manager (DaemonSet and ReplicaSet controllers, the root CA
-// publisher for projected tokens) and kube-scheduler (DaemonSet pods go
-// through the default scheduler); all stop with the cluster.
+// kube-controller-manager and kube-scheduler (DaemonSet pods go through the
+// default scheduler); all stop with the cluster.
 func startControlPlane(t *testing.T) *cluster.Cluster {
 	t.Helper()
-	for _, b := range []string{"kube-controller-manager", "kube-scheduler", "kubelet"} {
-		if _, err := os.Stat(cluster.K8sBin(b)); err != nil {
-			t.Fatalf("%v: run test/scripts/k8s-build.sh --kubelet", err)
-		}
+	if _, err := os.Stat(cluster.K8sBin("kubelet")); err != nil {
+		t.Fatalf("%v: run test/scripts/k8s-build.sh --kubelet", err)
 	}
 	c := cluster.NewCluster(t)
-	kc := c.AdminKubeconfig
-	start := func(name string, args ...string) {
-		p, err := cluster.StartProc(name, filepath.Join(c.Dir, name+".log"), cluster.K8sBin(name), args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.AddProc(p)
-		t.Cleanup(func() {
-			if t.Failed() {
-				t.Logf("---- %s log tail ----\n%s", name, p.Tail(2000))
-			}
-		})
-	}
-	start("kube-controller-manager",
-		"--kubeconfig="+kc,
-		"--authentication-kubeconfig="+kc,
-		"--authorization-kubeconfig="+kc,
-		"--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
-		"--leader-elect=false",
-		"--bind-address=127.0.0.1",
-		"--secure-port=0",
-		"--service-account-private-key-file="+filepath.Join(c.Dir, "sa.key"),
-		"--root-ca-file="+filepath.Join(c.Dir, "ca.crt"),
-		"--use-service-account-credentials=false",
-	)
-	schedPort, err := cluster.FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	start("kube-scheduler",
-		"--kubeconfig="+kc,
-		"--authentication-kubeconfig="+kc,
-		"--authorization-kubeconfig="+kc,
-		"--leader-elect=false",
-		"--bind-address=127.0.0.1",
-		fmt.Sprintf("--secure-port=%d", schedPort),
-		"--cert-dir="+filepath.Join(c.Dir, "scheduler-certs"),
-	)
+	c.StartControllers(t)
 	return c
 }
 

@@ -323,6 +323,9 @@ func (s *story) secretRounds() string {
 		toFiles, toRunning, pulls = append(toFiles, files), append(toRunning, running.Sub(t0)), append(pulls, pull)
 		t.Logf("round %d: files %s, pod Running %s (pull %s)", i+1, secs(files), secs(running.Sub(t0)), pull)
 	}
+	// The kubelet's hostPath / was the node's root, never this machine's.
+	_, err := os.Stat(filepath.Join("/etc/containerd/certs.d", filepath.Base(s.hostsDir())))
+	require.True(t, os.IsNotExist(err), "this machine's /etc/containerd/certs.d has the registry: %v", err)
 	f50, fmax := quantiles(toFiles)
 	r50, rmax := quantiles(toRunning)
 	p50, pmax := quantiles(pulls)
@@ -424,6 +427,9 @@ func (s *story) hostTrust() string {
 		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "2"
 	}), "node not Ready with 2 sources: %v", s.nodeAnnotations())
 	tReady := time.Since(t0)
+	if b, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
+		require.False(t, bytes.Contains(b, body), "the host-trust CA reached this machine's own bundle")
+	}
 	// The app pod was not touched: same container, no restart, and a
 	// recreated pod still pulls through the restarted containerd.
 	app2 := s.appPod()
@@ -637,6 +643,7 @@ func (s *story) memory() string {
 		_, err := s.c.Admin.CoreV1().Secrets(agentNS).Create(s.ctx, sec, metav1.CreateOptions{})
 		require.NoError(t, err)
 	}
+	created := time.Since(start)
 	want := strconv.Itoa(n + 2)
 	require.True(t, cluster.Poll(2*time.Minute, 200*time.Millisecond, func() bool {
 		a := s.nodeAnnotations()
@@ -656,7 +663,7 @@ func (s *story) memory() string {
 		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "2"
 	}), "node not back to 2 sources: %v", s.nodeAnnotations())
 	s.rep.note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
-	s.rep.note("agent memory with %d sources (applied in %s): %s", n+2, secs(applied), memLine(u1, w1, e1))
+	s.rep.note("agent memory with %d sources (%d Secrets created in %s, all applied %s after the first): %s", n+2, n, secs(created), secs(applied), memLine(u1, w1, e1))
 	return fmt.Sprintf("idle %s; %d sources %s", mib(u0), n+2, mib(u1))
 }
 
