@@ -324,6 +324,10 @@ func (n *node) stop(t *testing.T) {
 		t.Logf("---- node %s console ----\n%s", n.name, tail(n.console, 2000))
 		t.Logf("---- node %s kubelet ----\n%s", n.name, tail(n.hostPath("/var/log/kubelet.log"), 4000))
 		t.Logf("---- node %s containerd ----\n%s", n.name, tail(n.hostPath("/var/log/containerd.log"), 3000))
+		logs, _ := filepath.Glob(n.hostPath("/var/log/pods/*/*/*.log"))
+		for _, l := range logs {
+			t.Logf("---- node %s %s ----\n%s", n.name, strings.TrimPrefix(l, n.hostPath("/var/log/pods")), tail(l, 3000))
+		}
 	}
 	wait := func(d time.Duration) bool {
 		select {

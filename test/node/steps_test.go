@@ -644,12 +644,25 @@ func (s *story) memory() string {
 		require.NoError(t, err)
 	}
 	created := time.Since(start)
+	var files time.Duration
 	want := strconv.Itoa(n + 2)
-	require.True(t, cluster.Poll(2*time.Minute, 200*time.Millisecond, func() bool {
+	require.True(t, cluster.Poll(2*time.Minute, 100*time.Millisecond, func() bool {
+		if files == 0 {
+			dirs, _ := filepath.Glob(s.n.hostPath("/etc/containerd/certs.d/r*.nodetrust.test:5000/hosts.toml"))
+			if len(dirs) == n {
+				files = time.Since(start)
+			}
+		}
 		a := s.nodeAnnotations()
-		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == want
+		return files != 0 && a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == want
 	}), "node not Ready with %s sources: %v", want, s.nodeAnnotations())
 	applied := time.Since(start)
+	if os.Getenv("NODETRUST_NODE_DEBUG") == "1" {
+		logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
+		for _, l := range logs {
+			t.Logf("---- %s ----\n%s", l, tail(l, 12000))
+		}
+	}
 	time.Sleep(5 * time.Second)
 	u1, w1, e1 := s.agentMemory()
 	for i := 0; i < n; i++ {
@@ -663,7 +676,7 @@ func (s *story) memory() string {
 		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "2"
 	}), "node not back to 2 sources: %v", s.nodeAnnotations())
 	s.rep.note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
-	s.rep.note("agent memory with %d sources (%d Secrets created in %s, all applied %s after the first): %s", n+2, n, secs(created), secs(applied), memLine(u1, w1, e1))
+	s.rep.note("agent memory with %d sources (%d Secrets created in %s; all their files on the node %s, the Node annotated %s after the first): %s", n+2, n, secs(created), secs(files), secs(applied), memLine(u1, w1, e1))
 	return fmt.Sprintf("idle %s; %d sources %s", mib(u0), n+2, mib(u1))
 }
 
