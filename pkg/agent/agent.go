@@ -63,6 +63,10 @@ type Status struct {
 	Sources  int
 	Message  string
 	Warnings int // warnings about sources or the node; they do not degrade it
+	// Verified and Unverified list, comma-separated and sorted, the
+	// registries whose pulls were checked (--verify) and do, or do not,
+	// verify; both "" when nothing was checked.
+	Verified, Unverified string
 }
 
 // Options configure an Agent.

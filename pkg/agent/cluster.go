@@ -35,6 +35,12 @@ const (
 	// certificates, unsupported host trust, an unverifiable containerd
 	// config); an extension of the contract, for `nodetrust status`.
 	AnnotationWarnings = "nodetrust.io/warnings"
+	// AnnotationVerified and AnnotationUnverified list, comma-separated,
+	// the registries of the applied sources whose pulls verify, or do not
+	// (--verify; an unreachable registry is unverified without degrading
+	// the node). Extensions, for `nodetrust status --registry`.
+	AnnotationVerified   = "nodetrust.io/verified"
+	AnnotationUnverified = "nodetrust.io/unverified"
 )
 
 // EventReason is the reason of the Event emitted for a rejected source.
@@ -380,11 +386,13 @@ func (c *Cluster) RemoveTaint(ctx context.Context, key string) (bool, error) {
 
 func annotations(st Status) map[string]string {
 	return map[string]string{
-		AnnotationState:    st.State,
-		AnnotationApplied:  st.Applied,
-		AnnotationSources:  fmt.Sprint(st.Sources),
-		AnnotationMessage:  st.Message,
-		AnnotationWarnings: fmt.Sprint(st.Warnings),
+		AnnotationState:      st.State,
+		AnnotationApplied:    st.Applied,
+		AnnotationSources:    fmt.Sprint(st.Sources),
+		AnnotationMessage:    st.Message,
+		AnnotationWarnings:   fmt.Sprint(st.Warnings),
+		AnnotationVerified:   st.Verified,
+		AnnotationUnverified: st.Unverified,
 	}
 }
 

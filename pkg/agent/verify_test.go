@@ -59,6 +59,9 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	require.Equal(t, 1, v.count("good.example:5000"), "once per registry, not per source")
 	require.Equal(t, 1, v.count("bad.example"))
 
+	require.Equal(t, "good.example:5000", ann[agent.AnnotationVerified])
+	require.Equal(t, "bad.example", ann[agent.AnnotationUnverified])
+
 	m := metricsText(t, e.agent)
 	require.Contains(t, m, "nodetrust_registry_verified{registry=\"bad.example\"} 0\n")
 	require.Contains(t, m, "nodetrust_registry_verified{registry=\"good.example:5000\"} 1\n")
