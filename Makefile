@@ -136,13 +136,16 @@ test-layouts: build deps
 		go test -count=1 -v -timeout 15m -run TestLayoutPulls ./...
 
 # deploy/ as shipped (through test/node/overlay) on a real kubelet: a Debian
-# root booted with systemd-nspawn runs containerd 1.6 and the kubelet; a pod
+# root booted with systemd-nspawn runs containerd (Debian's 1.6, then 2.2.4
+# from test/scripts/containerd2-build.sh) and the kubelet; a pod
 # pulling from a private-CA registry fails with x509 until its Secret is
 # labelled (test/node/README.md). Needs root. Report:
 # $NODETRUST_CACHE/node/report.txt.
 test-node: image deps
 	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh --kubelet
+	test/scripts/containerd2-build.sh
 	cd test/node && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_IMAGE_TAR=$(CURDIR)/bin/nodetrust-image.tar \
+		NODETRUST_CONTAINERD2=$$($(CURDIR)/test/scripts/containerd2-build.sh --print-bin) \
 		NODETRUST_NODE_REPORT=$${NODETRUST_NODE_REPORT:-$(NODETRUST_CACHE)/node/report.txt} \
 		go test -count=1 -v -timeout 20m ./...
 

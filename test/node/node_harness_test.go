@@ -47,6 +47,7 @@ type node struct {
 	waitErr error
 	leader  int // host PID of the node's systemd
 
+	containerd string   // binary bound over /usr/bin/containerd, or ""
 	ownCgroups []string // name=systemd and cgroup2 cgroups nspawn runs in
 	cgroupRoot string   // kubelet's cgroupRoot, below which pods run
 	bridge     string
@@ -54,6 +55,7 @@ type node struct {
 	kubeletPort int
 	Booted      time.Duration // nspawn start -> containerd socket
 	Ready       time.Duration // nspawn start -> Node Ready
+	Runtime     string        // the Node's containerRuntimeVersion
 }
 
 func randID(n int) string {
@@ -72,10 +74,12 @@ func (n *node) procRoot(p string) string {
 	return filepath.Join(fmt.Sprintf("/proc/%d/root", n.leader), p)
 }
 
-// startNode builds the node root, boots it and waits until its Node is Ready.
-func startNode(t *testing.T, c *cluster.Cluster, name string) *node {
+// startNode builds the node root, boots it and waits until its Node is
+// Ready. A containerd binary, if given, replaces the node's (bound over
+// /usr/bin/containerd).
+func startNode(t *testing.T, c *cluster.Cluster, name, containerd string) *node {
 	t.Helper()
-	n := &node{name: name, dir: t.TempDir(), id: randID(3)}
+	n := &node{name: name, dir: t.TempDir(), id: randID(3), containerd: containerd}
 	n.root = filepath.Join(n.dir, "root")
 	n.console = filepath.Join(n.dir, "console.log")
 	n.cgroupRoot = "/nodetrust-node-" + n.id
@@ -238,17 +242,21 @@ func (n *node) boot(t *testing.T) {
 	defer console.Close()
 	// The shell moves itself into the private cgroups, then becomes nspawn
 	// (with --keep-unit, nspawn puts the container below its own cgroup).
-	n.nspawn = exec.Command("sh", "-c", `for d in $NODETRUST_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 125; done; exec "$@"`,
-		"sh", "systemd-nspawn", "-D", n.root, "--register=no", "--keep-unit", "--console=pipe",
-		"--machine="+n.name,
+	args := []string{"-D", n.root, "--register=no", "--keep-unit", "--console=pipe",
+		"--machine=" + n.name,
 		// The kubelet, containerd and runc need every capability, the
 		// kubelet's OOM watcher /dev/kmsg, and the CNI bridge plugin
 		// writable /proc/sys and /sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE);
 		// runc's keyring calls pass nspawn's seccomp filter only when off.
 		"--capability=all",
-		"--bind-ro="+cluster.K8sBin("kubelet")+":/usr/local/bin/kubelet",
+		"--bind-ro=" + cluster.K8sBin("kubelet") + ":/usr/local/bin/kubelet",
 		"--bind=/dev/kmsg",
-		"-b")
+	}
+	if n.containerd != "" {
+		args = append(args, "--bind-ro="+n.containerd+":/usr/bin/containerd")
+	}
+	n.nspawn = exec.Command("sh", append([]string{"-c", `for d in $NODETRUST_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 125; done; exec systemd-nspawn "$@"`,
+		"sh"}, append(args, "-b")...)...)
 	n.nspawn.Env = append(os.Environ(),
 		"NODETRUST_CGROUPS="+strings.Join(n.ownCgroups, " "),
 		"SYSTEMD_SECCOMP=0",
@@ -301,6 +309,7 @@ func (n *node) waitReady(t *testing.T, c *cluster.Cluster) {
 			last = err.Error()
 			return false
 		}
+		n.Runtime = nd.Status.NodeInfo.ContainerRuntimeVersion
 		for _, cond := range nd.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
 				last = fmt.Sprintf("%s: %s", cond.Status, cond.Message)

@@ -15,6 +15,7 @@ import (
 // a new temporary file) when the test ends, also on failure.
 type report struct {
 	t       *testing.T
+	suffix  string // inserted before the report file's extension
 	started time.Time
 	header  []string
 	steps   []reportStep
@@ -25,8 +26,8 @@ type reportStep struct {
 	secs                 float64
 }
 
-func newReport(t *testing.T) *report {
-	r := &report{t: t, started: time.Now()}
+func newReport(t *testing.T, suffix string) *report {
+	r := &report{t: t, suffix: suffix, started: time.Now()}
 	t.Cleanup(r.write) // registered first: runs after every teardown
 	return r
 }
@@ -81,6 +82,10 @@ func (r *report) write() {
 			return
 		}
 		path = filepath.Join(dir, "report.txt")
+	}
+	if r.suffix != "" {
+		ext := filepath.Ext(path)
+		path = strings.TrimSuffix(path, ext) + r.suffix + ext
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		r.t.Errorf("report: %v", err)

@@ -386,16 +386,19 @@ func (s *story) hostTrust() string {
 	// Every Lease this node holds while the step runs.
 	var mu sync.Mutex
 	var held []string
+	events := 0
 	w, err := s.c.Admin.CoordinationV1().Leases(agentNS).Watch(s.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	defer w.Stop()
 	go func() {
 		for ev := range w.ResultChan() {
-			if l, ok := ev.Object.(*coordinationv1.Lease); ok && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == nodeName {
-				mu.Lock()
+			l, ok := ev.Object.(*coordinationv1.Lease)
+			mu.Lock()
+			events++
+			if ok && l.Spec.HolderIdentity != nil && *l.Spec.HolderIdentity == nodeName {
 				held = append(held, l.Name)
-				mu.Unlock()
 			}
+			mu.Unlock()
 		}
 	}()
 	ca := cluster.NewCA("node-test host-trust CA")
@@ -441,11 +444,15 @@ func (s *story) hostTrust() string {
 	require.Zero(t, cs.RestartCount)
 	require.True(t, cs.Ready)
 	// The Lease this node took for the restart: seen held by the watch, or
-	// (should the watch have missed it) acquired by this node within the step.
+	// (should the watch have missed the hold) taken and released within the
+	// step.
 	ls, err := s.c.Admin.CoordinationV1().Leases(agentNS).List(s.ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	for _, l := range ls.Items {
-		if a := l.Spec.AcquireTime; a != nil && !a.Time.Before(t0.Add(-time.Second)) && a.Time.Before(t0.Add(tRestart)) {
+		// A released slot has no holder and no acquireTime left; it was
+		// taken (leaseTransitions) and renewed or released since the write.
+		taken := l.Spec.LeaseTransitions != nil && *l.Spec.LeaseTransitions >= 1
+		if r := l.Spec.RenewTime; taken && r != nil && !r.Time.Before(t0.Add(-time.Second)) {
 			mu.Lock()
 			held = append(held, l.Name)
 			mu.Unlock()
@@ -453,8 +460,9 @@ func (s *story) hostTrust() string {
 	}
 	mu.Lock()
 	leases := strings.Join(uniq(held), ",")
+	seen := events
 	mu.Unlock()
-	require.NotEmpty(t, leases, "containerd restarted without this node holding a Lease (Leases: %v)", ls.Items)
+	require.NotEmpty(t, leases, "containerd restarted without this node holding a Lease (%d watch events; Leases: %v)", seen, ls.Items)
 	s.rep.note("host-trust: CA in the bundle %s, containerd restarted %s (MainPID %s -> %s), node Ready %s after the write", secs(tBundle), secs(tRestart), pid0, pid1, secs(tReady))
 	return fmt.Sprintf("bundle %s, containerd MainPID %s->%s at %s under Lease %s; app pod %s kept running (restarts 0)", secs(tBundle), pid0, pid1, secs(tRestart), leases, app.Name)
 }

@@ -56,10 +56,37 @@ func (s *story) agentImageTar() string {
 	return packImage(s.t, s.imgs, cluster.AgentBinary(s.t), agentImage)
 }
 
-// TestNodeStory is issue 12's story on one real node, timed into a report.
+// TestNodeStory is issue 12's story on one real node with Debian's
+// containerd 1.6, timed into a report.
 func TestNodeStory(t *testing.T) {
 	skipUnlessNode(t)
-	s := &story{t: t, rep: newReport(t), ctx: context.Background(), imgs: t.TempDir()}
+	runStory(t, storyOptions{runtime: "containerd 1.6", runtimeVersion: "containerd://1.6.", full: true})
+}
+
+// TestNodeStoryContainerd2 is the story's pull, host-trust and uninstall
+// steps with containerd 2.2.4 (test/scripts/containerd2-build.sh) in the
+// node in place of Debian's containerd; the shim and runc stay Debian's.
+func TestNodeStoryContainerd2(t *testing.T) {
+	skipUnlessNode(t)
+	bin := os.Getenv("NODETRUST_CONTAINERD2")
+	if bin == "" {
+		t.Skip("NODETRUST_CONTAINERD2 unset (make test-node sets it from test/scripts/containerd2-build.sh)")
+	}
+	runStory(t, storyOptions{runtime: "containerd 2.2.4", runtimeVersion: "containerd://2.2.", containerd: bin, reportSuffix: "-containerd2"})
+}
+
+// storyOptions choose the node's runtime and how much of the story runs.
+type storyOptions struct {
+	runtime        string // for step names
+	runtimeVersion string // prefix of the Node's containerRuntimeVersion
+	containerd     string // binary bound over the node's /usr/bin/containerd ("": Debian's)
+	full           bool   // also agent pod restart and memory
+	reportSuffix   string // inserted before the report file's extension
+}
+
+func runStory(t *testing.T, o storyOptions) {
+	s := &story{t: t, rep: newReport(t, o.reportSuffix), ctx: context.Background(), imgs: t.TempDir()}
+	s.rep.note("node runtime: %s", o.runtime)
 	var pauseBin string
 	s.rep.step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
 		s.c = startControlPlane(t)
@@ -71,12 +98,14 @@ func TestNodeStory(t *testing.T) {
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})
-	s.rep.step("node: nspawn-booted Debian root, systemd, containerd 1.6, kubelet", func() string {
-		s.n = startNode(t, s.c, nodeName)
-		return fmt.Sprintf("containerd up %s after nspawn, Node Ready %s", secs(s.n.Booted), secs(s.n.Ready))
+	s.rep.step("node: nspawn-booted Debian root, systemd, "+o.runtime+", kubelet", func() string {
+		s.n = startNode(t, s.c, nodeName, o.containerd)
+		require.True(t, strings.HasPrefix(s.n.Runtime, o.runtimeVersion), "the Node runs %s, not %s", s.n.Runtime, o.runtimeVersion)
+		return fmt.Sprintf("%s up %s after nspawn, Node Ready %s", s.n.Runtime, secs(s.n.Booted), secs(s.n.Ready))
 	})
+	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
 	s.rep.step("import the pause and agent images into the node's containerd", func() string {
-		s.n.importImage(t, filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar"), pauseImage)
+		s.n.importImage(t, pauseTar, pauseImage)
 		s.n.importImage(t, s.agentImageTar(), agentImage)
 		return pauseImage + ", " + agentImage
 	})
@@ -87,14 +116,15 @@ func TestNodeStory(t *testing.T) {
 	})
 	s.rep.step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
 	s.rep.step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
-		pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
 		return s.untrustedPull(pauseTar)
 	})
 	s.rep.step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
 	s.rep.step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
 	s.rep.step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
-	s.rep.step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
-	s.rep.step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
+	if o.full {
+		s.rep.step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
+		s.rep.step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
+	}
 	s.rep.step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
 		return s.uninstall(pristine)
 	})
