@@ -63,8 +63,8 @@ func lockRuns() (func(), error) {
 }
 
 // sweepLeftNodes SIGKILLs the init of every nspawn container whose root is
-// a test/node root (a temporary TestNode*/…/root directory): with the lock
-// held, no live run owns one.
+// a test/node root (a temporary TestNode*/…/root directory with the kubelet
+// unit): with the lock held, no live run owns one.
 func sweepLeftNodes() {
 	procs, _ := filepath.Glob("/proc/[0-9]*/environ")
 	for _, env := range procs {
@@ -75,6 +75,11 @@ func sweepLeftNodes() {
 		dir := filepath.Dir(env)
 		root := mountRoot(filepath.Join(dir, "mountinfo"))
 		if !strings.HasPrefix(root, os.TempDir()+"/TestNode") || !strings.HasSuffix(root, "/root") {
+			continue
+		}
+		// test/node's roots, and only they, have the kubelet unit written
+		// by configure.
+		if _, err := os.Stat(filepath.Join(root, "etc/systemd/system/kubelet.service")); err != nil {
 			continue
 		}
 		var pid int
