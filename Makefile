@@ -8,7 +8,7 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults bench-cluster e2e test-layouts test-real ci clean
+.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults test-chart bench-cluster e2e test-layouts test-real ci clean
 
 all: build
 
@@ -55,6 +55,7 @@ vet:
 	cd test/e2e && go vet ./...
 	cd test/lease && go vet ./...
 	cd test/faults && go vet ./...
+	cd tools/chart && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -115,6 +116,15 @@ test-check: build deps
 	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh
 	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
 		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
+
+# The Helm chart (deploy/chart/nodetrust) rendered and linted with Helm's Go
+# library and compared object by object with deploy/; its values schema; the
+# alert rules parsed and run with Prometheus's Go module; with the cached
+# kube-apiserver (test/scripts/k8s-build.sh) also installed, upgraded and
+# uninstalled for real and the Own-Node admission policy proven
+# (tools/chart/README.md). Skips the real part when the binaries are missing.
+test-chart: build
+	cd tools/chart && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 5m ./...
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults
 
