@@ -323,3 +323,20 @@ func readAlertsFile(t *testing.T) map[string]any {
 	require.NoError(t, err)
 	return v
 }
+
+// TestMonitoringExamples: examples/monitoring holds the chart's PodMonitor
+// and PrometheusRule specs, for clusters installed from deploy/.
+func TestMonitoringExamples(t *testing.T) {
+	objs := render(t, loadChart(t), map[string]any{"metrics": map[string]any{
+		"podMonitor": map[string]any{"enabled": true}, "prometheusRule": map[string]any{"enabled": true},
+	}})
+	for _, name := range []string{"prometheusrule.yaml", "podmonitor.yaml"} {
+		b, err := os.ReadFile(filepath.Join(RepoRoot(), "examples", "monitoring", name))
+		require.NoError(t, err)
+		ex, err := parse(string(b))
+		require.NoError(t, err)
+		chartObj := find(objs, ex.Key())
+		require.NotNil(t, chartObj, ex.Key())
+		require.Equal(t, Object(chartObj["spec"].(map[string]any)).YAML(), Object(ex["spec"].(map[string]any)).YAML(), name)
+	}
+}
