@@ -32,7 +32,7 @@ type agentFlags struct {
 	kubeconfig, nodeName, namespaces, hostRoot, healthAddr, sourceDir, nodeLabels, logLevel string
 	restart, restartUnits, systemdAddress                                                   string
 	maxRestarts                                                                             int
-	containerdConfig                                                                        string
+	containerdConfig, startupTaint                                                          string
 	manageContainerdConfig, uninstall, verify                                               bool
 	resync, verifyInterval                                                                  time.Duration
 }
@@ -45,7 +45,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name")
 	fl.StringVar(&f.namespaces, "namespaces", "", "comma-separated namespaces to read sources from (default: the pod's own, from $POD_NAMESPACE)")
 	fl.StringVar(&f.hostRoot, "host-root", "/host", "root of the host filesystem")
-	fl.StringVar(&f.healthAddr, "health-addr", ":8080", "address serving /healthz, /readyz and /metrics")
+	fl.StringVar(&f.healthAddr, "health-addr", ":9713", "address serving /healthz, /readyz and /metrics (on the node's network with the DaemonSet's hostNetwork: a port nothing common uses)")
 	fl.DurationVar(&f.resync, "resync", 5*time.Minute, "period of a full sync without events")
 	fl.StringVar(&f.sourceDir, "source-dir", "", "read sources from this manifest directory instead of the API")
 	fl.StringVar(&f.nodeLabels, "node-labels", "", "with --source-dir: this node's labels (k=v,...) for node selectors")
@@ -53,6 +53,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.restart, "restart", "auto", "auto: restart container runtimes after an OS trust store change; never: report \"restart pending\" instead")
 	fl.IntVar(&f.maxRestarts, "max-concurrent-restarts", 1, "at most this many nodes restart their runtimes at once (coordination.k8s.io Leases)")
 	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(agent.DefaultRestartUnits, ","), "systemd units restarted, those loaded on the node")
+	fl.StringVar(&f.startupTaint, "startup-taint", "", "a taint key (such as nodetrust.io/agent-not-ready) removed from the Node after the first complete sync, so pods land on a new node only once its CAs are in place; register the node with it (kubelet --register-with-taints, Karpenter startupTaints)")
 	fl.StringVar(&f.containerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
 	fl.BoolVar(&f.uninstall, "uninstall", false, "remove everything nodetrust wrote on the node and its Node annotations, then stay ready until stopped")
@@ -108,7 +109,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 
 // agentOptions builds the agent's inputs: a manifest directory, or the API.
 func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
-	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig, ContainerdConfig: f.containerdConfig}
+	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig, ContainerdConfig: f.containerdConfig, StartupTaint: f.startupTaint}
 	if f.sourceDir != "" {
 		var nodeLabels labels.Set
 		if f.nodeLabels != "" {

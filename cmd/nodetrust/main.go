@@ -43,6 +43,7 @@ commands:
   agent    [--kubeconfig K] [--node-name N] [--namespaces NS,...] [--host-root /host]
            [--manage-containerd-config] [--containerd-config PATH]
            [--restart auto|never] [--max-concurrent-restarts N] [--verify] [--verify-interval 10m]
+           [--startup-taint KEY]
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped

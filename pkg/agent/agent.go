@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -87,6 +88,10 @@ type Options struct {
 	ManageContainerdConfig bool
 	// ContainerdConfig: see node.Options.
 	ContainerdConfig string
+	// StartupTaint is a taint key removed from the Node after the first
+	// complete sync (the Publisher must be a TaintRemover), so pods land on
+	// a new node only once its CAs are in place.
+	StartupTaint string
 	// Verifier checks each registry of the applied sources after every
 	// change and every VerifyInterval (default DefaultVerifyInterval); a
 	// registry that does not verify degrades the node. nil: no verification.
@@ -106,6 +111,7 @@ type Agent struct {
 	ready           atomic.Bool
 	metrics         *Metrics
 	writers         writers
+	untainted       bool // the startup taint is off the Node
 	verified        verified
 }
 
@@ -143,7 +149,10 @@ func (a *Agent) Metrics() *Metrics { return a.metrics }
 // Run waits for the inputs, then syncs on every trigger until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("waiting for inputs to be complete")
-	if err := a.opts.Inputs.Wait(ctx, a.Trigger); err != nil {
+	stop := a.logWaiting()
+	err := a.opts.Inputs.Wait(ctx, a.Trigger)
+	stop()
+	if err != nil {
 		return fmt.Errorf("wait for inputs: %w", err)
 	}
 	var drift *driftWatch
@@ -238,6 +247,7 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")
 	}
+	a.metrics.synced(rep, applied, time.Now())
 	published := true
 	if a.opts.Publisher != nil {
 		pub, err := a.opts.Publisher.Publish(ctx, st, rep)
@@ -247,7 +257,9 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 		}
 		a.metrics.published(pub)
 	}
-	a.metrics.synced(rep, applied, time.Now())
+	if applied && !a.removeStartupTaint(ctx) {
+		published = false // retried like a failed publish
+	}
 	a.logWarnings(rep)
 	a.log.Info("sync", "state", st.State, "applied", st.Applied, "sources", st.Sources,
 		"written", len(rep.Written), "removed", len(rep.Removed), "failed", len(rep.Failed),
@@ -327,4 +339,66 @@ func (a *Agent) nodeOptions(nodeLabels labels.Set) node.Options {
 		}
 	}
 	return opts
+}
+
+// TaintRemover removes a taint from the agent's Node; Cluster implements it.
+type TaintRemover interface {
+	RemoveTaint(ctx context.Context, key string) (bool, error)
+}
+
+// removeStartupTaint removes Options.StartupTaint once; it reports false
+// when that must be tried again.
+func (a *Agent) removeStartupTaint(ctx context.Context) bool {
+	if a.opts.StartupTaint == "" || a.untainted {
+		return true
+	}
+	r, ok := a.opts.Publisher.(TaintRemover)
+	if !ok {
+		return true
+	}
+	done, err := r.RemoveTaint(ctx, a.opts.StartupTaint)
+	if err != nil {
+		a.log.Warn("remove the startup taint", "taint", a.opts.StartupTaint, "err", err)
+		return false
+	}
+	if done {
+		a.untainted = true
+		a.log.Info("startup taint removed: the node takes pods", "taint", a.opts.StartupTaint)
+	}
+	return done
+}
+
+// waiter is an Inputs that can say why Wait has not returned yet (Cluster:
+// the API server cannot be reached or refuses the agent).
+type waiter interface{ Waiting() string }
+
+// waitLogEvery is how often a Wait that does not return is logged.
+var waitLogEvery = 30 * time.Second
+
+// logWaiting logs, at warning level, after 5 s and then every waitLogEvery,
+// why the inputs are not complete yet, until the returned stop is called: an
+// agent that cannot reach the API server says so, instead of nothing while
+// its readiness probe fails.
+func (a *Agent) logWaiting() (stop func()) {
+	w, ok := a.opts.Inputs.(waiter)
+	if !ok {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTimer(min(5*time.Second, waitLogEvery))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				if msg := w.Waiting(); msg != "" {
+					a.log.Warn("not ready: " + msg)
+				}
+				t.Reset(waitLogEvery)
+			}
+		}
+	}()
+	return sync.OnceFunc(func() { close(done) })
 }

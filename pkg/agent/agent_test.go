@@ -191,6 +191,7 @@ func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	require.Equal(t, "uid-bad", string(ev.InvolvedObject.UID))
 
 	// More syncs (a Node label change triggers one): no second Event, no patch.
+	e.eventually(func() bool { return e.condition() != nil }, "the condition is published too")
 	patches := e.actions("patch", "nodes")
 	syncs := metricValue(t, e.agent, "nodetrust_syncs_total")
 	n := testNode(map[string]string{"x": "y"})
@@ -358,8 +359,8 @@ func (f fakeAPI) ListWatch(resource, namespace string, tweak func(*metav1.ListOp
 	}
 }
 
-func (f fakeAPI) PatchNode(ctx context.Context, name string, patch []byte) error {
-	_, err := f.c.CoreV1().Nodes().Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{})
+func (f fakeAPI) PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error {
+	_, err := f.c.CoreV1().Nodes().Patch(ctx, name, pt, patch, metav1.PatchOptions{}, subresources...)
 	return err
 }
 

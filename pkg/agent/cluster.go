@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"maps"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -15,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
@@ -42,7 +44,7 @@ const EventReason = "Rejected"
 // implements it.
 type API interface {
 	ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher
-	PatchNode(ctx context.Context, name string, patch []byte) error
+	PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error
 	CreateEvent(ctx context.Context, ev *corev1.Event) error
 }
 
@@ -61,7 +63,14 @@ type Cluster struct {
 
 	objects     map[source.ID]corev1.ObjectReference // of the last Collect, for Events
 	lastPatched Status
+	lastCond    corev1.NodeCondition // last NodeTrustReady patched
 	emitted     map[source.ID]string // rejection reason already reported
+
+	// While Wait blocks: when it started and the informers' last error.
+	waitMu    sync.Mutex
+	waitSince time.Time
+	waitErr   error
+	synced    bool
 }
 
 // NewCluster watches labelled sources in namespaces and the Node nodeName.
@@ -81,12 +90,18 @@ func (c *Cluster) informer(resource, namespace string, obj runtime.Object, tweak
 	if _, err := inf.AddEventHandler(handler); err != nil {
 		return nil, err
 	}
+	if err := inf.SetWatchErrorHandler(func(_ *cache.Reflector, err error) { c.setWaitErr(err) }); err != nil {
+		return nil, err
+	}
 	c.informers = append(c.informers, inf)
 	return inf, nil
 }
 
 // Wait starts the informers and blocks until their caches are synced.
 func (c *Cluster) Wait(ctx context.Context, notify func()) error {
+	c.waitMu.Lock()
+	c.waitSince = c.now()
+	c.waitMu.Unlock()
 	onChange := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { notify() },
 		UpdateFunc: func(any, any) { notify() },
@@ -130,7 +145,31 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
 		return fmt.Errorf("caches did not sync: %w", ctx.Err())
 	}
+	c.waitMu.Lock()
+	c.synced = true
+	c.waitMu.Unlock()
 	return nil
+}
+
+func (c *Cluster) setWaitErr(err error) {
+	c.waitMu.Lock()
+	c.waitErr = err
+	c.waitMu.Unlock()
+}
+
+// Waiting says, while Wait has not returned, for how long the agent has been
+// waiting for the API server and its last error; "" once the caches synced.
+func (c *Cluster) Waiting() string {
+	c.waitMu.Lock()
+	defer c.waitMu.Unlock()
+	if c.synced || c.waitSince.IsZero() {
+		return ""
+	}
+	msg := fmt.Sprintf("waiting for the API server for %s", c.now().Sub(c.waitSince).Round(time.Second))
+	if c.waitErr != nil {
+		msg += ": " + c.waitErr.Error()
+	}
+	return msg
 }
 
 // stripNonCertData keeps only certificate keys of cached sources, so the
@@ -236,9 +275,107 @@ func (c *Cluster) Publish(ctx context.Context, st Status, rep node.Report) (Publ
 	patched, err := c.patchNode(ctx, st)
 	pub.Patched = patched
 	if err == nil {
+		pub.Patched, err = c.patchCondition(ctx, st)
+		pub.Patched = pub.Patched || patched
+	}
+	if err == nil {
 		err = evErr
 	}
 	return pub, err
+}
+
+// ConditionType is the Node condition nodetrust sets (SPEC §4).
+const ConditionType corev1.NodeConditionType = "NodeTrustReady"
+
+// Condition reasons, by state.
+const (
+	ReasonApplied        = "Applied"
+	ReasonDegraded       = "Degraded"
+	ReasonRestartPending = "RestartPending"
+)
+
+// condition is the NodeTrustReady condition for st, without times.
+func condition(st Status) corev1.NodeCondition {
+	c := corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionFalse, Message: st.Message}
+	switch st.State {
+	case StateReady:
+		c.Status, c.Reason = corev1.ConditionTrue, ReasonApplied
+		c.Message = fmt.Sprintf("%d sources applied (state %s)", st.Sources, st.Applied)
+	case StatePending:
+		c.Reason = ReasonRestartPending
+	default:
+		c.Reason = ReasonDegraded
+	}
+	return c
+}
+
+// patchCondition sets the NodeTrustReady condition through nodes/status when
+// its status, reason or message changed; the transition time moves only with
+// the status.
+func (c *Cluster) patchCondition(ctx context.Context, st Status) (bool, error) {
+	want := condition(st)
+	same := func(a corev1.NodeCondition) bool {
+		return a.Status == want.Status && a.Reason == want.Reason && a.Message == want.Message
+	}
+	if c.lastCond.Type != "" && same(c.lastCond) {
+		return false, nil
+	}
+	now := metav1.NewTime(c.now().UTC().Truncate(time.Second))
+	want.LastHeartbeatTime, want.LastTransitionTime = now, now
+	if n, err := c.nodes.Get(c.nodeName); err == nil {
+		for _, have := range n.Status.Conditions {
+			if have.Type != ConditionType {
+				continue
+			}
+			if same(have) {
+				c.lastCond = have
+				return false, nil
+			}
+			if have.Status == want.Status {
+				want.LastTransitionTime = have.LastTransitionTime
+			}
+		}
+	}
+	data, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
+	if err != nil {
+		return false, err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, data, "status"); err != nil {
+		return false, fmt.Errorf("patch node %s status: %w", c.nodeName, err)
+	}
+	c.lastCond = want
+	return true, nil
+}
+
+// RemoveTaint removes every taint with key from the Node (the startup
+// taint a kubelet or provisioner registers it with). It reports whether the
+// Node is free of it; a concurrent change of the taints fails the patch's
+// test and is retried on the next sync.
+func (c *Cluster) RemoveTaint(ctx context.Context, key string) (bool, error) {
+	n, err := c.nodes.Get(c.nodeName)
+	if err != nil {
+		return false, fmt.Errorf("node %s: %w", c.nodeName, err)
+	}
+	kept := make([]corev1.Taint, 0, len(n.Spec.Taints))
+	for _, t := range n.Spec.Taints {
+		if t.Key != key {
+			kept = append(kept, t)
+		}
+	}
+	if len(kept) == len(n.Spec.Taints) {
+		return true, nil
+	}
+	patch, err := json.Marshal([]map[string]any{
+		{"op": "test", "path": "/spec/taints", "value": n.Spec.Taints},
+		{"op": "replace", "path": "/spec/taints", "value": kept},
+	})
+	if err != nil {
+		return false, err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, types.JSONPatchType, patch); err != nil {
+		return false, fmt.Errorf("remove taint %s from node %s: %w", key, c.nodeName, err)
+	}
+	return true, nil
 }
 
 func annotations(st Status) map[string]string {
@@ -265,7 +402,7 @@ func (c *Cluster) patchNode(ctx context.Context, st Status) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := c.api.PatchNode(ctx, c.nodeName, data); err != nil {
+	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
 		return false, fmt.Errorf("patch node %s: %w", c.nodeName, err)
 	}
 	c.lastPatched = st

@@ -183,6 +183,11 @@ func TestDirFreshFileWaits(t *testing.T) {
 	}()
 	set, _ = d.Collect()
 	require.False(t, set.Complete())
-	require.Contains(t, set.Errors[0].Error(), path+": written ")
-	require.Contains(t, set.Errors[0].Error(), "ago, maybe still being written: read again once it has been quiet for 100ms")
+	// Depending on when the touch lands, the file is too young when looked
+	// at, or changes while it is read: both are a write in progress.
+	msg := set.Errors[0].Error()
+	if !strings.Contains(msg, path+": changed while it was read (a write in progress)") {
+		require.Contains(t, msg, path+": written ")
+		require.Contains(t, msg, "ago, maybe still being written: read again once it has been quiet for 100ms")
+	}
 }

@@ -164,7 +164,11 @@ func (a *Agent) Handler() http.Handler {
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !a.Ready() {
-			http.Error(w, "no completed sync yet", http.StatusServiceUnavailable)
+			msg := "no completed sync yet"
+			if wt, ok := a.opts.Inputs.(waiter); ok && wt.Waiting() != "" {
+				msg += ": " + wt.Waiting()
+			}
+			http.Error(w, msg, http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ok")

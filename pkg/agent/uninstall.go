@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"time"
 
+	"k8s.io/apimachinery/pkg/types"
+
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
@@ -80,7 +82,8 @@ func (a *Agent) uninstall(ctx context.Context) error {
 	return nil
 }
 
-// Unpublish removes nodetrust's annotations from the Node.
+// Unpublish removes nodetrust's annotations and its NodeTrustReady
+// condition from the Node.
 func (c *Cluster) Unpublish(ctx context.Context) error {
 	gone := map[string]any{}
 	for k := range withSyncedAt(annotations(Status{}), time.Time{}) {
@@ -90,8 +93,15 @@ func (c *Cluster) Unpublish(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := c.api.PatchNode(ctx, c.nodeName, data); err != nil {
+	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
 		return fmt.Errorf("remove annotations of node %s: %w", c.nodeName, err)
+	}
+	cond, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []map[string]any{{"type": ConditionType, "$patch": "delete"}}}})
+	if err != nil {
+		return err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, cond, "status"); err != nil {
+		return fmt.Errorf("remove the %s condition of node %s: %w", ConditionType, c.nodeName, err)
 	}
 	return nil
 }

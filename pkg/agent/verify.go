@@ -68,6 +68,9 @@ func registriesOf(rep node.Report) []string {
 // written or removed, or the interval elapsed; otherwise the last results
 // stand. It returns the results that apply to rep.
 func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Verification {
+	if !rep.Runtimes {
+		return nil // no container runtime here: no pull to verify
+	}
 	v := &a.verified
 	changed := rep.Hash != v.hash || len(rep.Written)+len(rep.Removed) > 0
 	if !changed && !v.due && !v.at.IsZero() {

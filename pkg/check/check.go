@@ -183,6 +183,9 @@ func containerdCheck(root *hostfs.Root, fsys rootFS, reg string, reading contain
 	} else {
 		dir = containerdHostsDir(root, reading, reg)
 	}
+	if reading.Warning != "" {
+		rt.Warnings = append(rt.Warnings, reading.Warning)
+	}
 	res, err := containerd.ResolveHosts(fsys, dir, reg)
 	rt.Dir, rt.From = hostPath(res.Dir), res.From
 	rt.Warnings = append(rt.Warnings, res.Warnings...)

@@ -132,9 +132,10 @@ func (c *Client) ListNodes(ctx context.Context, selector string) ([]corev1.Node,
 	return list.Items, nil
 }
 
-// PatchNode applies a JSON merge patch to a Node.
-func (c *Client) PatchNode(ctx context.Context, name string, patch []byte) error {
-	return c.rest.Patch(types.MergePatchType).Resource("nodes").Name(name).Body(patch).Do(ctx).Error()
+// PatchNode applies a patch of type pt to a Node, or to its subresource
+// ("status").
+func (c *Client) PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error {
+	return c.rest.Patch(pt).Resource("nodes").Name(name).SubResource(subresources...).Body(patch).Do(ctx).Error()
 }
 
 // CreateEvent creates an Event in its namespace.

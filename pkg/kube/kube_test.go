@@ -12,6 +12,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/rest"
 )
 
@@ -50,12 +51,17 @@ func TestListWatchList(t *testing.T) {
 
 func TestPatchNode(t *testing.T) {
 	c, seen := server(t, 200, corev1.Node{TypeMeta: metav1.TypeMeta{Kind: "Node", APIVersion: "v1"}})
-	require.NoError(t, c.PatchNode(context.Background(), "n1", []byte(`{"metadata":{"annotations":{"a":"b"}}}`)))
+	require.NoError(t, c.PatchNode(context.Background(), "n1", types.MergePatchType, []byte(`{"metadata":{"annotations":{"a":"b"}}}`)))
 	r := (*seen)[0]
 	require.Equal(t, "PATCH", r.method)
 	require.Equal(t, "/api/v1/nodes/n1", r.path)
 	require.Equal(t, "application/merge-patch+json", r.contentType)
 	require.JSONEq(t, `{"metadata":{"annotations":{"a":"b"}}}`, r.body)
+
+	require.NoError(t, c.PatchNode(context.Background(), "n1", types.StrategicMergePatchType, []byte(`{"status":{}}`), "status"))
+	r = (*seen)[1]
+	require.Equal(t, "/api/v1/nodes/n1/status", r.path)
+	require.Equal(t, "application/strategic-merge-patch+json", r.contentType)
 }
 
 func TestCreateEventAlreadyExists(t *testing.T) {

@@ -246,6 +246,10 @@ func ContainerdLookup(root *hostfs.Root, version, config string) (r containerd.R
 	}
 	r = c.reading
 	switch {
+	case c.missingConfig() && !c.version.Known:
+		// As Sync: no config to judge, so what nodetrust writes is assumed read.
+		r.Problem, r.Transfer, r.Roots = "", false, []string{r.Dir}
+		r.Warning = fmt.Sprintf("no %s: assumed containerd reads %s (its 1.x defaults read no hosts.toml; give the version to judge it)", c.layout.Config, r.Dir)
 	case c.layoutE != nil:
 		r.Problem = c.layoutE.Error()
 	case c.readErr != nil && !c.missingConfig():

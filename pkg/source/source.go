@@ -198,6 +198,9 @@ func warnings(src Source, now time.Time) []string {
 		if p := certs.ValidityProblem(c, now); p != "" {
 			out = append(out, p)
 		}
+		if !c.IsCA {
+			out = append(out, fmt.Sprintf("certificate %q is not a CA (no basicConstraints CA:TRUE): trusted as it is, it verifies only a registry that serves exactly this certificate, and breaks at its renewal; label the CA that issued it instead", c.Subject.String()))
+		}
 		for _, r := range src.Registries {
 			if certs.ServingCertMismatch(c, r.Hostname()) {
 				out = append(out, fmt.Sprintf("self-signed certificate %q does not list %s in its subjectAltNames; Go-based runtimes ignore the Common Name, so pulls from %s will still fail with an x509 error", c.Subject.String(), r.Hostname(), r))

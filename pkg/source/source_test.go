@@ -110,6 +110,8 @@ func TestRejections(t *testing.T) {
 func TestWarnings(t *testing.T) {
 	expired := certstest.Issue(t, certstest.Template{CommonName: "old", IsCA: true, NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}, nil)
 	cnOnly := certstest.Issue(t, certstest.Template{CommonName: "registry.example", IsCA: true}, nil)
+	ca := certstest.NewCA(t, "Registry CA")
+	leaf := certstest.Issue(t, certstest.Template{CommonName: "registry.example", DNSNames: []string{"registry.example"}}, &ca)
 	tests := map[string]struct {
 		ann  map[string]string
 		pem  []byte
@@ -119,6 +121,8 @@ func TestWarnings(t *testing.T) {
 		"CN-only serving cert": {map[string]string{source.AnnotationRegistries: "registry.example:5000"}, cnOnly.CertPEM(),
 			[]string{"does not list registry.example in its subjectAltNames; Go-based runtimes ignore the Common Name"}},
 		"nothing to install": {nil, certstest.NewCA(t, "x").CertPEM(), []string{"nothing to install"}},
+		"a leaf labelled as the CA": {map[string]string{source.AnnotationRegistries: "registry.example"}, leaf.CertPEM(),
+			[]string{`certificate "CN=registry.example" is not a CA (no basicConstraints CA:TRUE)`}},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,6 +72,13 @@ func TestAPIServerDown(t *testing.T) {
 	}
 	if len(readyB) == 0 {
 		t.Errorf("agent started during the outage never answered /readyz")
+	}
+	// It says why, in /readyz and loudly in its log, instead of nothing.
+	if _, body, _ := b.agent.Get("/readyz"); !strings.Contains(body, "waiting for the API server for ") {
+		t.Errorf("agent started during the outage: /readyz body %q, want it to say it waits for the API server", body)
+	}
+	if log := b.agent.Log(); !strings.Contains(log, `"level":"WARN","msg":"not ready: waiting for the API server for `) {
+		t.Errorf("agent started during the outage logged no warning about the API server:\n%s", log)
 	}
 	if code, _, _ := a.agent.Get("/readyz"); true {
 		t.Logf("running agent /readyz during the outage: %d", code)

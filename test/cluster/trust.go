@@ -344,6 +344,9 @@ func Snapshot(root string) (map[string]FileInfo, error) {
 			return err
 		}
 		rel, _ := filepath.Rel(root, p)
+		if rel == lockFile {
+			return nil // names its holder: it changes with each process that takes it
+		}
 		fi := FileInfo{Mode: info.Mode(), Size: info.Size(), ModTime: info.ModTime()}
 		if st, ok := info.Sys().(*syscall.Stat_t); ok {
 			fi.Ino = st.Ino
@@ -351,8 +354,25 @@ func Snapshot(root string) (map[string]FileInfo, error) {
 		out[rel] = fi
 		return nil
 	})
+	// The lock's directory, while it holds nothing else, exists only while
+	// some nodetrust holds the lock.
+	alone := true
+	for k := range out {
+		if strings.HasPrefix(k, lockDir+"/") {
+			alone = false
+		}
+	}
+	if alone {
+		delete(out, lockDir)
+	}
 	return out, err
 }
+
+// The host root's lock (SPEC §5), relative to the root.
+const (
+	lockDir  = "var/lib/nodetrust"
+	lockFile = lockDir + "/lock"
+)
 
 // DiffSnapshots lists every difference between two snapshots.
 func DiffSnapshots(a, b map[string]FileInfo) []string {

@@ -134,8 +134,8 @@ func TestDeployRBAC(t *testing.T) {
 	cr := only[*rbacv1.ClusterRole](t, r)
 	for _, rule := range cr.Rules {
 		for _, res := range rule.Resources {
-			if res != "nodes" {
-				t.Errorf("ClusterRole grants %q cluster-wide (rule %+v); only nodes may be", res, rule)
+			if res != "nodes" && res != "nodes/status" {
+				t.Errorf("ClusterRole grants %q cluster-wide (rule %+v); only nodes (and nodes/status) may be", res, rule)
 			}
 		}
 		if slices.Contains(rule.Verbs, "*") || slices.Contains(rule.APIGroups, "*") || len(rule.NonResourceURLs) > 0 {
@@ -144,6 +144,9 @@ func TestDeployRBAC(t *testing.T) {
 	}
 	if !allows(cr.Rules, "", "nodes", "get", "list", "watch", "patch") {
 		t.Errorf("ClusterRole must allow get/list/watch/patch on nodes: %+v", cr.Rules)
+	}
+	if !allows(cr.Rules, "", "nodes/status", "patch") || allows(cr.Rules, "", "nodes/status", "update") {
+		t.Errorf("ClusterRole must allow patch, and only patch, on nodes/status (the NodeTrustReady condition): %+v", cr.Rules)
 	}
 	if allows(cr.Rules, "", "nodes", "update") || allows(cr.Rules, "", "nodes", "delete") {
 		t.Errorf("ClusterRole allows more than patch on nodes: %+v", cr.Rules)
@@ -224,8 +227,11 @@ func TestDeployDaemonSet(t *testing.T) {
 	if pod.AutomountServiceAccountToken == nil || !*pod.AutomountServiceAccountToken {
 		t.Error("automountServiceAccountToken must be true (in-cluster config)")
 	}
-	if pod.HostNetwork || pod.HostPID || pod.HostIPC {
-		t.Error("no host network, PID or IPC namespace")
+	if !pod.HostNetwork || pod.DNSPolicy != corev1.DNSClusterFirstWithHostNet {
+		t.Errorf("hostNetwork with dnsPolicy ClusterFirstWithHostNet: the agent starts before any CNI (hostNetwork %v, dnsPolicy %q)", pod.HostNetwork, pod.DNSPolicy)
+	}
+	if pod.HostPID || pod.HostIPC {
+		t.Error("no host PID or IPC namespace")
 	}
 	if pod.PriorityClassName != "system-node-critical" {
 		t.Errorf("priorityClassName %q", pod.PriorityClassName)
@@ -309,8 +315,8 @@ func TestDeployDaemonSet(t *testing.T) {
 			healthPort = p.ContainerPort
 		}
 	}
-	if healthPort != 8080 {
-		t.Errorf("port named health must be 8080 (--health-addr default): %+v", c.Ports)
+	if healthPort != 9713 {
+		t.Errorf("port named health must be 9713 (--health-addr default): %+v", c.Ports)
 	}
 	checkProbe(t, "readiness", c.ReadinessProbe, "/readyz")
 	checkProbe(t, "liveness", c.LivenessProbe, "/healthz")
@@ -464,6 +470,7 @@ func TestDeployFlagOverlays(t *testing.T) {
 	for dir, args := range map[string][]string{
 		"manage-containerd-config": {"agent", "--manage-containerd-config"},
 		"uninstall":                {"agent", "--uninstall"},
+		"startup-taint":            {"agent", "--startup-taint", "nodetrust.io/agent-not-ready"},
 	} {
 		r := renderDir(t, filesys.MakeFsOnDisk(), filepath.Join("../../examples/deploy", dir))
 		ds := only[*appsv1.DaemonSet](t, r)
