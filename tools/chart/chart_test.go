@@ -97,7 +97,7 @@ func TestLint(t *testing.T) {
 		"defaults": nil,
 		"everything": {
 			"watchNamespaces": []any{"team-a", "team-b"},
-			"startupTaint":    "nodetrust.io/not-ready:NoSchedule",
+			"startupTaint":    "nodetrust.io/agent-not-ready",
 			"metrics": map[string]any{
 				"podMonitor":     map[string]any{"enabled": true},
 				"serviceMonitor": map[string]any{"enabled": true},
@@ -132,7 +132,7 @@ func TestSchemaRejects(t *testing.T) {
 		"restart value":     {map[string]any{"restart": "always"}, "restart"},
 		"restarts zero":     {map[string]any{"maxConcurrentRestarts": 0}, "maxConcurrentRestarts"},
 		"verify string":     {map[string]any{"verify": "yes"}, "verify"},
-		"taint effect":      {map[string]any{"startupTaint": "nodetrust.io/not-ready:Never"}, "startupTaint"},
+		"taint with effect": {map[string]any{"startupTaint": "nodetrust.io/agent-not-ready:NoSchedule"}, "startupTaint"},
 		"extra arg no dash": {map[string]any{"extraArgs": []any{"resync=1m"}}, "extraArgs"},
 		"bad namespace":     {map[string]any{"watchNamespaces": []any{"Team_A"}}, "watchNamespaces"},
 	} {
@@ -142,7 +142,7 @@ func TestSchemaRejects(t *testing.T) {
 			require.Contains(t, err.Error(), tc.want)
 		})
 	}
-	_, _, err := Render(c, map[string]any{"startupTaint": "nodetrust.io/not-ready=1:NoExecute", "extraArgs": []any{"--resync=1m"}}, ReleaseNamespace)
+	_, _, err := Render(c, map[string]any{"startupTaint": "nodetrust.io/agent-not-ready", "extraArgs": []any{"--resync=1m"}}, ReleaseNamespace)
 	require.NoError(t, err, "valid values")
 }
 
@@ -170,12 +170,12 @@ func TestValues(t *testing.T) {
 	}{
 		"agent flags": {
 			map[string]any{"restart": "never", "maxConcurrentRestarts": 3, "manageContainerdConfig": true,
-				"startupTaint": "nodetrust.io/not-ready:NoSchedule", "verify": false, "extraArgs": []any{"--resync=1m"}},
+				"startupTaint": "nodetrust.io/agent-not-ready", "verify": false, "extraArgs": []any{"--resync=1m"}},
 			func(t *testing.T, objs []Object) {
 				require.Equal(t, []any{"agent", "--restart=never", "--max-concurrent-restarts=3", "--manage-containerd-config",
-					"--startup-taint=nodetrust.io/not-ready:NoSchedule", "--verify=false", "--resync=1m"}, container(daemonSet(t, objs))["args"])
+					"--startup-taint=nodetrust.io/agent-not-ready", "--verify=false", "--resync=1m"}, container(daemonSet(t, objs))["args"])
 				vap := find(objs, "ValidatingAdmissionPolicy//nodetrust-own-node")
-				require.Contains(t, vap.YAML(), `expression: '''nodetrust.io/not-ready'''`)
+				require.Contains(t, vap.YAML(), `expression: '''nodetrust.io/agent-not-ready'''`)
 			},
 		},
 		"uninstall": {
@@ -184,12 +184,12 @@ func TestValues(t *testing.T) {
 				require.Equal(t, []any{"agent", "--uninstall"}, container(daemonSet(t, objs))["args"])
 			},
 		},
-		"image, scheduling, resources, host network": {
+		"image, scheduling, resources, no host network": {
 			map[string]any{
 				"image":        map[string]any{"repository": "registry.example/nt", "tag": "v0.2.0", "pullPolicy": "Always"},
 				"nodeSelector": map[string]any{"pool": "gpu"}, "tolerations": []any{map[string]any{"key": "gpu", "operator": "Exists"}},
 				"resources":   map[string]any{"limits": map[string]any{"memory": "256Mi"}},
-				"hostNetwork": true,
+				"hostNetwork": false, "healthPort": 8080,
 			},
 			func(t *testing.T, objs []Object) {
 				ds := daemonSet(t, objs)
@@ -201,8 +201,10 @@ func TestValues(t *testing.T) {
 				require.Equal(t, []any{map[string]any{"key": "gpu", "operator": "Exists"}}, spec["tolerations"])
 				require.Equal(t, map[string]any{"limits": map[string]any{"memory": "256Mi"},
 					"requests": map[string]any{"cpu": "10m", "memory": "32Mi"}}, ctr["resources"])
-				require.Equal(t, true, spec["hostNetwork"])
-				require.Equal(t, "ClusterFirstWithHostNet", spec["dnsPolicy"])
+				require.NotContains(t, spec, "hostNetwork")
+				require.NotContains(t, spec, "dnsPolicy")
+				require.Equal(t, []any{"agent", "--health-addr=:8080"}, ctr["args"])
+				require.Equal(t, []any{map[string]any{"name": "health", "containerPort": float64(8080), "protocol": "TCP"}}, ctr["ports"])
 			},
 		},
 		"watch namespaces": {

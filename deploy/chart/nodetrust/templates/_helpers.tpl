@@ -22,9 +22,9 @@ app.kubernetes.io/component: agent
 {{/* The agent's ServiceAccount name (fixed, as in deploy/). */}}
 {{- define "nodetrust.serviceAccount" -}}nodetrust{{- end -}}
 
-{{/* The startup taint's key: the part before "=" or ":". */}}
+{{/* The startup taint's key ("" for none). */}}
 {{- define "nodetrust.startupTaintKey" -}}
-{{ regexReplaceAll "[=:].*$" .Values.startupTaint "" }}
+{{ .Values.startupTaint }}
 {{- end -}}
 
 {{/* The agent's arguments: only what differs from its defaults, so default values render deploy/'s args. */}}
@@ -51,7 +51,7 @@ app.kubernetes.io/component: agent
 {{- if not .Values.verify }}
 - --verify=false
 {{- end }}
-{{- if ne (int .Values.healthPort) 8080 }}
+{{- if ne (int .Values.healthPort) 9713 }}
 - --health-addr=:{{ .Values.healthPort }}
 {{- end }}
 {{- range .Values.extraArgs }}
