@@ -22,10 +22,13 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// Release defaults: the names deploy/ uses.
+// The release the tests install: its record lives in ReleaseNamespace, the
+// agent's objects in AgentNamespace (the chart's default `namespace`, which
+// deploy/ uses).
 const (
 	ReleaseName      = "nodetrust"
-	ReleaseNamespace = "nodetrust-system"
+	ReleaseNamespace = "default"
+	AgentNamespace   = "nodetrust-system"
 )
 
 // HelmLabels are the labels the chart adds to deploy/'s for Helm's

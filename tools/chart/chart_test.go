@@ -148,7 +148,7 @@ func TestSchemaRejects(t *testing.T) {
 
 func daemonSet(t *testing.T, objs []Object) map[string]any {
 	t.Helper()
-	ds := find(objs, "DaemonSet/"+ReleaseNamespace+"/nodetrust")
+	ds := find(objs, "DaemonSet/"+AgentNamespace+"/nodetrust")
 	require.NotNil(t, ds)
 	return ds
 }
@@ -217,9 +217,9 @@ func TestValues(t *testing.T) {
 					require.NotContains(t, role.YAML(), "leases", "restart slots live in the release namespace only")
 					rb := find(objs, "RoleBinding/"+ns+"/nodetrust")
 					require.NotNil(t, rb, ns)
-					require.Equal(t, []any{map[string]any{"kind": "ServiceAccount", "name": "nodetrust", "namespace": ReleaseNamespace}}, rb["subjects"])
+					require.Equal(t, []any{map[string]any{"kind": "ServiceAccount", "name": "nodetrust", "namespace": AgentNamespace}}, rb["subjects"])
 				}
-				require.Contains(t, find(objs, "Role/"+ReleaseNamespace+"/nodetrust").YAML(), "leases")
+				require.Contains(t, find(objs, "Role/"+AgentNamespace+"/nodetrust").YAML(), "leases")
 			},
 		},
 		"monitoring": {
@@ -229,15 +229,22 @@ func TestValues(t *testing.T) {
 				"prometheusRule": map[string]any{"enabled": true},
 			}},
 			func(t *testing.T, objs []Object) {
-				pm := find(objs, "PodMonitor/"+ReleaseNamespace+"/nodetrust")
+				pm := find(objs, "PodMonitor/"+AgentNamespace+"/nodetrust")
 				require.NotNil(t, pm)
 				require.Equal(t, "prom", pm.Labels()["release"])
-				require.NotNil(t, find(objs, "ServiceMonitor/"+ReleaseNamespace+"/nodetrust"))
-				require.NotNil(t, find(objs, "Service/"+ReleaseNamespace+"/nodetrust-metrics"))
-				pr := find(objs, "PrometheusRule/"+ReleaseNamespace+"/nodetrust")
+				require.NotNil(t, find(objs, "ServiceMonitor/"+AgentNamespace+"/nodetrust"))
+				require.NotNil(t, find(objs, "Service/"+AgentNamespace+"/nodetrust-metrics"))
+				pr := find(objs, "PrometheusRule/"+AgentNamespace+"/nodetrust")
 				require.NotNil(t, pr)
 				rules := readAlertsFile(t)
 				require.Equal(t, rules, pr["spec"])
+			},
+		},
+		"agent namespace from the release": {
+			map[string]any{"namespace": "", "createNamespace": false},
+			func(t *testing.T, objs []Object) {
+				require.NotNil(t, find(objs, "DaemonSet/"+ReleaseNamespace+"/nodetrust"))
+				require.Nil(t, find(objs, "DaemonSet/"+AgentNamespace+"/nodetrust"))
 			},
 		},
 		"no namespace, no policy, no quota": {
@@ -269,7 +276,7 @@ func TestNotes(t *testing.T) {
 	_, notes, err = Render(c, map[string]any{"uninstall": true}, ReleaseNamespace)
 	require.NoError(t, err)
 	require.Contains(t, notes, "UNINSTALL MODE")
-	require.Contains(t, notes, "helm uninstall nodetrust -n nodetrust-system")
+	require.Contains(t, notes, "helm uninstall nodetrust -n default")
 }
 
 // previousChart extracts, from git history, the newest commit's chart whose
@@ -311,7 +318,10 @@ func TestUpgradeKeepsSelector(t *testing.T) {
 	old, err := Load(dir)
 	require.NoError(t, err)
 	t.Logf("previous chart %s, current %s", prev, c.Metadata.Version)
-	oldDS, newDS := daemonSet(t, render(t, old, nil)), daemonSet(t, render(t, c, nil))
+	// Chart 0.1.0 put everything into the release's namespace.
+	oldObjs, _, err := Render(old, nil, AgentNamespace)
+	require.NoError(t, err)
+	oldDS, newDS := daemonSet(t, oldObjs), daemonSet(t, render(t, c, nil))
 	require.Equal(t, oldDS["spec"].(map[string]any)["selector"], newDS["spec"].(map[string]any)["selector"])
 	require.Equal(t, oldDS["spec"].(map[string]any)["template"].(map[string]any)["metadata"],
 		newDS["spec"].(map[string]any)["template"].(map[string]any)["metadata"])

@@ -135,12 +135,21 @@ func waitPolicy(t *testing.T, agent *kubernetes.Clientset, foreign string) {
 	require.True(t, ok, "policy not in force after 30 s; last: %v", last)
 }
 
-// untaint is the JSON patch that removes the taint at index i (after
-// checking its key), as `kubectl taint` sends.
-func untaint(node string, i int, key string) func(cs *kubernetes.Clientset) error {
+// untaint removes the taint key from node with the JSON patch `kubectl
+// taint` and the agent send: a test of the taint's key at its current index,
+// then its removal.
+func untaint(node, key string) func(cs *kubernetes.Clientset) error {
 	return func(cs *kubernetes.Clientset) error {
+		n, err := cs.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		i := slices.IndexFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
+		if i < 0 {
+			return fmt.Errorf("node %s has no taint %s", node, key)
+		}
 		b := fmt.Sprintf(`[{"op":"test","path":"/spec/taints/%d/key","value":%q},{"op":"remove","path":"/spec/taints/%d"}]`, i, key, i)
-		_, err := cs.CoreV1().Nodes().Patch(context.Background(), node, types.JSONPatchType, []byte(b), metav1.PatchOptions{})
+		_, err = cs.CoreV1().Nodes().Patch(context.Background(), node, types.JSONPatchType, []byte(b), metav1.PatchOptions{})
 		return err
 	}
 }
@@ -251,7 +260,7 @@ func TestOwnNodePolicy(t *testing.T) {
 		"a label":                           {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"pool": "red"}}}}.do, false},
 		"a new label":                       {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"nodetrust.io/x": "1"}}}}.do, false},
 		"cordon":                            {patch{node: "node-a", body: map[string]any{"spec": map[string]any{"unschedulable": true}}}.do, false},
-		"remove a taint (no startup taint)": {untaint("node-a", 0, "dedicated"), false},
+		"remove a taint (no startup taint)": {untaint("node-a", "dedicated"), false},
 		"the Ready condition":               {condition("node-a", "Ready", "False").do, false},
 		"an address":                        {patch{node: "node-a", subresource: "status", body: map[string]any{"status": map[string]any{"addresses": []any{map[string]any{"type": "InternalIP", "address": "10.9.9.9"}}}}}.do, false},
 		"a finalizer":                       {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"finalizers": []any{"x.io/y"}}}}.do, false},

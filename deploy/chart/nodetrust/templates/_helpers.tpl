@@ -34,7 +34,7 @@ app.kubernetes.io/component: agent
 - --uninstall
 {{- end }}
 {{- with .Values.watchNamespaces }}
-- --namespaces={{ prepend . $.Release.Namespace | join "," }}
+- --namespaces={{ prepend . (include "nodetrust.namespace" $) | join "," }}
 {{- end }}
 {{- if ne .Values.restart "auto" }}
 - --restart={{ .Values.restart }}
@@ -57,4 +57,9 @@ app.kubernetes.io/component: agent
 {{- range .Values.extraArgs }}
 - {{ . | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* The agent's namespace: .Values.namespace, else the release's. */}}
+{{- define "nodetrust.namespace" -}}
+{{ .Values.namespace | default .Release.Namespace }}
 {{- end -}}
