@@ -8,12 +8,18 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults test-chart bench-cluster e2e test-layouts test-real ci clean
+.PHONY: all build plugin image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults test-chart bench-cluster e2e test-layouts test-real ci clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nodetrust
+
+# The kubectl plugin: bin/kubectl-nodetrust, a symlink to the binary, which
+# offers `kubectl nodetrust status|check|version` when run under that name.
+# Put bin/ on $PATH (or copy both) and `kubectl plugin list` shows it.
+plugin: build
+	ln -sf nodetrust bin/kubectl-nodetrust
 
 # An OCI (docker-archive) image tarball built with pure Go, no Docker engine:
 # load it with `ctr -n k8s.io images import bin/nodetrust-image.tar`.
@@ -123,7 +129,7 @@ test-check: build deps
 # kube-apiserver (test/scripts/k8s-build.sh) also installed, upgraded and
 # uninstalled for real and the Own-Node admission policy proven
 # (tools/chart/README.md). Skips the real part when the binaries are missing.
-test-chart: build
+test-chart: plugin
 	cd tools/chart && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 5m ./...
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults

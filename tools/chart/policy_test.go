@@ -9,6 +9,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -284,11 +286,53 @@ func TestOwnNodePolicy(t *testing.T) {
 	var n *corev1.Node
 	require.True(t, cluster.Poll(20*time.Second, 100*time.Millisecond, func() bool {
 		n, err = c.Admin.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
-		return err == nil && n.Annotations["nodetrust.io/state"] == "Ready" && n.Annotations["nodetrust.io/sources"] == "1"
-	}), "agent's report on node-a: %v\n%s", n.Annotations, a.Log())
+		return err == nil && n.Annotations["nodetrust.io/state"] == "Ready" && n.Annotations["nodetrust.io/sources"] == "1" &&
+			slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
+				return c.Type == "NodeTrustReady" && c.Status == corev1.ConditionTrue
+			})
+	}), "agent's report on node-a: %v %v\n%s", n.Annotations, n.Status.Conditions, a.Log())
 	require.NotContains(t, a.Log(), policyName, "the agent's own requests are never denied")
 	b, err := c.Admin.CoreV1().Nodes().Get(ctx, "node-b", metav1.GetOptions{})
 	require.NoError(t, err)
 	require.NotContains(t, b.Annotations, "nodetrust.io/state")
 	require.Equal(t, "green", b.Labels["pool"])
+
+	t.Run("kubectl nodetrust status", func(t *testing.T) { pluginStatus(t, c) })
+}
+
+// pluginStatus runs the real kubectl with the binary on $PATH as
+// kubectl-nodetrust (a symlink, as `make plugin` makes it): kubectl lists
+// the plugin, and `kubectl nodetrust status` reads the Nodes through
+// $KUBECONFIG: node-a (its agent reported) Ready, exit 0; with node-b (no
+// agent) exit 1.
+func pluginStatus(t *testing.T, c *cluster.Cluster) {
+	dir := t.TempDir()
+	require.NoError(t, os.Symlink(cluster.AgentBinary(t), filepath.Join(dir, "kubectl-nodetrust")))
+	kubectl := func(args ...string) (string, error) {
+		cmd := exec.Command(cluster.K8sBin("kubectl"), args...)
+		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "KUBECONFIG="+c.AdminKubeconfig)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	out, err := kubectl("plugin", "list")
+	require.NoError(t, err, out)
+	require.Contains(t, out, filepath.Join(dir, "kubectl-nodetrust"))
+
+	_, err = c.Admin.CoreV1().Nodes().Patch(context.Background(), "node-a", types.MergePatchType, []byte(`{"metadata":{"labels":{"plugin-test":"a"}}}`), metav1.PatchOptions{})
+	require.NoError(t, err)
+	out, err = kubectl("nodetrust", "status", "--selector", "plugin-test=a")
+	require.NoError(t, err, out)
+	require.Contains(t, out, "1 node: 1 Ready")
+	t.Logf("kubectl nodetrust status:\n%s", out)
+
+	out, err = kubectl("nodetrust", "status", "--selector", "pool")
+	var exit *exec.ExitError
+	require.ErrorAs(t, err, &exit, out)
+	require.Equal(t, 1, exit.ExitCode(), out)
+	require.Contains(t, out, "1 not reporting")
+
+	out, err = kubectl("nodetrust", "agent")
+	require.ErrorAs(t, err, &exit, out)
+	require.Equal(t, 2, exit.ExitCode(), out)
+	require.Contains(t, out, "usage: kubectl nodetrust")
 }
