@@ -127,10 +127,11 @@ test-check: build deps
 # library and compared object by object with deploy/; its values schema; the
 # alert rules parsed and run with Prometheus's Go module; with the cached
 # kube-apiserver (test/scripts/k8s-build.sh) also installed, upgraded and
-# uninstalled for real and the Own-Node admission policy proven
-# (tools/chart/README.md). Skips the real part when the binaries are missing.
+# uninstalled for real, the Own-Node admission policy proven with a pod-bound
+# token, kubectl nodetrust run by the real kubectl (tools/chart/README.md).
 test-chart: plugin
-	cd tools/chart && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 5m ./...
+	test/scripts/k8s-build.sh
+	cd tools/chart && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 6m ./...
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults
 

@@ -166,6 +166,7 @@ func (r release) daemonSet() *appsv1.DaemonSet {
 //     immutable selector.
 func TestHelmLifecycle(t *testing.T) {
 	cluster.SkipUnlessReal(t)
+	t.Parallel()
 	cur := loadChart(t)
 	c := cluster.NewCluster(t)
 	cluster.StartControlPlane(t, c)

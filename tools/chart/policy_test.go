@@ -224,6 +224,7 @@ func runPolicyCases(t *testing.T, agent *kubernetes.Clientset, cases map[string]
 // same token, runs a sync and reports on its Node.
 func TestOwnNodePolicy(t *testing.T) {
 	cluster.SkipUnlessReal(t)
+	t.Parallel()
 	c := cluster.NewCluster(t)
 	_, err := c.ApplyDeploy()
 	require.NoError(t, err)
