@@ -141,3 +141,14 @@ func TestSyncK3sRewrite(t *testing.T) {
 	require.Equal(t, k3s, h.read(k3sDir+"/certs.d/r:5000/hosts.toml"), "k3s's file, byte for byte")
 	require.NoFileExists(t, filepath.Join(dir, "nodetrust_secret_ns_a.crt"))
 }
+
+// A runtime directory that is a symlink is reported, not silently taken
+// for "runtime absent".
+func TestSyncWarnsOnSymlinkedRuntimeDir(t *testing.T) {
+	h := newHost(t, "srv/docker")
+	require.NoError(t, os.MkdirAll(filepath.Join(h.dir, "etc"), 0o755))
+	require.NoError(t, os.Symlink("/srv/docker", filepath.Join(h.dir, "etc/docker")))
+	rep := h.sync(source.Set{Sources: []source.Source{mkSource(t, "a", regs("r:5000"))}}, nil)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"), "/etc/docker is a symlink to /srv/docker: nodetrust writes through no symlink")
+	require.Empty(t, rep.Written)
+}
