@@ -256,7 +256,8 @@ func newHost(t testing.TB, merge ...string) *host {
 // checkConverged checks a root after a run that must have converged on
 // sources: every registry's hosts.toml names exactly its sources' CA
 // files among nodetrust's, every file it names exists, Docker has the
-// same CA files, no temp file is left, and foreign files are untouched.
+// same CA files, no temp file is left, foreign files are untouched, and
+// containerd's own loader trusts exactly the desired CAs.
 func (h *host) checkConverged(t testing.TB, root string, sources []source) {
 	t.Helper()
 	want := map[string][]string{}
@@ -287,6 +288,7 @@ func (h *host) checkConverged(t testing.TB, root string, sources []source) {
 	require.Equal(t, expect, ours, "nodetrust's files on disk")
 	h.checkForeign(t, root)
 	checkNamedExist(t, root)
+	h.checkContainerdTrust(t, root, sources)
 }
 
 // checkForeign requires every pristine path but the merged files to be
@@ -313,8 +315,9 @@ func (h *host) checkClean(t testing.TB, root string) {
 }
 
 // checkNamedExist requires every CA file that any hosts.toml names (top
-// level or in a [host] table) to exist: containerd fails every pull of a
-// registry whose hosts.toml names a missing CA.
+// level or in a [host] table) to exist, and containerd to load every
+// hosts directory: containerd fails every pull of a registry whose
+// hosts.toml names a missing CA.
 func checkNamedExist(t testing.TB, root string) {
 	t.Helper()
 	dirs, err := filepath.Glob(filepath.Join(root, "etc/containerd/certs.d/*"))
@@ -325,6 +328,7 @@ func checkNamedExist(t testing.TB, root string) {
 			require.FileExists(t, filepath.Join(d, ca), "%s/hosts.toml names it", rel)
 		}
 	}
+	checkContainerdLoads(t, root)
 }
 
 // hostsCAs returns every ca entry of dir's hosts.toml (none without one).
