@@ -208,7 +208,8 @@ func copyTree(t testing.TB, src string) string {
 type host struct {
 	dir      string
 	pristine map[string]entry
-	merged   []string // paths of operator files nodetrust merges into
+	merged   []string          // paths of operator files nodetrust merges into
+	original map[string]string // their content
 }
 
 // operatorHosts is an operator's hosts.toml: comments, both quotings,
@@ -226,11 +227,24 @@ ca = "operator.crt"   # the operator's own CA
   ca = 'operator.crt'
 `
 
-// newHost makes a host root with containerd and Docker, foreign files, and
-// an operator hosts.toml (owned 1000:1000, 0640) for each registry in merge.
+// mirrorHosts is an operator's docker.io hosts.toml that pulls through
+// registry %[1]s first: nodetrust adds %[1]s's CAs to that [host] entry.
+const mirrorHosts = `# docker.io through our cache, then Docker Hub.
+server = "https://registry-1.docker.io"
+
+[host."https://%[1]s"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://cache.example"]
+  capabilities = ["pull"]
+`
+
+// newHost makes a host root with containerd and Docker, foreign files, an
+// operator hosts.toml (owned 1000:1000, 0640) for each registry in merge,
+// and a docker.io mirror file pulling through the first of them.
 func newHost(t testing.TB, merge ...string) *host {
 	t.Helper()
-	h := &host{dir: filepath.Join(t.TempDir(), "template")}
+	h := &host{dir: filepath.Join(t.TempDir(), "template"), original: map[string]string{}}
 	write := func(rel, data string, mode os.FileMode, uid int) {
 		p := filepath.Join(h.dir, rel)
 		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
@@ -248,6 +262,13 @@ func newHost(t testing.TB, merge ...string) *host {
 		write(dir+"/hosts.toml", operatorHosts, 0o640, 1000)
 		write(dir+"/operator.crt", newCAPEM(t, "operator"), 0o644, 0)
 		h.merged = append(h.merged, dir+"/hosts.toml")
+		h.original[dir+"/hosts.toml"] = operatorHosts
+	}
+	if len(merge) > 0 {
+		p, data := "etc/containerd/certs.d/docker.io/hosts.toml", fmt.Sprintf(mirrorHosts, merge[0])
+		write(p, data, 0o644, 0)
+		h.merged = append(h.merged, p)
+		h.original[p] = data
 	}
 	h.pristine = snapshot(t, h.dir)
 	return h
@@ -310,7 +331,7 @@ func (h *host) checkClean(t testing.TB, root string) {
 	for _, m := range h.merged {
 		data, err := os.ReadFile(filepath.Join(root, m))
 		require.NoError(t, err)
-		require.Equal(t, operatorHosts, string(data), "the original, byte for byte")
+		require.Equal(t, h.original[m], string(data), "the original %s, byte for byte", m)
 	}
 }
 
