@@ -104,10 +104,13 @@ func (cas mergeCAs) viewString(hosts []mergeView) string {
 	return b.String()
 }
 
-// plus returns pool with cert added (the system pool for nil, as
+// plus returns pool with certs added (the system pool for nil, as
 // containerd starts from it when a host names a ca).
-func plus(t *testing.T, pool *x509.CertPool, cert *x509.Certificate) *x509.CertPool {
+func plus(t *testing.T, pool *x509.CertPool, certs ...*x509.Certificate) *x509.CertPool {
 	t.Helper()
+	if len(certs) == 0 {
+		return pool
+	}
 	if pool == nil {
 		sys, err := x509.SystemCertPool()
 		require.NoError(t, err)
@@ -115,7 +118,9 @@ func plus(t *testing.T, pool *x509.CertPool, cert *x509.Certificate) *x509.CertP
 	} else {
 		pool = pool.Clone()
 	}
-	pool.AddCert(cert)
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
 	return pool
 }
 
@@ -130,7 +135,7 @@ func samePool(a, b *x509.CertPool) bool {
 // requireMergeView requires got to be want host for host (URL, capabilities,
 // skip_verify, header, in the same order) with the same roots, except that
 // each host for which add returns true trusts nt in addition.
-func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt *x509.Certificate, add func(i int, h mergeView) bool) {
+func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt []*x509.Certificate, add func(i int, h mergeView) bool) {
 	t.Helper()
 	msg := fmt.Sprintf("before:\n%safter:\n%s", cas.viewString(want), cas.viewString(got))
 	require.Len(t, got, len(want), msg)
@@ -142,7 +147,7 @@ func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt *x50
 		require.Equal(t, w.header, g.header, "host %d header\n%s", i, msg)
 		roots := w.roots
 		if add != nil && add(i, w) {
-			roots = plus(t, w.roots, nt)
+			roots = plus(t, w.roots, nt...)
 		}
 		require.Truef(t, samePool(roots, g.roots), "host %d %s: roots are %s, want %s\n%s",
 			i, w.url, cas.describe(g.roots), cas.describe(roots), msg)
@@ -334,8 +339,9 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 	for _, c := range mergeCases {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			cas := mergeCAs{"nodetrust": newCA(t, "nodetrust CA"), "operator": newCA(t, "operator CA"), "mirror": newCA(t, "mirror CA")}
-			nt := cas["nodetrust"].Cert
+			cas := mergeCAs{"nodetrust": newCA(t, "nodetrust CA"), "nodetrust2": newCA(t, "second nodetrust CA"),
+				"operator": newCA(t, "operator CA"), "mirror": newCA(t, "mirror CA")}
+			nt, nt2 := cas["nodetrust"].Cert, cas["nodetrust2"].Cert
 			outside := t.TempDir()
 			root := newHostRoot(t)
 			writeMergeCase(t, c, cas, root, outside)
@@ -360,13 +366,13 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 			require.NoError(t, err)
 			t.Logf("merged %s:\n%s", c.edit, merged)
 
-			judgeMerged := func(t *testing.T) {
+			judge := func(t *testing.T, added ...*x509.Certificate) {
 				t.Helper()
 				for _, l := range mergeLoaders {
 					for _, r := range registries {
 						want := before[l.name][r]
 						got := l.resolve(t, root, r)
-						requireMergeView(t, cas, want, got, nt, func(i int, h mergeView) bool {
+						requireMergeView(t, cas, want, got, added, func(i int, h mergeView) bool {
 							if r == registryPort {
 								return i == len(want)-1 // the top level: the upstream
 							}
@@ -375,10 +381,32 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 					}
 				}
 			}
-			t.Run("merged", judgeMerged)
+			t.Run("merged", func(t *testing.T) { judge(t, nt) })
 			t.Run("re-apply", func(t *testing.T) {
 				mustApply(t, applied, root)
-				judgeMerged(t)
+				judge(t, nt)
+			})
+			t.Run("second source, then only it, then the first again", func(t *testing.T) {
+				src2 := source{kind: "ConfigMap", namespace: "team-b", name: "registry-ca",
+					labelled: true, registries: registryPort, data: map[string][]byte{"ca.crt": cas["nodetrust2"].pem}}
+				mustApply(t, writeManifestDir(t, map[string]string{"a.yaml": src.yaml(), "b.yaml": src2.yaml()}), root)
+				judge(t, nt, nt2)
+				mustApply(t, writeManifestDir(t, map[string]string{"b.yaml": src2.yaml()}), root)
+				judge(t, nt2)
+				mustApply(t, applied, root)
+				judge(t, nt)
+				again, err := os.ReadFile(editPath)
+				require.NoError(t, err)
+				require.Equal(t, string(merged), string(again), "the same set merges to the same bytes")
+			})
+			t.Run("another writer puts the original back", func(t *testing.T) {
+				// k3s regenerates its files at start; a config manager restores its own.
+				require.NoError(t, os.WriteFile(editPath, []byte(original[c.edit]), 0o644))
+				mustApply(t, applied, root)
+				judge(t, nt)
+				again, err := os.ReadFile(editPath)
+				require.NoError(t, err)
+				require.Equal(t, string(merged), string(again), "merged again as the first time")
 			})
 
 			empty := t.TempDir()
@@ -386,7 +414,7 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 			require.Equal(t, original, contents(snapshot(t, certsD)), "certs.d after removal, byte for byte")
 			for _, l := range mergeLoaders {
 				for _, r := range registries {
-					requireMergeView(t, cas, before[l.name][r], l.resolve(t, root, r), nt, nil)
+					requireMergeView(t, cas, before[l.name][r], l.resolve(t, root, r), nil, nil)
 				}
 			}
 
@@ -408,7 +436,7 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 				require.NotContains(t, string(after), "added by nodetrust", "nodetrust's marker left in the edited file")
 				for _, l := range mergeLoaders {
 					for _, r := range registries {
-						requireMergeView(t, cas, l.resolve(t, ref, r), l.resolve(t, root, r), nt, nil)
+						requireMergeView(t, cas, l.resolve(t, ref, r), l.resolve(t, root, r), nil, nil)
 					}
 				}
 				// Nothing of nodetrust's is left anywhere in certs.d.
