@@ -168,7 +168,12 @@ type mergeCase struct {
 	// edit is the hosts.toml (relative to certs.d) the operator edits
 	// after the merge, by appending editText.
 	edit string
+	// knownBug skips the case unless NODETRUST_MERGE_STRICT=1.
+	knownBug string
 }
+
+// strict runs the cases of known product bugs.
+var strict = os.Getenv("NODETRUST_MERGE_STRICT") == "1"
 
 const editText = "\n[host.\"https://edit.example\"]\n  capabilities = [\"pull\"]\n  [host.\"https://edit.example\".header]\n    x-operator-edit = \"after-merge\"\n"
 
@@ -270,6 +275,50 @@ server = "https://registry-1.docker.io"
 `,
 			"docker.io/cache-ca.crt": "{ca:mirror}",
 		}},
+	{name: "CRLF line ends, quoted ca key, no final newline", edit: registryPort + "/hosts.toml",
+		files: map[string]string{
+			registryPort + "/hosts.toml": "# written on Windows\r\nserver = \"https://" + registryPort + "\"\r\n\"ca\" = \"operator-upstream.crt\"\r\n\r\n" +
+				"[host.\"https://mirror.example\"]\r\n  capabilities = [\"pull\"]\r\n  'ca' = ['mirror-ca.crt']",
+			registryPort + "/operator-upstream.crt": "{ca:operator}",
+			registryPort + "/mirror-ca.crt":         "{ca:mirror}",
+		}},
+	{name: "quoted URL keys below a [host] table", edit: registryPort + "/hosts.toml",
+		files: map[string]string{
+			registryPort + "/hosts.toml": `[host]
+"https://mirror-z.example".capabilities = ["pull", "resolve"]
+"https://mirror-z.example".ca = "mirror-ca.crt"
+"https://mirror-a.example".capabilities = ["pull"]
+`,
+			registryPort + "/mirror-ca.crt": "{ca:mirror}",
+		}},
+	{name: "docker.io mirror as quoted URL keys below [host]", edit: "docker.io/hosts.toml",
+		judge: []string{"docker.io"},
+		knownBug: `the mirror's ca line is inserted right below [host], before the keys of the hosts listed ` +
+			`first, so the merge would reorder the hosts; apply refuses it ("merging would reorder the [host] entries") ` +
+			`and exits 1, and the mirror never trusts the registry's CA`,
+		files: map[string]string{
+			"docker.io/hosts.toml": `[host]
+"https://cache.example".capabilities = ["pull"]
+"https://` + registryPort + `".capabilities = ["pull", "resolve"]
+`,
+		}},
+	{name: "docker.io mirror as top-level dotted keys", edit: "docker.io/hosts.toml",
+		judge: []string{"docker.io"},
+		files: map[string]string{
+			"docker.io/hosts.toml": `server = "https://registry-1.docker.io"
+host."https://` + registryPort + `".capabilities = ["pull", "resolve"]
+host."https://` + registryPort + `".skip_verify = false
+host."https://cache.example".capabilities = ["pull"]
+`,
+		}},
+	{name: "docker.io mirror as an inline host table", edit: "docker.io/hosts.toml",
+		judge: []string{"docker.io"},
+		knownBug: `a [host] entry written as an inline table is left without the registry's CA, silently ` +
+			`(exit 0, "0 warnings"), although containerd uses it as the first host`,
+		files: map[string]string{
+			"docker.io/hosts.toml": `host = { "https://` + registryPort + `" = { capabilities = ["pull", "resolve"] } }
+`,
+		}},
 	{name: "k3s generated file", edit: registryPort + "/hosts.toml",
 		outside: map[string]string{"k3s-registry-ca.crt": "operator"},
 		files: map[string]string{
@@ -338,6 +387,9 @@ func appendFile(t *testing.T, p, text string) {
 func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 	for _, c := range mergeCases {
 		t.Run(c.name, func(t *testing.T) {
+			if c.knownBug != "" && !strict {
+				t.Skip("known bug: " + c.knownBug)
+			}
 			t.Parallel()
 			cas := mergeCAs{"nodetrust": newCA(t, "nodetrust CA"), "nodetrust2": newCA(t, "second nodetrust CA"),
 				"operator": newCA(t, "operator CA"), "mirror": newCA(t, "mirror CA")}
@@ -446,7 +498,7 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 				// SPEC §2: only nodetrust's entries are removed, so the file is
 				// the original with the operator's edit, byte for byte.
 				t.Run("bytes", func(t *testing.T) {
-					if string(after) != string(refBytes) && os.Getenv("NODETRUST_MERGE_STRICT") != "1" {
+					if string(after) != string(refBytes) && !strict {
 						t.Skipf("known bug: removal from an edited file re-renders more than nodetrust's entries (comments, layout); got:\n%s", after)
 					}
 					require.Equal(t, string(refBytes), string(after), "edited file after removal")
