@@ -120,15 +120,49 @@ func checkContainerdLoads(t testing.TB, root string) {
 // [host] entry of another file whose host is that registry (a mirror).
 func (h *host) checkContainerdTrust(t testing.TB, root string, sources []source) {
 	t.Helper()
-	want := map[string][]*x509.Certificate{}
+	want := certsByRegistry(t, sources)
+	h.judgeContainerd(t, root, want, func(_ *cdHost, added []*x509.Certificate) []*x509.Certificate { return added })
+}
+
+// checkContainerdBetween is checkContainerdTrust right after a kill
+// between the sets from and to: each host trusts its pristine roots plus
+// some of the CAs of from and to it may get, and nothing else; the
+// operator's own roots are never lost, not even for a moment.
+func (h *host) checkContainerdBetween(t testing.TB, root string, from, to []source) {
+	t.Helper()
+	may := certsByRegistry(t, append(append([]source{}, from...), to...))
+	h.judgeContainerd(t, root, may, func(got *cdHost, candidates []*x509.Certificate) []*x509.Certificate {
+		var present []*x509.Certificate
+		for _, c := range candidates {
+			if got.roots != nil && trusts(got.roots, c) {
+				present = append(present, c)
+			}
+		}
+		return present
+	})
+}
+
+func certsByRegistry(t testing.TB, sources []source) map[string][]*x509.Certificate {
+	t.Helper()
+	out := map[string][]*x509.Certificate{}
 	for _, s := range sources {
 		cert := parseCert(t, s.pem)
 		for _, r := range s.registries {
-			want[r] = append(want[r], cert)
+			out[r] = append(out[r], cert)
 		}
 	}
+	return out
+}
+
+// judgeContainerd compares containerd's view of root with the pristine
+// host's, registry by registry and host by host: the same hosts, each
+// trusting its pristine roots plus expect(host, the CAs nodetrust adds to
+// it for the registries in cas).
+func (h *host) judgeContainerd(t testing.TB, root string, cas map[string][]*x509.Certificate,
+	expect func(got *cdHost, added []*x509.Certificate) []*x509.Certificate) {
+	t.Helper()
 	registries := hostsRegistries(t, root)
-	for r := range want {
+	for r := range cas {
 		if !contains(registries, r) {
 			registries = append(registries, r)
 		}
@@ -143,16 +177,23 @@ func (h *host) checkContainerdTrust(t testing.TB, root string, sources []source)
 			require.Equal(t, b.capabilities, g.capabilities, "%s host %d %s capabilities", r, i, b.url)
 			require.Equal(t, b.skipVerify, g.skipVerify, "%s host %d %s skip_verify", r, i, b.url)
 			require.Equal(t, b.header, g.header, "%s host %d %s header", r, i, b.url)
-			added := want[b.host]
+			added := cas[b.host]
 			if i == len(base)-1 {
-				added = want[r]
+				added = cas[r]
 			} else if b.host == r {
 				added = nil // nodetrust adds a registry's CA only to other files' [host] entries
 			}
+			added = expect(&g, added)
 			roots := withCerts(t, b.roots, added)
-			require.Truef(t, samePool(roots, g.roots), "%s host %d %s trusts exactly the pristine roots and %d desired CA(s)", r, i, b.url, len(added))
+			require.Truef(t, samePool(roots, g.roots), "%s host %d %s trusts exactly the pristine roots and %d nodetrust CA(s)", r, i, b.url, len(added))
 		}
 	}
+}
+
+// trusts reports whether pool holds the self-signed CA cert.
+func trusts(pool *x509.CertPool, cert *x509.Certificate) bool {
+	_, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
 }
 
 // withCerts returns pool plus certs; containerd starts from the system
