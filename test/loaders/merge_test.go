@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -153,6 +154,21 @@ func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt []*x
 			i, w.url, cas.describe(g.roots), cas.describe(roots), msg)
 	}
 }
+
+// addsTo reports, for registry's n hosts, those nodetrust adds
+// registryPort's CA to: the top level of registryPort's own file (the
+// upstream, last), and another file's [host] entries for registryPort.
+func addsTo(registry string, n int) func(i int, h mergeView) bool {
+	return func(i int, h mergeView) bool {
+		if registry == registryPort {
+			return i == n-1
+		}
+		return i < n-1 && strings.HasPrefix(h.url, "https://"+registryPort+"/")
+	}
+}
+
+// ntEntry matches nodetrust's entry in a ca list, with its quotes.
+var ntEntry = regexp.MustCompile(`["'](\.\./[^"']*/)?nodetrust_[^"']*\.crt["']`)
 
 // mergeCase is an operator's certs.d (files relative to it) that nodetrust
 // merges a source for registryPort into.
@@ -392,7 +408,7 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 			}
 			t.Parallel()
 			cas := mergeCAs{"nodetrust": newCA(t, "nodetrust CA"), "nodetrust2": newCA(t, "second nodetrust CA"),
-				"operator": newCA(t, "operator CA"), "mirror": newCA(t, "mirror CA")}
+				"operator": newCA(t, "operator CA"), "mirror": newCA(t, "mirror CA"), "extra": newCA(t, "operator's extra CA")}
 			nt, nt2 := cas["nodetrust"].Cert, cas["nodetrust2"].Cert
 			outside := t.TempDir()
 			root := newHostRoot(t)
@@ -424,12 +440,7 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 					for _, r := range registries {
 						want := before[l.name][r]
 						got := l.resolve(t, root, r)
-						requireMergeView(t, cas, want, got, added, func(i int, h mergeView) bool {
-							if r == registryPort {
-								return i == len(want)-1 // the top level: the upstream
-							}
-							return i < len(want)-1 && strings.HasPrefix(h.url, "https://"+registryPort+"/")
-						})
+						requireMergeView(t, cas, want, got, added, addsTo(r, len(want)))
 					}
 				}
 			}
@@ -503,6 +514,40 @@ func TestMergeDecodesToOriginalPlusCA(t *testing.T) {
 					}
 					require.Equal(t, string(refBytes), string(after), "edited file after removal")
 				})
+			})
+
+			t.Run("operator adds a CA beside nodetrust's", func(t *testing.T) {
+				// From the state the edit left: the operator puts a CA of
+				// their own into every ca list nodetrust's entry is in.
+				extra := filepath.Join(outside, "operator-extra.crt")
+				require.NoError(t, os.WriteFile(extra, cas["extra"].pem, 0o644))
+				base := map[string]map[string][]mergeView{}
+				for _, l := range mergeLoaders {
+					base[l.name] = map[string][]mergeView{}
+					for _, r := range registries {
+						base[l.name][r] = l.resolve(t, root, r)
+					}
+				}
+				mustApply(t, applied, root)
+				data, err := os.ReadFile(editPath)
+				require.NoError(t, err)
+				edited := ntEntry.ReplaceAllString(string(data), `$0, "`+extra+`"`)
+				require.NotEqual(t, string(data), edited, "nodetrust's entry not found in:\n%s", data)
+				require.NoError(t, os.WriteFile(editPath, []byte(edited), 0o644))
+				mustApply(t, empty, root)
+				after, err := os.ReadFile(editPath)
+				require.NoError(t, err)
+				t.Logf("with the operator's CA beside nodetrust's, then removed, %s:\n%s", c.edit, after)
+				for _, l := range mergeLoaders {
+					for _, r := range registries {
+						want := base[l.name][r]
+						var extraAt func(int, mergeView) bool // only the edited file has it
+						if r == filepath.Dir(c.edit) {
+							extraAt = addsTo(r, len(want))
+						}
+						requireMergeView(t, cas, want, l.resolve(t, root, r), []*x509.Certificate{cas["extra"].Cert}, extraAt)
+					}
+				}
 			})
 		})
 	}
