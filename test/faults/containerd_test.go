@@ -117,7 +117,7 @@ func checkContainerdLoads(t testing.TB, root string) {
 // host's hosts (URL, capabilities, skip_verify, header, in order), each
 // trusting exactly its pristine roots plus the desired sources' CAs where
 // nodetrust adds them: the upstream of the registry's own file, and a
-// [host] entry of another file whose host is that registry (a mirror).
+// [host] entry of any file whose host is that registry (a mirror).
 func (h *host) checkContainerdTrust(t testing.TB, root string, sources []source) {
 	t.Helper()
 	want := certsByRegistry(t, sources)
@@ -177,11 +177,9 @@ func (h *host) judgeContainerd(t testing.TB, root string, cas map[string][]*x509
 			require.Equal(t, b.capabilities, g.capabilities, "%s host %d %s capabilities", r, i, b.url)
 			require.Equal(t, b.skipVerify, g.skipVerify, "%s host %d %s skip_verify", r, i, b.url)
 			require.Equal(t, b.header, g.header, "%s host %d %s header", r, i, b.url)
-			added := cas[b.host]
+			added := cas[b.host] // a [host] entry for a registry, in any file
 			if i == len(base)-1 {
-				added = cas[r]
-			} else if b.host == r {
-				added = nil // nodetrust adds a registry's CA only to other files' [host] entries
+				added = cas[r] // the top level: the upstream
 			}
 			added = expect(&g, added)
 			roots := withCerts(t, b.roots, added)

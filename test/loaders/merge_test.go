@@ -157,13 +157,13 @@ func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt []*x
 
 // addsTo reports, for registry's n hosts, those nodetrust adds
 // registryPort's CA to: the top level of registryPort's own file (the
-// upstream, last), and another file's [host] entries for registryPort.
+// upstream, last), and the [host] entries for registryPort of any file.
 func addsTo(registry string, n int) func(i int, h mergeView) bool {
 	return func(i int, h mergeView) bool {
-		if registry == registryPort {
-			return i == n-1
+		if i == n-1 {
+			return registry == registryPort
 		}
-		return i < n-1 && strings.HasPrefix(h.url, "https://"+registryPort+"/")
+		return strings.HasPrefix(h.url, "https://"+registryPort+"/")
 	}
 }
 
@@ -231,6 +231,19 @@ ca = [
 `,
 			registryPort + "/operator-upstream.crt": "{ca:operator}",
 			registryPort + "/mirror-ca.crt":         "{ca:mirror}",
+		}},
+	{name: "the registry itself as a [host] entry of its own file", edit: registryPort + "/hosts.toml",
+		files: map[string]string{
+			registryPort + "/hosts.toml": `server = "https://` + registryPort + `"
+
+[host."https://` + registryPort + `"]
+  capabilities = ["pull", "resolve", "push"]
+  ca = "operator-upstream.crt"
+
+[host."https://mirror.example"]
+  capabilities = ["pull"]
+`,
+			registryPort + "/operator-upstream.crt": "{ca:operator}",
 		}},
 	{name: "dotted top-level host keys, no server", edit: registryPort + "/hosts.toml",
 		files: map[string]string{
