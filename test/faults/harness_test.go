@@ -213,7 +213,8 @@ type host struct {
 }
 
 // operatorHosts is an operator's hosts.toml: comments, both quotings,
-// several [host] tables in a deliberate order, a CA of its own.
+// several [host] tables in a deliberate order (the last one the upstream
+// itself), a CA of its own.
 const operatorHosts = `# Operator's registry config: mirror-b first, on purpose.
 server = 'https://reg.example:5000'
 ca = "operator.crt"   # the operator's own CA
@@ -225,6 +226,9 @@ ca = "operator.crt"   # the operator's own CA
 [host."https://mirror-a.example"]
   capabilities = ["pull", "resolve"]
   ca = 'operator.crt'
+
+[host."https://reg.example:5000"]
+  capabilities = ["pull", "resolve", "push"]
 `
 
 // mirrorHosts is an operator's docker.io hosts.toml that pulls through
@@ -390,10 +394,13 @@ func caList(v any) []string {
 	return nil
 }
 
+// nodetrustOnly returns nodetrust's entries of cas, sorted, each once (a
+// registry's file names them at the top level and in a [host] entry for
+// the registry itself).
 func nodetrustOnly(cas []string) []string {
 	var out []string
 	for _, c := range cas {
-		if strings.HasPrefix(c, "nodetrust_") {
+		if strings.HasPrefix(c, "nodetrust_") && !contains(out, c) {
 			out = append(out, c)
 		}
 	}
