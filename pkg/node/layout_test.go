@@ -152,3 +152,17 @@ func TestSyncWarnsOnSymlinkedRuntimeDir(t *testing.T) {
 	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"), "/etc/docker is a symlink to /srv/docker: nodetrust writes through no symlink")
 	require.Empty(t, rep.Written)
 }
+
+// A mirror written as an inline table cannot take the CA: said, with the
+// line to add, instead of "applied" while containerd's first endpoint is
+// untrusted.
+func TestSyncWarnsOnInlineMirror(t *testing.T) {
+	h := newHost(t, "etc/containerd")
+	mirror := "server = \"https://registry-1.docker.io\"\nhost = { \"https://harbor.local:5000\" = { capabilities = [\"pull\", \"resolve\"] } }\n"
+	hostfstest.WriteFile(t, h.dir, "etc/containerd/certs.d/docker.io/hosts.toml", mirror)
+	rep := h.sync(source.Set{Sources: []source.Source{mkSource(t, "harbor", regs("harbor.local:5000"))}}, nil)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"),
+		`/etc/containerd/certs.d/docker.io/hosts.toml points containerd at https://harbor.local:5000, but nodetrust cannot add its CA there`)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"), `add ca = ["../harbor.local:5000/nodetrust_secret_ns_harbor.crt"] to that entry yourself`)
+	require.Equal(t, mirror, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "left as it is")
+}
