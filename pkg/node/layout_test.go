@@ -111,6 +111,18 @@ func TestSyncMirrorHostCA(t *testing.T) {
 	require.FileExists(t, filepath.Join(h.dir, "etc/containerd/certs.d/harbor.local:5000/nodetrust_secret_ns_harbor.crt"))
 
 	require.Empty(t, h.sync(set, nil).Written, "quiet")
+
+	// The operator deletes the mirror file: nodetrust does not bring it back.
+	require.NoError(t, os.Remove(filepath.Join(h.dir, "etc/containerd/certs.d/docker.io/hosts.toml")))
+	rep = h.sync(set, nil)
+	require.True(t, rep.OK(), "%v", rep.Failed)
+	require.NoFileExists(t, filepath.Join(h.dir, "etc/containerd/certs.d/docker.io/hosts.toml"))
+	require.NotContains(t, rep.Owned, "etc/containerd/certs.d/docker.io/hosts.toml")
+	// ... and puts it back: merged again.
+	hostfstest.WriteFile(t, h.dir, "etc/containerd/certs.d/docker.io/hosts.toml", mirror)
+	h.sync(set, nil)
+	require.Contains(t, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "# added by nodetrust")
+
 	h.sync(source.Set{}, nil)
 	require.Equal(t, mirror, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "restored byte for byte")
 }
