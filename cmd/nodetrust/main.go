@@ -47,7 +47,7 @@ commands:
            keep the host in line with labelled sources in the cluster (DaemonSet mode);
            --source-dir DIR watches a manifest directory instead;
            --uninstall removes everything nodetrust wrote, then stays ready until stopped
-  status   [--kubeconfig K] [--selector S] [--output text|json] [--wait D]
+  status   [--kubeconfig K] [--selector S] [--output text|json] [--wait D] [--registry R]
            every node's state from its annotations; exit 0 when all are Ready and agree
   check    REGISTRY [--host-root ROOT] [--output text|json] [--containerd-version V] [--containerd-config PATH]
            resolve REGISTRY as each runtime under ROOT would and open a TLS connection

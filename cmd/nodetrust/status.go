@@ -24,6 +24,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	selector := fl.String("selector", "kubernetes.io/os=linux", "label selector of the nodes to report on (the DaemonSet's nodeSelector by default)")
 	output := fl.String("output", "text", "text or json")
 	wait := fl.Duration("wait", 0, "wait up to this long for every node to be Ready with the same applied state")
+	reg := fl.String("registry", "", "show one registry across the nodes: verified, not verified, or not checked on each (exit 0 when it verifies wherever it was checked)")
 	if err := parseFlags(fl, args); err != nil {
 		return err
 	}
@@ -60,6 +61,16 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return ctx.Err()
 		case <-time.After(statusPoll):
 		}
+	}
+	if *reg != "" {
+		v := s.Registry(*reg)
+		if err := writeOutput(stdout, *output, v, v.WriteTable); err != nil {
+			return err
+		}
+		if !v.OK() {
+			return errProblem
+		}
+		return nil
 	}
 	if err := writeOutput(stdout, *output, s, s.WriteTable); err != nil {
 		return err

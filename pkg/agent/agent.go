@@ -63,6 +63,10 @@ type Status struct {
 	Sources  int
 	Message  string
 	Warnings int // warnings about sources or the node; they do not degrade it
+	// Verified and Unverified list, comma-separated and sorted, the
+	// registries whose pulls were checked (--verify) and do, or do not,
+	// verify; both "" when nothing was checked.
+	Verified, Unverified string
 }
 
 // Options configure an Agent.
@@ -236,8 +240,10 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 		rep.NodeProblems = append(rep.NodeProblems, fight)
 	}
 	st := StatusOf(rep)
+	var verified []Verification
 	if a.opts.Verifier != nil {
-		st = withVerification(st, a.verify(ctx, rep, time.Now()))
+		verified = a.verify(ctx, rep, time.Now())
+		st = withVerification(st, verified)
 	}
 	var retry time.Duration
 	if rep.RestartPending || len(rep.Restart) > 0 {
@@ -256,6 +262,11 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 			published = false
 		}
 		a.metrics.published(pub)
+		if vp, ok := a.opts.Publisher.(verificationPublisher); ok && verified != nil {
+			if _, err := vp.PublishVerification(ctx, rep, verified); err != nil {
+				a.log.Warn("publish verification events", "err", err)
+			}
+		}
 	}
 	if applied && !a.removeStartupTaint(ctx) {
 		published = false // retried like a failed publish
@@ -401,4 +412,10 @@ func (a *Agent) logWaiting() (stop func()) {
 		}
 	}()
 	return sync.OnceFunc(func() { close(done) })
+}
+
+// verificationPublisher reports registries that do not verify (Cluster:
+// Events on the sources that name them).
+type verificationPublisher interface {
+	PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error)
 }

@@ -35,6 +35,12 @@ const (
 	// certificates, unsupported host trust, an unverifiable containerd
 	// config); an extension of the contract, for `nodetrust status`.
 	AnnotationWarnings = "nodetrust.io/warnings"
+	// AnnotationVerified and AnnotationUnverified list, comma-separated,
+	// the registries of the applied sources whose pulls verify, or do not
+	// (--verify; an unreachable registry is unverified without degrading
+	// the node). Extensions, for `nodetrust status --registry`.
+	AnnotationVerified   = "nodetrust.io/verified"
+	AnnotationUnverified = "nodetrust.io/unverified"
 )
 
 // EventReason is the reason of the Event emitted for a rejected source.
@@ -65,6 +71,7 @@ type Cluster struct {
 	lastPatched Status
 	lastCond    corev1.NodeCondition // last NodeTrustReady patched
 	emitted     map[source.ID]string // rejection reason already reported
+	verifyEv    map[string]bool      // verification Events already created, by name
 
 	// While Wait blocks: when it started and the informers' last error.
 	waitMu    sync.Mutex
@@ -380,11 +387,13 @@ func (c *Cluster) RemoveTaint(ctx context.Context, key string) (bool, error) {
 
 func annotations(st Status) map[string]string {
 	return map[string]string{
-		AnnotationState:    st.State,
-		AnnotationApplied:  st.Applied,
-		AnnotationSources:  fmt.Sprint(st.Sources),
-		AnnotationMessage:  st.Message,
-		AnnotationWarnings: fmt.Sprint(st.Warnings),
+		AnnotationState:      st.State,
+		AnnotationApplied:    st.Applied,
+		AnnotationSources:    fmt.Sprint(st.Sources),
+		AnnotationMessage:    st.Message,
+		AnnotationWarnings:   fmt.Sprint(st.Warnings),
+		AnnotationVerified:   st.Verified,
+		AnnotationUnverified: st.Unverified,
 	}
 }
 
@@ -436,7 +445,7 @@ func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) 
 		if c.emitted[r.ID] == r.Reason {
 			continue
 		}
-		ev := c.event(r)
+		ev := c.event(r.ID, EventReason, r.Reason)
 		err := c.api.CreateEvent(ctx, ev)
 		switch {
 		case err == nil:
@@ -458,22 +467,28 @@ func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) 
 	return created, firstErr
 }
 
-func (c *Cluster) event(r *source.Rejection) *corev1.Event {
-	sum := sha256.Sum256([]byte(r.ID.String() + "\x00" + r.Reason))
-	name := r.ID.Name
+// event is the Event about source id with reason and message. Its name is
+// derived from all three, so nodes that report the same thing share it.
+func (c *Cluster) event(id source.ID, reason, message string) *corev1.Event {
+	key := id.String() + "\x00" + message
+	if reason != EventReason {
+		key = reason + "\x00" + key
+	}
+	sum := sha256.Sum256([]byte(key))
+	name := id.Name
 	if len(name) > 200 {
 		name = name[:200]
 	}
-	obj, ok := c.objects[r.ID]
+	obj, ok := c.objects[id]
 	if !ok {
-		obj = corev1.ObjectReference{Kind: r.ID.Kind, APIVersion: "v1", Namespace: r.ID.Namespace, Name: r.ID.Name}
+		obj = corev1.ObjectReference{Kind: id.Kind, APIVersion: "v1", Namespace: id.Namespace, Name: id.Name}
 	}
 	now := metav1.NewTime(c.now())
 	return &corev1.Event{
-		ObjectMeta:          metav1.ObjectMeta{Name: name + ".nodetrust-" + hex.EncodeToString(sum[:])[:10], Namespace: r.ID.Namespace},
+		ObjectMeta:          metav1.ObjectMeta{Name: name + ".nodetrust-" + hex.EncodeToString(sum[:])[:10], Namespace: id.Namespace},
 		InvolvedObject:      obj,
-		Reason:              EventReason,
-		Message:             oneLine(r.Reason),
+		Reason:              reason,
+		Message:             oneLine(message),
 		Type:                corev1.EventTypeWarning,
 		Source:              corev1.EventSource{Component: "nodetrust", Host: c.nodeName},
 		FirstTimestamp:      now,
@@ -482,4 +497,57 @@ func (c *Cluster) event(r *source.Rejection) *corev1.Event {
 		ReportingController: "nodetrust.io/agent",
 		ReportingInstance:   c.nodeName,
 	}
+}
+
+// EventReasonNotVerified is the reason of the Event emitted on a source
+// whose registry does not verify from a node.
+const EventReasonNotVerified = "RegistryNotVerified"
+
+// PublishVerification creates one Event per source and failure reason for
+// each registry that does not verify (a TLS failure: unreachable registries
+// make none). Nodes that find the same share the Event.
+func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error) {
+	if c.verifyEv == nil {
+		c.verifyEv = map[string]bool{}
+	}
+	failed := map[string]string{}
+	for _, r := range results {
+		if !r.OK && !r.Unreachable {
+			failed[r.Registry] = r.Reason
+		}
+	}
+	created := 0
+	var firstErr error
+	current := map[string]bool{}
+	for _, s := range rep.Applied {
+		for _, reg := range s.Registries {
+			reason, bad := failed[string(reg)]
+			if !bad {
+				continue
+			}
+			ev := c.event(s.ID, EventReasonNotVerified, fmt.Sprintf("registry %s does not verify: %s", reg, reason))
+			current[ev.Name] = true
+			if c.verifyEv[ev.Name] {
+				continue
+			}
+			err := c.api.CreateEvent(ctx, ev)
+			switch {
+			case err == nil:
+				created++
+			case apierrors.IsAlreadyExists(err):
+			default:
+				if firstErr == nil {
+					firstErr = fmt.Errorf("create event for %s: %w", s.ID, err)
+				}
+				continue
+			}
+			c.verifyEv[ev.Name] = true
+		}
+	}
+	for name := range c.verifyEv {
+		if !current[name] {
+			delete(c.verifyEv, name)
+		}
+	}
+	return created, firstErr
 }

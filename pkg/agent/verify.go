@@ -110,12 +110,18 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 // and adds each failure to the message; an unreachable registry does not
 // degrade it.
 func withVerification(st Status, results []Verification) Status {
-	var parts []string
+	var parts, ok, bad []string
 	for _, r := range results {
+		if r.OK {
+			ok = append(ok, r.Registry)
+		} else {
+			bad = append(bad, r.Registry)
+		}
 		if !r.OK && !r.Unreachable {
 			parts = append(parts, fmt.Sprintf("registry %s not verified: %s", r.Registry, r.Reason))
 		}
 	}
+	st.Verified, st.Unverified = strings.Join(ok, ","), strings.Join(bad, ",")
 	if len(parts) == 0 {
 		return st
 	}

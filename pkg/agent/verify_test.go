@@ -59,6 +59,16 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	require.Equal(t, 1, v.count("good.example:5000"), "once per registry, not per source")
 	require.Equal(t, 1, v.count("bad.example"))
 
+	require.Equal(t, "good.example:5000", ann[agent.AnnotationVerified])
+	require.Equal(t, "bad.example", ann[agent.AnnotationUnverified])
+	e.eventually(func() bool { return e.actions("create", "events") == 1 }, "one Event")
+	evs, err := e.client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
+	require.NoError(t, err)
+	require.Len(t, evs.Items, 1, "on the one source that names bad.example")
+	require.Equal(t, agent.EventReasonNotVerified, evs.Items[0].Reason)
+	require.Equal(t, "a", evs.Items[0].InvolvedObject.Name)
+	require.Contains(t, evs.Items[0].Message, "registry bad.example does not verify: containerd: unknown-authority")
+
 	m := metricsText(t, e.agent)
 	require.Contains(t, m, "nodetrust_registry_verified{registry=\"bad.example\"} 0\n")
 	require.Contains(t, m, "nodetrust_registry_verified{registry=\"good.example:5000\"} 1\n")
@@ -67,11 +77,12 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	e.agent.Trigger() // a sync without a change does not verify again
 	time.Sleep(100 * time.Millisecond)
 	require.Equal(t, 1, v.count("bad.example"))
+	require.Equal(t, 1, e.actions("create", "events"), "nor emits again")
 
 	v.mu.Lock()
 	delete(v.failing, "bad.example")
 	v.mu.Unlock()
-	err := e.client.CoreV1().Secrets(ns).Delete(context.Background(), "b", metav1.DeleteOptions{})
+	err = e.client.CoreV1().Secrets(ns).Delete(context.Background(), "b", metav1.DeleteOptions{})
 	require.NoError(t, err)
 	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "a change verifies again")
 	require.Equal(t, 2, v.count("bad.example"))

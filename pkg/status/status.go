@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -29,6 +30,10 @@ type Node struct {
 	Warnings int       `json:"warnings"`
 	Message  string    `json:"message"`
 	SyncedAt time.Time `json:"syncedAt,omitzero"`
+	// Verified and Unverified are the registries whose pulls the agent
+	// checked (--verify) and that do, or do not, verify.
+	Verified   []string `json:"verified"`
+	Unverified []string `json:"unverified"`
 }
 
 // Reported reports whether an agent annotated the node.
@@ -41,7 +46,28 @@ func FromNode(n *corev1.Node) Node {
 	out.Sources, _ = strconv.Atoi(a[agent.AnnotationSources])
 	out.Warnings, _ = strconv.Atoi(a[agent.AnnotationWarnings])
 	out.SyncedAt, _ = time.Parse(time.RFC3339, a[agent.AnnotationSyncedAt])
+	out.Verified, out.Unverified = list(a[agent.AnnotationVerified]), list(a[agent.AnnotationUnverified])
 	return out
+}
+
+func list(v string) []string {
+	if v == "" {
+		return []string{}
+	}
+	return strings.Split(v, ",")
+}
+
+// Registry is what one node says about a registry: "verified", "not
+// verified", or "not checked" (no applied source names it there, or
+// verification is off).
+func (n Node) Registry(r string) string {
+	switch {
+	case slices.Contains(n.Unverified, r):
+		return "not verified"
+	case slices.Contains(n.Verified, r):
+		return "verified"
+	}
+	return "not checked"
 }
 
 // Summary is the view over a set of nodes.
@@ -104,17 +130,21 @@ func (s Summary) Line() string {
 func (s Summary) WriteTable(w io.Writer) error {
 	var buf bytes.Buffer
 	tw := tabwriter.NewWriter(&buf, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NODE\tSTATE\tSOURCES\tAPPLIED\tSYNCED\tMESSAGE")
+	fmt.Fprintln(tw, "NODE\tSTATE\tSOURCES\tAPPLIED\tSYNCED\tNOT VERIFIED\tMESSAGE")
 	for _, n := range s.Nodes {
 		if !n.Reported() {
-			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\tno report: no nodetrust agent has run on this node\n", n.Name)
+			fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\tno report: no nodetrust agent has run on this node\n", n.Name)
 			continue
 		}
 		synced := "-"
 		if !n.SyncedAt.IsZero() {
 			synced = n.SyncedAt.UTC().Format(time.RFC3339)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\n", n.Name, n.State, n.Sources, n.Applied, synced, strings.ReplaceAll(n.Message, "\t", " "))
+		unverified := "-"
+		if len(n.Unverified) > 0 {
+			unverified = strings.Join(n.Unverified, ",")
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%s\t%s\t%s\n", n.Name, n.State, n.Sources, n.Applied, synced, unverified, strings.ReplaceAll(n.Message, "\t", " "))
 	}
 	if err := tw.Flush(); err != nil {
 		return err
@@ -127,5 +157,52 @@ func (s Summary) WriteTable(w io.Writer) error {
 		}
 	}
 	_, err := fmt.Fprintln(w, s.Line())
+	return err
+}
+
+// RegistryView is one registry across the nodes (`nodetrust status
+// --registry R`).
+type RegistryView struct {
+	Registry string            `json:"registry"`
+	Nodes    map[string]string `json:"nodes"` // node → Node.Registry
+	// Verified counts the nodes where it verifies, of Checked.
+	Verified, Checked int
+}
+
+// Registry builds the view of r.
+func (s Summary) Registry(r string) RegistryView {
+	v := RegistryView{Registry: r, Nodes: map[string]string{}}
+	for _, n := range s.Nodes {
+		got := n.Registry(r)
+		v.Nodes[n.Name] = got
+		if got != "not checked" {
+			v.Checked++
+		}
+		if got == "verified" {
+			v.Verified++
+		}
+	}
+	return v
+}
+
+// OK reports whether r was checked on some node and verifies wherever it was.
+func (v RegistryView) OK() bool { return v.Checked > 0 && v.Verified == v.Checked }
+
+// WriteTable prints one row per node, then a summary line.
+func (v RegistryView) WriteTable(w io.Writer) error {
+	names := make([]string, 0, len(v.Nodes))
+	for n := range v.Nodes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NODE\t"+v.Registry)
+	for _, n := range names {
+		fmt.Fprintf(tw, "%s\t%s\n", n, v.Nodes[n])
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	_, err := fmt.Fprintf(w, "%s: verified on %d of the %d nodes that checked it (%d nodes)\n", v.Registry, v.Verified, v.Checked, len(v.Nodes))
 	return err
 }

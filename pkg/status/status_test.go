@@ -68,9 +68,9 @@ func TestFromNodeAndTable(t *testing.T) {
 
 	var b bytes.Buffer
 	require.NoError(t, s.WriteTable(&b))
-	require.Equal(t, `NODE      STATE     SOURCES  APPLIED       SYNCED                MESSAGE
-worker-1  Degraded  1        abc123abc123  2026-11-22T13:00:00Z  rejected registry/bad: tls.crt holds a private key
-worker-2  -         -        -             -                     no report: no nodetrust agent has run on this node
+	require.Equal(t, `NODE      STATE     SOURCES  APPLIED       SYNCED                NOT VERIFIED  MESSAGE
+worker-1  Degraded  1        abc123abc123  2026-11-22T13:00:00Z  -             rejected registry/bad: tls.crt holds a private key
+worker-2  -         -        -             -                     -             no report: no nodetrust agent has run on this node
 2 nodes: 0 Ready, 1 Degraded, 0 Pending, 1 not reporting; the same applied state
 `, b.String())
 }
@@ -78,5 +78,28 @@ worker-2  -         -        -             -                     no report: no n
 func TestTableHasNoTrailingSpaces(t *testing.T) {
 	var b bytes.Buffer
 	require.NoError(t, status.Summarize([]corev1.Node{node("a", report("Ready", "abc123abc123", "1", ""))}).WriteTable(&b))
-	require.Equal(t, "NODE  STATE  SOURCES  APPLIED       SYNCED                MESSAGE\na     Ready  1        abc123abc123  2026-11-22T13:00:00Z\n1 node: 1 Ready, 0 Degraded, 0 Pending, 0 not reporting; the same applied state\n", b.String())
+	require.Equal(t, "NODE  STATE  SOURCES  APPLIED       SYNCED                NOT VERIFIED  MESSAGE\na     Ready  1        abc123abc123  2026-11-22T13:00:00Z  -\n1 node: 1 Ready, 0 Degraded, 0 Pending, 0 not reporting; the same applied state\n", b.String())
+}
+
+// A registry that does not verify on a node shows in its row, and
+// --registry shows that registry on every node.
+func TestRegistryColumnAndView(t *testing.T) {
+	good := report("Ready", "abc123abc123", "2", "")
+	good["nodetrust.io/verified"] = "harbor.local:5000,r.example"
+	bad := report("Degraded", "abc123abc123", "2", "registry harbor.local:5000 not verified: containerd: unknown-authority: …")
+	bad["nodetrust.io/verified"] = "r.example"
+	bad["nodetrust.io/unverified"] = "harbor.local:5000"
+	s := status.Summarize([]corev1.Node{node("a", good), node("b", bad), node("c", report("Ready", "abc123abc123", "2", ""))})
+	var b bytes.Buffer
+	require.NoError(t, s.WriteTable(&b))
+	require.Contains(t, b.String(), "b     Degraded  2        abc123abc123  2026-11-22T13:00:00Z  harbor.local:5000  registry harbor.local:5000 not verified")
+
+	v := s.Registry("harbor.local:5000")
+	require.Equal(t, map[string]string{"a": "verified", "b": "not verified", "c": "not checked"}, v.Nodes)
+	require.False(t, v.OK())
+	b.Reset()
+	require.NoError(t, v.WriteTable(&b))
+	require.Equal(t, "NODE  harbor.local:5000\na     verified\nb     not verified\nc     not checked\nharbor.local:5000: verified on 1 of the 2 nodes that checked it (3 nodes)\n", b.String())
+	require.True(t, s.Registry("r.example").OK())
+	require.False(t, s.Registry("unknown.example").OK(), "checked nowhere")
 }

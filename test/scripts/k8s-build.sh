@@ -2,16 +2,17 @@
 # Build the Kubernetes components nodetrust's cluster tests (test/cluster) run
 # against, from Go modules through the module proxy (nothing is downloaded as a
 # binary): kube-apiserver, kubectl, kube-controller-manager, kube-scheduler
-# (k8s.io/kubernetes) and kwok (sigs.k8s.io/kwok). etcd comes from Debian
-# (test/scripts/deps.sh).
+# (k8s.io/kubernetes) and kwok (sigs.k8s.io/kwok). With --kubelet (test/node)
+# also kubelet, from the same module with the same ldflags. etcd comes from
+# Debian (test/scripts/deps.sh).
 #
 # Binaries are cached outside the repo, keyed by version:
-#   $NODETRUST_CACHE/k8s/<k8s version>/bin/{kube-apiserver,kubectl,kube-controller-manager,kube-scheduler}
+#   $NODETRUST_CACHE/k8s/<k8s version>/bin/{kube-apiserver,kubectl,kube-controller-manager,kube-scheduler[,kubelet]}
 #   $NODETRUST_CACHE/k8s/kwok-<kwok version>/bin/kwok
 # (NODETRUST_CACHE defaults to ~/.cache/nodetrust). Idempotent (skips what
 # exists), atomic (temp name then mv), safe to run concurrently (flock).
 #
-# Usage: test/scripts/k8s-build.sh [--print-bin-dir|--print-kwok-dir]
+# Usage: test/scripts/k8s-build.sh [--kubelet] [--print-bin-dir|--print-kwok-dir]
 # Env:   K8S_VERSION (default below), KWOK_VERSION, NODETRUST_SKIP_DEPS=1
 #
 # Cold build on 2 cores: about 15 min for everything (see test/cluster/README.md).
@@ -24,6 +25,12 @@ K8S_DIR="$CACHE/k8s/$K8S_VERSION"
 KWOK_DIR="$CACHE/k8s/kwok-$KWOK_VERSION"
 K8S_BINS=(kube-apiserver kubectl kube-controller-manager kube-scheduler)
 
+if [[ "${1:-}" == --kubelet ]]; then
+	# kubelet only for the suites that run one (test/node): ~1 min warm, more cold.
+	K8S_BINS+=(kubelet)
+	shift
+fi
+
 case "${1:-}" in
 --print-bin-dir)
 	echo "$K8S_DIR/bin"
@@ -35,7 +42,7 @@ case "${1:-}" in
 	;;
 "") ;;
 *)
-	echo "usage: $0 [--print-bin-dir|--print-kwok-dir]" >&2
+	echo "usage: $0 [--kubelet] [--print-bin-dir|--print-kwok-dir]" >&2
 	exit 2
 	;;
 esac
@@ -88,6 +95,14 @@ timed() { # name cmd...
 # ---------------------------------------------------------------- kubernetes
 src="$K8S_DIR/src"
 mkdir -p "$src"
+# A tools.go that lacks one of the binaries (an older cache without kubelet)
+# needs a new tidy: the module graph must cover that command's imports.
+for b in "${K8S_BINS[@]}"; do
+	if [[ -f "$src/tools.go" ]] && ! grep -q "k8s.io/kubernetes/cmd/$b\"" "$src/tools.go"; then
+		log "$src/tools.go lacks $b: tidying again"
+		rm -f "$src/.tidy-ok"
+	fi
+done
 if [[ ! -f "$src/go.sum" || ! -f "$src/.tidy-ok" ]]; then
 	log "preparing throwaway module in $src for k8s.io/kubernetes $K8S_VERSION"
 	modfile="$(go env GOMODCACHE)/cache/download/k8s.io/kubernetes/@v/$K8S_VERSION.mod"
@@ -119,18 +134,13 @@ replace (
 $replaces
 )
 EOF
-	cat >"$src/tools.go" <<'EOF'
-//go:build tools
-
-package k8sbuild
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-EOF
+	{
+		printf '//go:build tools\n\npackage k8sbuild\n\nimport (\n'
+		for b in "${K8S_BINS[@]}"; do
+			printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$b"
+		done
+		printf ')\n'
+	} >"$src/tools.go"
 	rm -f "$src/go.sum"
 	(cd "$src" && timed "go mod tidy (kubernetes $K8S_VERSION)" go mod tidy)
 	touch "$src/.tidy-ok"

@@ -1,0 +1,504 @@
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"math/big"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodetrust/nodetrust/test/cluster"
+)
+
+// rootPackages is the node root's debootstrap --include list: the systemd
+// suite's root plus containerd 1.6 (with runc) and the CNI plugins. Another
+// list is another cached tarball (test/scripts/debian-root.sh).
+const rootPackages = "ca-certificates,openssl,curl,systemd,systemd-sysv,dbus,containerd,containernetworking-plugins,iptables,procps"
+
+// Names inside the node.
+const (
+	registryHost   = "registry.nodetrust.test"
+	pauseImage     = "nodetrust.test/pause:1"
+	agentImage     = "ghcr.io/nodetrust/nodetrust:node-test"
+	containerdSock = "/run/containerd/containerd.sock"
+)
+
+// node is one Kubernetes node: a Debian root booted by systemd-nspawn on the
+// host's network, whose systemd runs containerd and the kubelet.
+type node struct {
+	name    string
+	dir     string // harness files (console log, cgroups)
+	root    string // the node's / as seen from this machine
+	id      string // short random id: bridge, cgroup names
+	console string
+
+	nspawn  *exec.Cmd
+	exited  chan struct{}
+	waitErr error
+	leader  int // host PID of the node's systemd
+
+	containerd string   // binary bound over /usr/bin/containerd, or ""
+	ownCgroups []string // name=systemd and cgroup2 cgroups nspawn runs in
+	cgroupRoot string   // kubelet's cgroupRoot, below which pods run
+	bridge     string
+
+	kubeletPort int
+	Booted      time.Duration // nspawn start -> containerd socket
+	Ready       time.Duration // nspawn start -> Node Ready
+	Runtime     string        // the Node's containerRuntimeVersion
+}
+
+func randID(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b)
+}
+
+// hostPath is p (an absolute path inside the node) as seen from this machine.
+func (n *node) hostPath(p string) string { return filepath.Join(n.root, p) }
+
+// procRoot is p inside the node's mount namespace (its /run is nspawn's tmpfs).
+func (n *node) procRoot(p string) string {
+	return filepath.Join(fmt.Sprintf("/proc/%d/root", n.leader), p)
+}
+
+// startNode builds the node root, boots it and waits until its Node is
+// Ready. A containerd binary, if given, replaces the node's (bound over
+// /usr/bin/containerd).
+func startNode(t *testing.T, c *cluster.Cluster, name, containerd string) *node {
+	t.Helper()
+	n := &node{name: name, dir: t.TempDir(), id: randID(3), containerd: containerd}
+	n.root = filepath.Join(n.dir, "root")
+	n.console = filepath.Join(n.dir, "console.log")
+	n.cgroupRoot = "/nodetrust-node-" + n.id
+	n.bridge = "ntnode" + n.id[:4]
+	start := time.Now()
+	cmd := exec.Command("bash", filepath.Join(cluster.RepoRoot(), "test", "scripts", "debian-root.sh"), n.root)
+	cmd.Env = append(os.Environ(), "NODETRUST_DEBIAN_INCLUDE="+rootPackages)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("debian-root.sh: %v\n%s", err, out)
+	}
+	t.Logf("node root %s extracted in %v", n.root, time.Since(start).Round(time.Millisecond))
+	n.configure(t, c)
+	n.boot(t)
+	n.waitReady(t, c)
+	return n
+}
+
+func writeFiles(t *testing.T, root string, files map[string]string) {
+	t.Helper()
+	for p, content := range files {
+		full := filepath.Join(root, p)
+		if err := os.MkdirAll(filepath.Dir(full), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(full, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// configure writes the node's containerd, CNI, kubelet and unit files.
+func (n *node) configure(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	var err error
+	if n.kubeletPort, err = cluster.FreePort(); err != nil {
+		t.Fatal(err)
+	}
+	healthz, err := cluster.FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	subnet, _ := rand.Int(rand.Reader, big.NewInt(150))
+	kubeconfig := filepath.Join(n.dir, "kubelet.kubeconfig")
+	// The kubelet authenticates as the admin: the Node authorizer is not
+	// what this suite proves.
+	if err := cluster.WriteKubeconfig(kubeconfig, c.Server, c.CAPEM, c.AdminToken, ""); err != nil {
+		t.Fatal(err)
+	}
+	kc, err := os.ReadFile(kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The control plane's cgroup v1 controllers are mounted read-only in an
+	// nspawn container; runc must create the pods' cgroups in them.
+	remount := `for d in /sys/fs/cgroup/*/; do case "$d" in */systemd/|*/unified/) ;; *) mount -o remount,bind,rw "$d" ;; esac; done`
+	writeFiles(t, n.root, map[string]string{
+		"etc/hostname": n.name + "\n",
+		// The registry's name resolves to this machine's loopback inside the
+		// node only (containerd falls back to plain HTTP for a loopback name).
+		"etc/hosts": "127.0.0.1 localhost " + registryHost + "\n",
+		"etc/containerd/config.toml": `version = 2
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "` + pauseImage + `"
+  # this machine's root lacks CAP_SYS_RESOURCE (REAL-COMPONENTS.md)
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  disable_tcp_service = true
+  stream_server_address = "127.0.0.1"
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "/etc/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "/etc/containerd/certs.d"
+`,
+		"etc/systemd/system/containerd.service.d/node-test.conf": `[Service]
+# a negative OOM score needs CAP_SYS_RESOURCE
+OOMScoreAdjust=0
+ExecStartPre=/bin/sh -c '` + remount + `'
+StandardOutput=append:/var/log/containerd.log
+StandardError=inherit
+`,
+		"etc/cni/net.d/10-node.conflist": fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "nodetrust-node",
+  "plugins": [{
+    "type": "bridge", "bridge": %q, "isGateway": false, "ipMasq": false,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.%d.0/24"}]]}
+  }]
+}
+`, n.bridge, 100+subnet.Int64()),
+		"etc/kubernetes/kubelet.kubeconfig": string(kc),
+		"etc/kubernetes/kubelet.yaml": fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: %d
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+readOnlyPort: 0
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+cgroupRoot: %s
+enforceNodeAllocatable: []
+failSwapOn: false
+failCgroupV1: false
+makeIPTablesUtilChains: false
+authentication:
+  anonymous: {enabled: true}
+  webhook: {enabled: false}
+authorization: {mode: AlwaysAllow}
+evictionHard: {}
+containerRuntimeEndpoint: unix://%s
+serializeImagePulls: false
+`, n.kubeletPort, healthz, n.cgroupRoot, containerdSock),
+		"etc/systemd/system/kubelet.service": `[Unit]
+Description=kubelet (test/node)
+Wants=containerd.service
+After=containerd.service
+
+[Service]
+ExecStart=/usr/local/bin/kubelet --config /etc/kubernetes/kubelet.yaml --kubeconfig /etc/kubernetes/kubelet.kubeconfig --hostname-override ` + n.name + `
+Restart=always
+RestartSec=1
+StandardOutput=append:/var/log/kubelet.log
+StandardError=inherit
+
+[Install]
+WantedBy=multi-user.target
+`,
+	})
+	wants := filepath.Join(n.root, "etc/systemd/system/multi-user.target.wants")
+	if err := os.MkdirAll(wants, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/etc/systemd/system/kubelet.service", filepath.Join(wants, "kubelet.service")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Lstat(filepath.Join(wants, "containerd.service")); err != nil {
+		t.Fatalf("containerd.service is not enabled in the node root: %v", err)
+	}
+	if err := os.MkdirAll(filepath.Join(n.root, "usr/local/bin"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.root, "usr/local/bin/kubelet"), nil, 0o755); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// boot starts systemd-nspawn in cgroups of its own and waits for the
+// node's containerd socket.
+func (n *node) boot(t *testing.T) {
+	t.Helper()
+	var err error
+	if n.ownCgroups, err = ownCgroups("nodetrust-node-" + n.id); err != nil {
+		t.Fatalf("cgroups for nspawn: %v", err)
+	}
+	console, err := os.Create(n.console)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer console.Close()
+	// The shell moves itself into the private cgroups, then becomes nspawn
+	// (with --keep-unit, nspawn puts the container below its own cgroup).
+	args := []string{"-D", n.root, "--register=no", "--keep-unit", "--console=pipe",
+		"--machine=" + n.name,
+		// The kubelet, containerd and runc need every capability, the
+		// kubelet's OOM watcher /dev/kmsg, and the CNI bridge plugin
+		// writable /proc/sys and /sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE);
+		// runc's keyring calls pass nspawn's seccomp filter only when off.
+		"--capability=all",
+		"--bind-ro=" + cluster.K8sBin("kubelet") + ":/usr/local/bin/kubelet",
+		"--bind=/dev/kmsg",
+	}
+	if n.containerd != "" {
+		args = append(args, "--bind-ro="+n.containerd+":/usr/bin/containerd")
+	}
+	n.nspawn = exec.Command("sh", append([]string{"-c", `for d in $NODETRUST_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 125; done; exec systemd-nspawn "$@"`,
+		"sh"}, append(args, "-b")...)...)
+	n.nspawn.Env = append(os.Environ(),
+		"NODETRUST_CGROUPS="+strings.Join(n.ownCgroups, " "),
+		"SYSTEMD_SECCOMP=0",
+		"SYSTEMD_NSPAWN_API_VFS_WRITABLE=1")
+	n.nspawn.Stdout, n.nspawn.Stderr = console, console
+	n.nspawn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	n.exited = make(chan struct{})
+	start := time.Now()
+	if err := n.nspawn.Start(); err != nil {
+		t.Fatalf("systemd-nspawn: %v", err)
+	}
+	go func() {
+		n.waitErr = n.nspawn.Wait()
+		close(n.exited)
+	}()
+	t.Cleanup(func() { n.stop(t) })
+	ok := cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+		select {
+		case <-n.exited:
+			return true
+		default:
+		}
+		if n.leader == 0 {
+			n.leader = leaderPID(n.nspawn.Process.Pid)
+			return false
+		}
+		_, err := os.Stat(n.procRoot(containerdSock))
+		return err == nil
+	})
+	select {
+	case <-n.exited:
+		t.Fatalf("systemd-nspawn exited: %v\n%s", n.waitErr, tail(n.console, 3000))
+	default:
+	}
+	if !ok {
+		t.Fatalf("no containerd socket in the node after 60 s\n%s\n%s", tail(n.console, 2000), tail(n.hostPath("/var/log/containerd.log"), 2000))
+	}
+	n.Booted = time.Since(start)
+	t.Logf("node %s booted: systemd is host PID %d, containerd up after %v", n.name, n.leader, n.Booted.Round(time.Millisecond))
+}
+
+// waitReady waits for the Node object to be Ready.
+func (n *node) waitReady(t *testing.T, c *cluster.Cluster) {
+	t.Helper()
+	start := time.Now()
+	var last string
+	ok := cluster.Poll(120*time.Second, 250*time.Millisecond, func() bool {
+		nd, err := c.Admin.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		n.Runtime = nd.Status.NodeInfo.ContainerRuntimeVersion
+		for _, cond := range nd.Status.Conditions {
+			if cond.Type == corev1.NodeReady {
+				last = fmt.Sprintf("%s: %s", cond.Status, cond.Message)
+				return cond.Status == corev1.ConditionTrue
+			}
+		}
+		return false
+	})
+	if !ok {
+		t.Fatalf("Node %s not Ready after 120 s (last: %s)\n---- kubelet ----\n%s\n---- containerd ----\n%s", n.name, last,
+			tail(n.hostPath("/var/log/kubelet.log"), 4000), tail(n.hostPath("/var/log/containerd.log"), 2000))
+	}
+	n.Ready = n.Booted + time.Since(start)
+	t.Logf("Node %s Ready %v after boot", n.name, time.Since(start).Round(time.Millisecond))
+}
+
+// stop halts the node (SIGTERM to nspawn: systemd powers off) and removes
+// what it left outside its root: its cgroups and the CNI bridge.
+func (n *node) stop(t *testing.T) {
+	if t.Failed() {
+		t.Logf("---- node %s console ----\n%s", n.name, tail(n.console, 2000))
+		t.Logf("---- node %s kubelet ----\n%s", n.name, tail(n.hostPath("/var/log/kubelet.log"), 4000))
+		t.Logf("---- node %s containerd ----\n%s", n.name, tail(n.hostPath("/var/log/containerd.log"), 3000))
+		logs, _ := filepath.Glob(n.hostPath("/var/log/pods/*/*/*.log"))
+		for _, l := range logs {
+			t.Logf("---- node %s %s ----\n%s", n.name, strings.TrimPrefix(l, n.hostPath("/var/log/pods")), tail(l, 3000))
+		}
+	}
+	wait := func(d time.Duration) bool {
+		select {
+		case <-n.exited:
+			return true
+		case <-time.After(d):
+			return false
+		}
+	}
+	_ = n.nspawn.Process.Signal(syscall.SIGTERM)
+	if !wait(30 * time.Second) {
+		t.Errorf("node %s did not halt within 30 s of SIGTERM", n.name)
+		if n.leader != 0 {
+			_ = syscall.Kill(n.leader, syscall.SIGKILL)
+		}
+		_ = n.nspawn.Process.Kill()
+		<-n.exited
+	}
+	_ = exec.Command("ip", "link", "delete", n.bridge).Run()
+	var dirs []string
+	ctrls, _ := filepath.Glob("/sys/fs/cgroup/*" + n.cgroupRoot)
+	dirs = append(dirs, ctrls...)
+	dirs = append(dirs, n.ownCgroups...)
+	if !cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(removeCgroupTrees(dirs)) == 0 }) {
+		t.Errorf("cgroups left: %v", removeCgroupTrees(dirs))
+	}
+}
+
+// ownCgroups creates a cgroup called name below this process's own cgroup
+// in the hierarchies systemd tracks units in (name=systemd and cgroup2).
+func ownCgroups(name string) ([]string, error) {
+	own := map[string]string{}
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		switch {
+		case f[0] == "0" && f[1] == "":
+			own["/sys/fs/cgroup/unified"] = f[2]
+		case f[1] == "name=systemd":
+			own["/sys/fs/cgroup/systemd"] = f[2]
+		}
+	}
+	var dirs []string
+	for mnt, path := range own {
+		if _, err := os.Stat(filepath.Join(mnt, "cgroup.procs")); err != nil {
+			continue
+		}
+		d := filepath.Join(mnt, path, name)
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return nil, err
+		}
+		dirs = append(dirs, d)
+	}
+	if len(dirs) == 0 {
+		return nil, fmt.Errorf("no name=systemd or cgroup2 hierarchy in /proc/self/cgroup:\n%s", b)
+	}
+	return dirs, nil
+}
+
+// removeCgroupTrees removes each cgroup directory tree deepest first and
+// returns the directories still there.
+func removeCgroupTrees(tops []string) (left []string) {
+	for _, top := range tops {
+		var all []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				all = append(all, p)
+			}
+			return nil
+		})
+		for i := len(all) - 1; i >= 0; i-- {
+			if err := syscall.Rmdir(all[i]); err != nil && !os.IsNotExist(err) {
+				left = append(left, all[i])
+			}
+		}
+	}
+	return left
+}
+
+// leaderPID is the host PID of the process below nspawn whose PID in its
+// own namespace is 1 (the node's systemd), or 0.
+func leaderPID(nspawn int) int {
+	queue := []int{nspawn}
+	for len(queue) > 0 {
+		pid := queue[0]
+		queue = queue[1:]
+		if pid != nspawn {
+			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+				for _, line := range strings.Split(string(b), "\n") {
+					if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
+						if f := strings.Fields(rest); len(f) > 1 && f[len(f)-1] == "1" {
+							return pid
+						}
+					}
+				}
+			}
+		}
+		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
+		for _, tf := range tasks {
+			b, _ := os.ReadFile(tf)
+			for _, f := range strings.Fields(string(b)) {
+				var child int
+				if _, err := fmt.Sscan(f, &child); err == nil {
+					queue = append(queue, child)
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// inNode runs a command in the node's namespaces (systemctl, journalctl).
+func (n *node) inNode(args ...string) (string, error) {
+	cmd := exec.Command("nsenter", append([]string{"-t", fmt.Sprint(n.leader), "-m", "-u", "-i", "-p", "--"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// ctr runs the machine's ctr against the node's containerd, namespace k8s.io.
+func (n *node) ctr(args ...string) (string, error) {
+	cmd := exec.Command("ctr", append([]string{"--address", n.procRoot(containerdSock), "-n", "k8s.io"}, args...)...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ctr %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+// importImage imports a docker-archive tarball into the node's containerd
+// and tags it as ref (when ref is not what the tarball names).
+func (n *node) importImage(t *testing.T, tarball, ref string) {
+	t.Helper()
+	out, err := n.ctr("images", "import", tarball)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "unpacking NAME (sha256:...)...done"
+	for _, line := range strings.Split(out, "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "unpacking" && f[1] != ref {
+			if _, err := n.ctr("images", "tag", "--force", f[1], ref); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if out, err := n.ctr("images", "ls", "-q", "name=="+ref); err != nil || strings.TrimSpace(out) != ref {
+		t.Fatalf("image %s not in the node's containerd after import (%v): %q", ref, err, out)
+	}
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return string(b)
+}
