@@ -50,6 +50,12 @@ func boundToken(t *testing.T, c *cluster.Cluster, ns, node string) string {
 	}
 	pod, err := c.Admin.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
 	require.NoError(t, err)
+	// No kubelet confirms its termination: delete it at once, so that its
+	// namespace can go.
+	t.Cleanup(func() {
+		zero := int64(0)
+		_ = c.Admin.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	})
 	secs := int64(3600)
 	tr, err := c.Admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, cluster.AgentServiceAccount, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
