@@ -170,12 +170,19 @@ func TestValues(t *testing.T) {
 	}{
 		"agent flags": {
 			map[string]any{"restart": "never", "maxConcurrentRestarts": 3, "manageContainerdConfig": true,
-				"startupTaint": "nodetrust.io/agent-not-ready", "verify": false, "extraArgs": []any{"--resync=1m"}},
+				"startupTaint": "example.com/cas-pending", "verify": false, "extraArgs": []any{"--resync=1m"}},
 			func(t *testing.T, objs []Object) {
 				require.Equal(t, []any{"agent", "--restart=never", "--max-concurrent-restarts=3", "--manage-containerd-config",
-					"--startup-taint=nodetrust.io/agent-not-ready", "--verify=false", "--resync=1m"}, container(daemonSet(t, objs))["args"])
+					"--startup-taint=example.com/cas-pending", "--verify=false", "--resync=1m"}, container(daemonSet(t, objs))["args"])
 				vap := find(objs, "ValidatingAdmissionPolicy//nodetrust-own-node")
-				require.Contains(t, vap.YAML(), `expression: '''nodetrust.io/agent-not-ready'''`)
+				require.Equal(t, "['nodetrust.io/agent-not-ready', 'example.com/cas-pending']", policyVariable(t, vap, "startupTaintKeys"))
+			},
+		},
+		"startup taint nodetrust's own": {
+			map[string]any{"startupTaint": "nodetrust.io/agent-not-ready"},
+			func(t *testing.T, objs []Object) {
+				vap := find(objs, "ValidatingAdmissionPolicy//nodetrust-own-node")
+				require.Equal(t, "['nodetrust.io/agent-not-ready']", policyVariable(t, vap, "startupTaintKeys"))
 			},
 		},
 		"uninstall": {
@@ -351,4 +358,17 @@ func TestMonitoringExamples(t *testing.T) {
 		require.NotNil(t, chartObj, ex.Key())
 		require.Equal(t, Object(chartObj["spec"].(map[string]any)).YAML(), Object(ex["spec"].(map[string]any)).YAML(), name)
 	}
+}
+
+// policyVariable returns the expression of a ValidatingAdmissionPolicy's variable.
+func policyVariable(t *testing.T, vap Object, name string) string {
+	t.Helper()
+	require.NotNil(t, vap)
+	for _, v := range vap["spec"].(map[string]any)["variables"].([]any) {
+		if v := v.(map[string]any); v["name"] == name {
+			return v["expression"].(string)
+		}
+	}
+	t.Fatalf("no variable %s", name)
+	return ""
 }

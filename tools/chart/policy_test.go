@@ -225,9 +225,10 @@ func runPolicyCases(t *testing.T, agent *kubernetes.Clientset, cases map[string]
 
 // TestOwnNodePolicy: with deploy/ and deploy/admission applied, the agent's
 // pod-bound token may patch only its own Node's nodetrust.io/ annotations
-// and NodeTrustReady condition; every other change is denied by the policy
-// (not by RBAC, which allows patch on every Node). The real agent, with the
-// same token, runs a sync and reports on its Node.
+// and NodeTrustReady condition and remove its startup taint; every other
+// change is denied by the policy (not by RBAC, which allows patch on every
+// Node). The real agent, with the same token and --startup-taint, runs a
+// sync, reports on its Node and removes the taint.
 func TestOwnNodePolicy(t *testing.T) {
 	cluster.SkipUnlessReal(t)
 	t.Parallel()
@@ -237,7 +238,7 @@ func TestOwnNodePolicy(t *testing.T) {
 	out, err := c.Kubectl("apply", "-k", filepath.Join(RepoRoot(), "deploy", "admission"))
 	require.NoError(t, err, out)
 	grantNodeStatus(t, c)
-	createNodes(t, c, "", "node-a", "node-b")
+	createNodes(t, c, startupTaint, "node-a", "node-b")
 	tok := boundToken(t, c, cluster.AgentNamespace, "node-a")
 	agent := tokenClient(t, c, tok)
 
@@ -261,18 +262,19 @@ func TestOwnNodePolicy(t *testing.T) {
 			}
 			return patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"annotations": map[string]any{"nodetrust.io/probe": nil}}}}.do(cs)
 		}, true},
-		"own NodeTrustReady condition":      {condition("node-a", "NodeTrustReady", "True").do, true},
-		"another Node's nodetrust.io/":      {annotate("node-b", "nodetrust.io/state", "Ready").do, false},
-		"another Node's NodeTrustReady":     {condition("node-b", "NodeTrustReady", "True").do, false},
-		"another annotation":                {annotate("node-a", "other.io/x", "2").do, false},
-		"remove another annotation":         {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"annotations": map[string]any{"other.io/x": nil}}}}.do, false},
-		"a label":                           {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"pool": "red"}}}}.do, false},
-		"a new label":                       {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"nodetrust.io/x": "1"}}}}.do, false},
-		"cordon":                            {patch{node: "node-a", body: map[string]any{"spec": map[string]any{"unschedulable": true}}}.do, false},
-		"remove a taint (no startup taint)": {untaint("node-a", "dedicated"), false},
-		"the Ready condition":               {condition("node-a", "Ready", "False").do, false},
-		"an address":                        {patch{node: "node-a", subresource: "status", body: map[string]any{"status": map[string]any{"addresses": []any{map[string]any{"type": "InternalIP", "address": "10.9.9.9"}}}}}.do, false},
-		"a finalizer":                       {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"finalizers": []any{"x.io/y"}}}}.do, false},
+		"own NodeTrustReady condition":  {condition("node-a", "NodeTrustReady", "True").do, true},
+		"another Node's nodetrust.io/":  {annotate("node-b", "nodetrust.io/state", "Ready").do, false},
+		"another Node's NodeTrustReady": {condition("node-b", "NodeTrustReady", "True").do, false},
+		"another annotation":            {annotate("node-a", "other.io/x", "2").do, false},
+		"remove another annotation":     {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"annotations": map[string]any{"other.io/x": nil}}}}.do, false},
+		"a label":                       {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"pool": "red"}}}}.do, false},
+		"a new label":                   {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"labels": map[string]any{"nodetrust.io/x": "1"}}}}.do, false},
+		"cordon":                        {patch{node: "node-a", body: map[string]any{"spec": map[string]any{"unschedulable": true}}}.do, false},
+		"another Node's startup taint":  {untaint("node-b", startupTaint), false},
+		"remove another taint":          {untaint("node-a", "dedicated"), false},
+		"the Ready condition":           {condition("node-a", "Ready", "False").do, false},
+		"an address":                    {patch{node: "node-a", subresource: "status", body: map[string]any{"status": map[string]any{"addresses": []any{map[string]any{"type": "InternalIP", "address": "10.9.9.9"}}}}}.do, false},
+		"a finalizer":                   {patch{node: "node-a", body: map[string]any{"metadata": map[string]any{"finalizers": []any{"x.io/y"}}}}.do, false},
 		"unbound token, own nodetrust.io/": {func(*kubernetes.Clientset) error {
 			return annotate("node-a", "nodetrust.io/state", "Ready").do(unbound)
 		}, false},
@@ -288,7 +290,7 @@ func TestOwnNodePolicy(t *testing.T) {
 	require.NoError(t, err)
 	kc := filepath.Join(t.TempDir(), "agent.kubeconfig")
 	require.NoError(t, cluster.WriteKubeconfig(kc, c.Server, c.CAPEM, tok, cluster.AgentNamespace))
-	a := cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: kc, Node: "node-a", Root: cluster.NewHostRoot(t), Extra: []string{"--verify=false"}})
+	a := cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: kc, Node: "node-a", Root: cluster.NewHostRoot(t), Extra: []string{"--verify=false", "--startup-taint", startupTaint}})
 	a.WaitReady(t, 30*time.Second)
 	var n *corev1.Node
 	require.True(t, cluster.Poll(20*time.Second, 100*time.Millisecond, func() bool {
@@ -296,13 +298,15 @@ func TestOwnNodePolicy(t *testing.T) {
 		return err == nil && n.Annotations["nodetrust.io/state"] == "Ready" && n.Annotations["nodetrust.io/sources"] == "1" &&
 			slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
 				return c.Type == "NodeTrustReady" && c.Status == corev1.ConditionTrue
-			})
-	}), "agent's report on node-a: %v %v\n%s", n.Annotations, n.Status.Conditions, a.Log())
+			}) && !hasTaint(n, startupTaint)
+	}), "agent's report on node-a: %v %v %v\n%s", n.Annotations, n.Status.Conditions, n.Spec.Taints, a.Log())
 	require.NotContains(t, a.Log(), policyName, "the agent's own requests are never denied")
+	require.True(t, hasTaint(n, "dedicated"), "other taints stay")
 	b, err := c.Admin.CoreV1().Nodes().Get(ctx, "node-b", metav1.GetOptions{})
 	require.NoError(t, err)
 	require.NotContains(t, b.Annotations, "nodetrust.io/state")
 	require.Equal(t, "green", b.Labels["pool"])
+	require.True(t, hasTaint(b, startupTaint), "another Node's startup taint stays")
 
 	t.Run("kubectl nodetrust status", func(t *testing.T) { pluginStatus(t, c) })
 }
@@ -342,4 +346,8 @@ func pluginStatus(t *testing.T, c *cluster.Cluster) {
 	require.ErrorAs(t, err, &exit, out)
 	require.Equal(t, 2, exit.ExitCode(), out)
 	require.Contains(t, out, "usage: kubectl nodetrust")
+}
+
+func hasTaint(n *corev1.Node, key string) bool {
+	return slices.ContainsFunc(n.Spec.Taints, func(t corev1.Taint) bool { return t.Key == key })
 }

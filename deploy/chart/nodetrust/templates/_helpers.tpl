@@ -22,9 +22,11 @@ app.kubernetes.io/component: agent
 {{/* The agent's ServiceAccount name (fixed, as in deploy/). */}}
 {{- define "nodetrust.serviceAccount" -}}nodetrust{{- end -}}
 
-{{/* The startup taint's key ("" for none). */}}
-{{- define "nodetrust.startupTaintKey" -}}
-{{ .Values.startupTaint }}
+{{/* The startup taint keys the admission policy lets the agent remove, as a CEL list. */}}
+{{- define "nodetrust.startupTaintKeys" -}}
+{{- $keys := list "nodetrust.io/agent-not-ready" -}}
+{{- with .Values.startupTaint }}{{ $keys = append $keys . | uniq }}{{ end -}}
+[{{ range $i, $k := $keys }}{{ if $i }}, {{ end }}'{{ $k }}'{{ end }}]
 {{- end -}}
 
 {{/* The agent's arguments: only what differs from its defaults, so default values render deploy/'s args. */}}
