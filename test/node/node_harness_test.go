@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -42,20 +43,23 @@ type node struct {
 	id      string // short random id: bridge, cgroup names
 	console string
 
-	nspawn  *exec.Cmd
-	exited  chan struct{}
-	waitErr error
-	leader  int // host PID of the node's systemd
+	nspawn      *exec.Cmd
+	exited      chan struct{}
+	waitErr     error
+	leader      int    // host PID of the node's systemd
+	leaderStart string // and its start time (procStart)
 
 	containerd string   // binary bound over /usr/bin/containerd, or ""
+	taints     []string // registerWithTaints keys (NoSchedule)
 	ownCgroups []string // name=systemd and cgroup2 cgroups nspawn runs in
-	cgroupRoot string   // kubelet's cgroupRoot, below which pods run
 	bridge     string
 
 	kubeletPort int
 	Booted      time.Duration // nspawn start -> containerd socket
-	Ready       time.Duration // nspawn start -> Node Ready
-	Runtime     string        // the Node's containerRuntimeVersion
+	Ready       time.Duration // kubelet start -> Node Ready
+
+	startedKubelet time.Time
+	Runtime        string // the Node's containerRuntimeVersion
 }
 
 func randID(n int) string {
@@ -74,16 +78,37 @@ func (n *node) procRoot(p string) string {
 	return filepath.Join(fmt.Sprintf("/proc/%d/root", n.leader), p)
 }
 
-// startNode builds the node root, boots it and waits until its Node is
-// Ready. A containerd binary, if given, replaces the node's (bound over
-// /usr/bin/containerd).
-func startNode(t *testing.T, c *cluster.Cluster, name, containerd string) *node {
+// nodeOptions vary a node.
+type nodeOptions struct {
+	containerd string   // binary bound over the node's /usr/bin/containerd ("": Debian's)
+	taints     []string // NoSchedule taint keys the kubelet registers the Node with
+	images     []image  // imported into containerd before the kubelet starts
+}
+
+// image is a docker-archive tarball and the reference it gets in the node.
+type image struct{ tar, ref string }
+
+// startNode builds the node root, boots it and waits until its Node is Ready.
+func startNode(t *testing.T, c *cluster.Cluster, name string, o nodeOptions) *node {
 	t.Helper()
-	n := &node{name: name, dir: t.TempDir(), id: randID(3), containerd: containerd}
+	n := newNode(t, name, o)
+	n.start(t, c, o)
+	return n
+}
+
+// newNode names a node and its directories; start builds and boots it.
+func newNode(t *testing.T, name string, o nodeOptions) *node {
+	n := &node{name: name, dir: t.TempDir(), id: randID(3), containerd: o.containerd, taints: o.taints}
 	n.root = filepath.Join(n.dir, "root")
 	n.console = filepath.Join(n.dir, "console.log")
-	n.cgroupRoot = "/nodetrust-node-" + n.id
 	n.bridge = "ntnode" + n.id[:4]
+	return n
+}
+
+// start extracts the node root, configures and boots it, imports the
+// images, starts the kubelet and waits for the Node to be Ready.
+func (n *node) start(t *testing.T, c *cluster.Cluster, o nodeOptions) {
+	t.Helper()
 	start := time.Now()
 	cmd := exec.Command("bash", filepath.Join(cluster.RepoRoot(), "test", "scripts", "debian-root.sh"), n.root)
 	cmd.Env = append(os.Environ(), "NODETRUST_DEBIAN_INCLUDE="+rootPackages)
@@ -93,8 +118,16 @@ func startNode(t *testing.T, c *cluster.Cluster, name, containerd string) *node 
 	t.Logf("node root %s extracted in %v", n.root, time.Since(start).Round(time.Millisecond))
 	n.configure(t, c)
 	n.boot(t)
+	// The images are there before the Node registers: no pod's first
+	// attempt fails on a missing image.
+	for _, img := range o.images {
+		n.importImage(t, img.tar, img.ref)
+	}
+	n.startedKubelet = time.Now()
+	if out, err := n.inNode("systemctl", "start", "kubelet.service"); err != nil {
+		t.Fatalf("systemctl start kubelet: %v\n%s", err, out)
+	}
 	n.waitReady(t, c)
-	return n
 }
 
 func writeFiles(t *testing.T, root string, files map[string]string) {
@@ -122,6 +155,13 @@ func (n *node) configure(t *testing.T, c *cluster.Cluster) {
 		t.Fatal(err)
 	}
 	subnet, _ := rand.Int(rand.Reader, big.NewInt(150))
+	taints := ""
+	if len(n.taints) > 0 {
+		taints = "registerWithTaints:\n"
+		for _, k := range n.taints {
+			taints += fmt.Sprintf("  - {key: %q, effect: NoSchedule}\n", k)
+		}
+	}
 	kubeconfig := filepath.Join(n.dir, "kubelet.kubeconfig")
 	// The kubelet authenticates as the admin: the Node authorizer is not
 	// what this suite proves.
@@ -180,7 +220,6 @@ healthzPort: %d
 readOnlyPort: 0
 cgroupDriver: cgroupfs
 cgroupsPerQOS: false
-cgroupRoot: %s
 enforceNodeAllocatable: []
 failSwapOn: false
 failCgroupV1: false
@@ -192,7 +231,7 @@ authorization: {mode: AlwaysAllow}
 evictionHard: {}
 containerRuntimeEndpoint: unix://%s
 serializeImagePulls: false
-`, n.kubeletPort, healthz, n.cgroupRoot, containerdSock),
+%s`, n.kubeletPort, healthz, containerdSock, taints),
 		"etc/systemd/system/kubelet.service": `[Unit]
 Description=kubelet (test/node)
 Wants=containerd.service
@@ -209,13 +248,8 @@ StandardError=inherit
 WantedBy=multi-user.target
 `,
 	})
+	// kubelet.service is started by startNode once the images are in.
 	wants := filepath.Join(n.root, "etc/systemd/system/multi-user.target.wants")
-	if err := os.MkdirAll(wants, 0o755); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("/etc/systemd/system/kubelet.service", filepath.Join(wants, "kubelet.service")); err != nil {
-		t.Fatal(err)
-	}
 	if _, err := os.Lstat(filepath.Join(wants, "containerd.service")); err != nil {
 		t.Fatalf("containerd.service is not enabled in the node root: %v", err)
 	}
@@ -281,6 +315,7 @@ func (n *node) boot(t *testing.T) {
 		}
 		if n.leader == 0 {
 			n.leader = leaderPID(n.nspawn.Process.Pid)
+			n.leaderStart = procStart(n.leader)
 			return false
 		}
 		_, err := os.Stat(n.procRoot(containerdSock))
@@ -301,9 +336,8 @@ func (n *node) boot(t *testing.T) {
 // waitReady waits for the Node object to be Ready.
 func (n *node) waitReady(t *testing.T, c *cluster.Cluster) {
 	t.Helper()
-	start := time.Now()
 	var last string
-	ok := cluster.Poll(120*time.Second, 250*time.Millisecond, func() bool {
+	ok := cluster.Poll(120*time.Second, 100*time.Millisecond, func() bool {
 		nd, err := c.Admin.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
@@ -322,8 +356,8 @@ func (n *node) waitReady(t *testing.T, c *cluster.Cluster) {
 		t.Fatalf("Node %s not Ready after 120 s (last: %s)\n---- kubelet ----\n%s\n---- containerd ----\n%s", n.name, last,
 			tail(n.hostPath("/var/log/kubelet.log"), 4000), tail(n.hostPath("/var/log/containerd.log"), 2000))
 	}
-	n.Ready = n.Booted + time.Since(start)
-	t.Logf("Node %s Ready %v after boot", n.name, time.Since(start).Round(time.Millisecond))
+	n.Ready = time.Since(n.startedKubelet)
+	t.Logf("Node %s Ready %v after the kubelet's start", n.name, n.Ready.Round(time.Millisecond))
 }
 
 // stop halts the node (SIGTERM to nspawn: systemd powers off) and removes
@@ -346,23 +380,51 @@ func (n *node) stop(t *testing.T) {
 			return false
 		}
 	}
+	// containerd puts each container's cgroup at /k8s.io/<id> in every
+	// controller (cgroup v1 has no namespaces): those of this node are
+	// removed once it is down.
+	ids, _ := n.ctr("containers", "ls", "-q")
 	_ = n.nspawn.Process.Signal(syscall.SIGTERM)
 	if !wait(30 * time.Second) {
 		t.Errorf("node %s did not halt within 30 s of SIGTERM", n.name)
-		if n.leader != 0 {
-			_ = syscall.Kill(n.leader, syscall.SIGKILL)
-		}
 		_ = n.nspawn.Process.Kill()
 		<-n.exited
 	}
+	// nspawn gone, its container may not be (a SIGKILLed nspawn leaves it
+	// running): killing its init ends the whole PID namespace.
+	if n.leader != 0 && n.leaderStart != "" && procStart(n.leader) == n.leaderStart {
+		_ = syscall.Kill(n.leader, syscall.SIGKILL)
+		cluster.Poll(10*time.Second, 50*time.Millisecond, func() bool { return procStart(n.leader) != n.leaderStart })
+	}
 	_ = exec.Command("ip", "link", "delete", n.bridge).Run()
-	var dirs []string
-	ctrls, _ := filepath.Glob("/sys/fs/cgroup/*" + n.cgroupRoot)
-	dirs = append(dirs, ctrls...)
-	dirs = append(dirs, n.ownCgroups...)
+	dirs := append([]string(nil), n.ownCgroups...)
+	for _, id := range strings.Fields(ids) {
+		found, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io/" + id)
+		dirs = append(dirs, found...)
+	}
 	if !cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(removeCgroupTrees(dirs)) == 0 }) {
 		t.Errorf("cgroups left: %v", removeCgroupTrees(dirs))
 	}
+}
+
+// procStart is field 22 of /proc/PID/stat (start time in clock ticks), or
+// "" when there is no such process: a PID with the same start time is the
+// same process.
+func procStart(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// The command (field 2) is in parentheses and may hold spaces.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return ""
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 20 {
+		return ""
+	}
+	return f[19]
 }
 
 // ownCgroups creates a cgroup called name below this process's own cgroup
@@ -429,16 +491,8 @@ func leaderPID(nspawn int) int {
 	for len(queue) > 0 {
 		pid := queue[0]
 		queue = queue[1:]
-		if pid != nspawn {
-			if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
-				for _, line := range strings.Split(string(b), "\n") {
-					if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-						if f := strings.Fields(rest); len(f) > 1 && f[len(f)-1] == "1" {
-							return pid
-						}
-					}
-				}
-			}
+		if pid != nspawn && nsInit(pid) {
+			return pid
 		}
 		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
 		for _, tf := range tasks {

@@ -30,10 +30,18 @@ import (
 )
 
 const (
-	annHostTrust = "nodetrust.io/host-trust"
-	x509Unknown  = "x509: certificate signed by unknown authority"
-	hostCA       = "host-ca"
+	conditionType = corev1.NodeConditionType("NodeTrustReady")
+	annHostTrust  = "nodetrust.io/host-trust"
+	x509Unknown   = "x509: certificate signed by unknown authority"
+	hostCA        = "host-ca"
 )
+
+// anyVersion starts a watch at the watch cache's state (resourceVersion
+// "0"). Without a resourceVersion the API server waits for its cache to reach
+// etcd's current revision, which for a resource with no writes yet (Nodes
+// before the first kubelet, Leases) Debian's etcd 3.4 never reports: the
+// watch ends at once with 504 "Too large resource version".
+var anyVersion = metav1.ListOptions{ResourceVersion: "0"}
 
 // trustDirs are the node root's paths nodetrust may write (hostfiles/README.md)
 // plus what the OS trust store refresh regenerates.
@@ -104,10 +112,20 @@ func snapshotDiff(a, b map[string]string) []string {
 	return diffs
 }
 
-// untrustedPull starts the registry with the first CA, pushes app:v1 (the
-// pause binary, so the pod really runs) and creates the app Deployment,
-// whose pull must fail with x509 before nodetrust has a source.
+// untrustedPull starts the registry and creates the app Deployment, whose
+// pull must fail with x509 before nodetrust has a source.
 func (s *story) untrustedPull(pauseTar string) string {
+	s.startRegistry(pauseTar)
+	s.createApp()
+	start := time.Now()
+	msg := s.waitX509()
+	return fmt.Sprintf("%s: x509 after %s: %q", s.reg.ref("app:v1"), secs(time.Since(start)), clip(msg, 150))
+}
+
+// startRegistry starts the registry with the first CA, pushes app:v1 (the
+// pause binary, so the pod really runs) and creates the registry's own
+// kubernetes.io/tls Secret, not yet a source.
+func (s *story) startRegistry(pauseTar string) {
 	t := s.t
 	s.reg = newRegistry(t)
 	s.ca = cluster.NewCA("node-test registry CA 1")
@@ -122,7 +140,12 @@ func (s *story) untrustedPull(pauseTar string) string {
 		Data:       map[string][]byte{"tls.crt": s.serving.CertPEM, "tls.key": s.serving.KeyPEM, "ca.crt": s.ca.PEM},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	_, err = s.c.Admin.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: workNS}}, metav1.CreateOptions{})
+}
+
+// createApp creates the workload: a Deployment of one pod pulling app:v1.
+func (s *story) createApp() {
+	t := s.t
+	_, err := s.c.Admin.CoreV1().Namespaces().Create(s.ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: workNS}}, metav1.CreateOptions{})
 	require.NoError(t, err)
 	one, grace := int32(1), int64(1)
 	labels := map[string]string{"app": appName}
@@ -146,9 +169,6 @@ func (s *story) untrustedPull(pauseTar string) string {
 		},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
-	start := time.Now()
-	msg := s.waitX509()
-	return fmt.Sprintf("%s: x509 after %s: %q", s.reg.ref("app:v1"), secs(time.Since(start)), clip(msg, 150))
 }
 
 func clip(s string, n int) string {
@@ -387,7 +407,7 @@ func (s *story) hostTrust() string {
 	var mu sync.Mutex
 	var held []string
 	events := 0
-	w, err := s.c.Admin.CoordinationV1().Leases(agentNS).Watch(s.ctx, metav1.ListOptions{})
+	w, err := s.c.Admin.CoordinationV1().Leases(agentNS).Watch(s.ctx, anyVersion)
 	require.NoError(t, err)
 	defer w.Stop()
 	go func() {
@@ -715,8 +735,22 @@ func (s *story) uninstall(pristine map[string]string) string {
 	require.True(t, ok, "the node root differs from before the install:\n%s", strings.Join(diffs, "\n"))
 	clean := time.Since(t0)
 	require.Empty(t, s.nodeAnnotations(), "the uninstall left nodetrust.io/ annotations")
+	require.True(t, cluster.Poll(30*time.Second, 200*time.Millisecond, func() bool { return s.trustCondition() == nil }),
+		"the uninstall left the %s condition: %+v", conditionType, s.trustCondition())
 	f := filepath.Join(t.TempDir(), "uninstall.yaml")
 	require.NoError(t, os.WriteFile(f, []byte(rendered), 0o644))
 	kubectl(t, s.c, "delete", "-f", f, "--wait=true", "--timeout=120s")
 	return fmt.Sprintf("rollout status %s; trust directories equal to before the install %s after apply (%d paths); objects deleted", secs(rolled), secs(clean), len(pristine))
+}
+
+// trustCondition is the Node's NodeTrustReady condition, or nil.
+func (s *story) trustCondition() *corev1.NodeCondition {
+	nd, err := s.c.Admin.CoreV1().Nodes().Get(s.ctx, nodeName, metav1.GetOptions{})
+	require.NoError(s.t, err)
+	for i := range nd.Status.Conditions {
+		if nd.Status.Conditions[i].Type == conditionType {
+			return &nd.Status.Conditions[i]
+		}
+	}
+	return nil
 }

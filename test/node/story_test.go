@@ -98,16 +98,11 @@ func runStory(t *testing.T, o storyOptions) {
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})
-	s.rep.step("node: nspawn-booted Debian root, systemd, "+o.runtime+", kubelet", func() string {
-		s.n = startNode(t, s.c, nodeName, o.containerd)
-		require.True(t, strings.HasPrefix(s.n.Runtime, o.runtimeVersion), "the Node runs %s, not %s", s.n.Runtime, o.runtimeVersion)
-		return fmt.Sprintf("%s up %s after nspawn, Node Ready %s", s.n.Runtime, secs(s.n.Booted), secs(s.n.Ready))
-	})
 	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.step("import the pause and agent images into the node's containerd", func() string {
-		s.n.importImage(t, pauseTar, pauseImage)
-		s.n.importImage(t, s.agentImageTar(), agentImage)
-		return pauseImage + ", " + agentImage
+	s.rep.step("node: nspawn-booted Debian root, systemd, "+o.runtime+", images imported, kubelet", func() string {
+		s.n = startNode(t, s.c, nodeName, nodeOptions{containerd: o.containerd, images: s.images(pauseTar)})
+		require.True(t, strings.HasPrefix(s.n.Runtime, o.runtimeVersion), "the Node runs %s, not %s", s.n.Runtime, o.runtimeVersion)
+		return fmt.Sprintf("%s up %s after nspawn; kubelet start -> Node Ready %s", s.n.Runtime, secs(s.n.Booted), secs(s.n.Ready))
 	})
 	var pristine map[string]string
 	s.rep.step("snapshot the node root's trust directories before nodetrust", func() string {
@@ -130,6 +125,11 @@ func runStory(t *testing.T, o storyOptions) {
 	})
 }
 
+// images are what every node imports: the sandbox image and the agent's.
+func (s *story) images(pauseTar string) []image {
+	return []image{{pauseTar, pauseImage}, {s.agentImageTar(), agentImage}}
+}
+
 // rollout applies deploy/ through the overlay and times rollout status.
 func (s *story) rollout() string {
 	t := s.t
@@ -140,7 +140,13 @@ func (s *story) rollout() string {
 	pod := s.agentPod()
 	ann := s.nodeAnnotations()
 	require.Equal(t, cluster.StateReady, ann[cluster.AnnState], "rollout done, so the first sync completed: %v", ann)
-	return fmt.Sprintf("rollout status %s; pod %s; %s", secs(took), pod.Name, strings.TrimSpace(out))
+	// The condition is patched through nodes/status beside the kubelet's own.
+	var cond *corev1.NodeCondition
+	require.True(t, cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool {
+		cond = s.trustCondition()
+		return cond != nil && cond.Status == corev1.ConditionTrue
+	}), "no %s=True on the Node: %+v", conditionType, cond)
+	return fmt.Sprintf("rollout status %s; pod %s; Node %s=%s (%s); %s", secs(took), pod.Name, conditionType, cond.Status, cond.Reason, lastLine(out))
 }
 
 // agentPod is the DaemonSet's pod on the node.
@@ -163,4 +169,9 @@ func (s *story) nodeAnnotations() map[string]string {
 		}
 	}
 	return out
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

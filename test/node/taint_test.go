@@ -1,0 +1,150 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/nodetrust/nodetrust/test/cluster"
+)
+
+// startupTaint is the key examples/deploy/startup-taint removes.
+const startupTaint = "nodetrust.io/agent-not-ready"
+
+// TestNodeStartupTaint is a new node joining a cluster whose sources
+// already exist (SPEC §4): the kubelet registers it with the startup taint,
+// the app pod waits for it unscheduled, the agent's first complete sync
+// removes it, and the pod then pulls on its first attempt.
+func TestNodeStartupTaint(t *testing.T) {
+	skipUnlessNode(t)
+	s := &story{t: t, rep: newReport(t, "-startup-taint"), ctx: context.Background(), imgs: t.TempDir()}
+	s.rep.note("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint)
+	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
+	s.rep.step("control plane, pause and agent images", func() string {
+		s.c = startControlPlane(t)
+		pauseBin := filepath.Join(s.imgs, "pause")
+		require.NoError(t, goBuild(".", "./pause", pauseBin))
+		packImage(t, s.imgs, pauseBin, pauseImage)
+		return filepath.Base(s.agentImageTar())
+	})
+	s.rep.step("a cluster with nodetrust (overlay/startup-taint), the registry's Secret labelled, the app Deployment", func() string {
+		applyOverlay(t, s.c, "startup-taint")
+		s.startRegistry(pauseTar)
+		s.updateSecret(regSecret, s.makeSource)
+		s.createApp()
+		return s.reg.ref("app:v1") + "; no node yet"
+	})
+	var joined, removed time.Time
+	var filesFirst bool
+	s.rep.step("a node joins with the startup taint; the app pod is scheduled only after its removal", func() string {
+		// From before the node exists, every 25 ms (watches are not
+		// reliable on this API server, see anyVersion): the Node as first
+		// seen, the moment the taint goes (and whether the CA was there
+		// then), the moment the app pod is bound.
+		o := nodeOptions{taints: []string{startupTaint}, images: s.images(pauseTar)}
+		s.n = newNode(t, nodeName, o)
+		var mu sync.Mutex
+		var seen, registered bool
+		var bound time.Time
+		done := make(chan struct{})
+		stopped := make(chan struct{})
+		go func() {
+			defer close(stopped)
+			for {
+				select {
+				case <-done:
+					return
+				case <-time.After(25 * time.Millisecond):
+				}
+				if nd, err := s.c.Admin.CoreV1().Nodes().Get(s.ctx, nodeName, metav1.GetOptions{}); err == nil {
+					has := false
+					for _, tn := range nd.Spec.Taints {
+						has = has || tn.Key == startupTaint
+					}
+					mu.Lock()
+					if !seen {
+						seen, registered = true, has
+					}
+					if !has && removed.IsZero() {
+						removed, filesFirst = time.Now(), s.hostsHave(s.ca.PEM)
+					}
+					mu.Unlock()
+				}
+				pods, err := s.c.Admin.CoreV1().Pods(workNS).List(s.ctx, metav1.ListOptions{LabelSelector: "app=" + appName})
+				if err != nil {
+					continue
+				}
+				for _, p := range pods.Items {
+					mu.Lock()
+					if p.Spec.NodeName != "" && bound.IsZero() {
+						bound = time.Now()
+					}
+					mu.Unlock()
+				}
+			}
+		}()
+		defer func() { close(done); <-stopped }()
+		s.n.start(t, s.c, o)
+		joined = s.n.startedKubelet
+		require.True(t, cluster.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return !bound.IsZero() && !removed.IsZero()
+		}), "the taint was not removed or the app pod not bound (seen %v, registered %v, removed %v, bound %v, tainted now %v, pod %+v)",
+			seen, registered, removed, bound, s.tainted(), s.appPod())
+		mu.Lock()
+		defer mu.Unlock()
+		require.True(t, registered, "the kubelet registered the Node without %s", startupTaint)
+		require.False(t, bound.Before(removed), "the app pod was bound %s before the taint's removal", removed.Sub(bound))
+		return fmt.Sprintf("kubelet start -> Node Ready %s; registered tainted; taint removed %s, app pod bound %s after the kubelet's start",
+			secs(s.n.Ready), secs(removed.Sub(joined)), secs(bound.Sub(joined)))
+	})
+	s.rep.step("the agent's first sync put the CA in place before it removed the taint", func() string {
+		require.True(t, filesFirst, "the taint was removed before the registry's CA was in %s", s.hostsDir())
+		kubectl(t, s.c, "-n", agentNS, "rollout", "status", "ds/nodetrust", "--timeout=60s")
+		cond := s.trustCondition()
+		require.NotNil(t, cond)
+		require.Equal(t, corev1.ConditionTrue, cond.Status)
+		return fmt.Sprintf("the CA was in certs.d when the taint went; rollout complete; %s=%s (%s)", conditionType, cond.Status, cond.Reason)
+	})
+	s.rep.step("the app pod pulls on its first attempt and runs", func() string {
+		var p *corev1.Pod
+		require.True(t, cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+			p = s.appPod()
+			return p != nil && p.Status.Phase == corev1.PodRunning
+		}), "the app pod does not run")
+		running := time.Since(removed)
+		require.Zero(t, p.Status.ContainerStatuses[0].RestartCount)
+		evs, err := s.c.Admin.CoreV1().Events(workNS).List(s.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+		require.NoError(t, err)
+		pulls := 0
+		for _, e := range evs.Items {
+			require.NotContains(t, []string{"Failed", "BackOff", "ErrImagePull"}, e.Reason, "event %s: %s", e.Reason, e.Message)
+			if e.Reason == "Pulling" {
+				pulls += max(1, int(e.Count))
+			}
+		}
+		require.Equal(t, 1, pulls, "pull attempts")
+		return fmt.Sprintf("Running %s after the taint's removal; 1 pull, no failure events (pull %s)", secs(running), s.pullTime(p.Name))
+	})
+}
+
+// tainted reports whether the Node carries the startup taint.
+func (s *story) tainted() bool {
+	nd, err := s.c.Admin.CoreV1().Nodes().Get(s.ctx, nodeName, metav1.GetOptions{})
+	require.NoError(s.t, err)
+	for _, tn := range nd.Spec.Taints {
+		if tn.Key == startupTaint {
+			return true
+		}
+	}
+	return false
+}
