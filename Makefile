@@ -8,12 +8,18 @@ IMAGE   ?= ghcr.io/nodetrust/nodetrust
 DEMO_ROOT ?= /tmp/nodetrust-demo
 export NODETRUST_CACHE ?= $(HOME)/.cache/nodetrust
 
-.PHONY: all build image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults bench-cluster e2e test-layouts test-node test-real ci clean
+.PHONY: all build plugin image demo test fuzz bench fmt vet lint deps test-loaders test-truststore test-image test-systemd test-cluster test-lease test-check test-faults test-chart bench-cluster e2e test-layouts test-node test-real ci clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 go build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/nodetrust
+
+# The kubectl plugin: bin/kubectl-nodetrust, a symlink to the binary, which
+# offers `kubectl nodetrust status|check|version` when run under that name.
+# Put bin/ on $PATH (or copy both) and `kubectl plugin list` shows it.
+plugin: build
+	ln -sf nodetrust bin/kubectl-nodetrust
 
 # An OCI (docker-archive) image tarball built with pure Go, no Docker engine:
 # load it with `ctr -n k8s.io images import bin/nodetrust-image.tar`.
@@ -56,6 +62,7 @@ vet:
 	cd test/lease && go vet ./...
 	cd test/faults && go vet ./...
 	cd test/node && go vet ./...
+	cd tools/chart && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -117,7 +124,17 @@ test-check: build deps
 	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
 		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
 
-test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults
+# The Helm chart (deploy/chart/nodetrust) rendered and linted with Helm's Go
+# library and compared object by object with deploy/; its values schema; the
+# alert rules parsed and run with Prometheus's Go module; with the cached
+# kube-apiserver (test/scripts/k8s-build.sh) also installed, upgraded and
+# uninstalled for real, the Own-Node admission policy proven with a pod-bound
+# token, kubectl nodetrust run by the real kubectl (tools/chart/README.md).
+test-chart: plugin
+	test/scripts/k8s-build.sh
+	cd tools/chart && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 6m ./...
+
+test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults test-chart
 
 # The end-to-end story on one real node: a private-CA registry, containerd
 # pulling through CRI, the API server and an agent (test/e2e/README.md).
@@ -150,7 +167,7 @@ test-node: image deps
 		go test -count=1 -v -timeout 20m ./...
 
 # The whole suite, as CI runs it.
-ci: lint test test-real e2e
+ci: lint test test-real e2e test-node
 
 clean:
 	rm -rf bin

@@ -26,7 +26,7 @@ func TestApplyLock(t *testing.T) {
 	defer r.Close()
 	held, err := r.Lock(context.Background(), "agent", true, nil)
 	require.NoError(t, err)
-	holder := fmt.Sprintf("pid %d (agent)", os.Getpid())
+	holder := fmt.Sprintf("pid %d (%s)", os.Getpid(), filepath.Base(os.Args[0])) // from /proc/locks
 
 	code, out, errOut := exec("apply", "-f", dir, "--host-root", root, "--no-wait")
 	require.Equal(t, 1, code, out)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -445,18 +446,12 @@ func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) 
 		if c.emitted[r.ID] == r.Reason {
 			continue
 		}
-		ev := c.event(r.ID, EventReason, r.Reason)
-		err := c.api.CreateEvent(ctx, ev)
-		switch {
-		case err == nil:
-			created++
-		case apierrors.IsAlreadyExists(err):
-		default:
-			if firstErr == nil {
-				firstErr = fmt.Errorf("create event for %s: %w", r.ID, err)
-			}
+		made, err := c.createEvent(ctx, c.event(r.ID, EventReason, r.Reason))
+		if err != nil {
+			firstErr = cmp.Or(firstErr, err)
 			continue
 		}
+		created += made
 		c.emitted[r.ID] = r.Reason
 	}
 	for id := range c.emitted {
@@ -530,17 +525,12 @@ func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, resu
 			if c.verifyEv[ev.Name] {
 				continue
 			}
-			err := c.api.CreateEvent(ctx, ev)
-			switch {
-			case err == nil:
-				created++
-			case apierrors.IsAlreadyExists(err):
-			default:
-				if firstErr == nil {
-					firstErr = fmt.Errorf("create event for %s: %w", s.ID, err)
-				}
+			made, err := c.createEvent(ctx, ev)
+			if err != nil {
+				firstErr = cmp.Or(firstErr, err)
 				continue
 			}
+			created += made
 			c.verifyEv[ev.Name] = true
 		}
 	}
@@ -550,4 +540,17 @@ func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, resu
 		}
 	}
 	return created, firstErr
+}
+
+// createEvent creates ev; one that another node created already counts as
+// reported (0 created).
+func (c *Cluster) createEvent(ctx context.Context, ev *corev1.Event) (int, error) {
+	err := c.api.CreateEvent(ctx, ev)
+	switch {
+	case err == nil:
+		return 1, nil
+	case apierrors.IsAlreadyExists(err):
+		return 0, nil
+	}
+	return 0, fmt.Errorf("create event for %s %s/%s: %w", ev.InvolvedObject.Kind, ev.InvolvedObject.Namespace, ev.InvolvedObject.Name, err)
 }

@@ -194,3 +194,34 @@ func TestHostOf(t *testing.T) {
 		require.Equal(t, want, HostOf(url), url)
 	}
 }
+
+// Hosts written as keys below [host]: the ca goes after the entry's own
+// keys, so the order containerd tries them in stays.
+func TestMergeKeysBelowHostKeepOrder(t *testing.T) {
+	base := "[host]\n\"https://first.example\".capabilities = [\"pull\"]\n\"https://harbor.local:5000\".capabilities = [\"pull\", \"resolve\"]\n\"https://harbor.local:5000\".override_path = true\n\"https://last.example\".capabilities = [\"pull\"]\n"
+	ours := RenderAdditions(Additions{Hosts: map[string][]string{"https://harbor.local:5000": {"../harbor.local:5000/n.crt"}}})
+	merged, err := HostsMerger{}.Merge([]byte(base), ours)
+	require.NoError(t, err)
+	require.Contains(t, string(merged), "\"https://harbor.local:5000\".override_path = true\n\"https://harbor.local:5000\".ca = [\"../harbor.local:5000/n.crt\"] # added by nodetrust\n\"https://last.example\"")
+	urls, err := HostURLs(merged)
+	require.NoError(t, err)
+	require.Equal(t, []string{"https://first.example", "https://harbor.local:5000", "https://last.example"}, urls)
+}
+
+// Taking nodetrust's entries out of an edited file cuts only them: the
+// list's layout and comments stay.
+func TestUnmergeCutsOnlyOurEntries(t *testing.T) {
+	ours := RenderAdditions(Additions{CA: []string{"n.crt"}})
+	for name, tc := range map[string]struct{ edited, want string }{
+		"multi-line list":           {"ca = [\n  \"a.crt\", # mine\n  \"n.crt\",\n  \"b.crt\", # also mine\n]\n[host]\n", "ca = [\n  \"a.crt\", # mine\n  \"b.crt\", # also mine\n]\n[host]\n"},
+		"ours first":                {"ca = [\"n.crt\", \"a.crt\"]\n", "ca = [\"a.crt\"]\n"},
+		"ours last, trailing comma": {"ca = [\"a.crt\", \"n.crt\",]\n", "ca = [\"a.crt\",]\n"},
+		"only ours, not our line":   {"ca = [\"n.crt\"] # theirs now\nserver = \"https://r\"\n", "ca = [] # theirs now\nserver = \"https://r\"\n"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			out, err := HostsMerger{}.Unmerge([]byte(tc.edited), ours)
+			require.NoError(t, err)
+			require.Equal(t, tc.want, string(out))
+		})
+	}
+}

@@ -33,6 +33,7 @@ type hostPos struct {
 	kind      hostKind
 	headerEnd int    // kindTable: after the [host."URL"] line
 	indent    string // of that header
+	lastEnd   int    // kindDotted, kindInHost: after the line of its last key
 }
 
 type hostKind int
@@ -116,6 +117,11 @@ func scanHosts(data []byte) (*hostsDoc, error) {
 				}
 				if len(current) < 2 {
 					doc.addHost(full[1], hostPos{kind: kind})
+					pos := doc.hosts[full[1]]
+					if pos.kind == kind { // its keys stay together: ca goes after the last
+						pos.lastEnd = lineEnd(data, int(e.Raw.Offset+e.Raw.Length))
+						doc.hosts[full[1]] = pos
+					}
 				}
 				if len(full) == 3 && full[2] == "ca" {
 					cv, err := caOf(data, e, fmt.Sprintf("ca of [host.%q]", full[1]))
@@ -258,38 +264,60 @@ func (d *hostsDoc) addCA(data []byte, table []string, files []string) ([]textEdi
 	switch pos.kind {
 	case kindTable:
 		return []textEdit{{at: pos.headerEnd, text: withNewline(data[:pos.headerEnd]) + pos.indent + "  " + line}}, nil
-	case kindDotted:
-		return []textEdit{{at: d.firstTable, text: withNewline(data[:d.firstTable]) + "host." + strconv.Quote(key) + "." + line}}, nil
+	case kindDotted: // after its last key, so the hosts keep their order
+		return []textEdit{{at: pos.lastEnd, text: withNewline(data[:pos.lastEnd]) + "host." + strconv.Quote(key) + "." + line}}, nil
 	case kindInHost:
-		return []textEdit{{at: d.hostTable, text: withNewline(data[:d.hostTable]) + strconv.Quote(key) + "." + line}}, nil
+		return []textEdit{{at: pos.lastEnd, text: withNewline(data[:pos.lastEnd]) + strconv.Quote(key) + "." + line}}, nil
 	default:
 		return nil, fmt.Errorf("hosts.toml: host %q is an inline table; nodetrust merges only [host.\"…\"] layouts", key)
 	}
 }
 
-// drop returns the edits that take the files in drop out of cv: the line
-// goes when nodetrust added it and nothing else is left in it; otherwise
-// the list is written again without them.
+// drop returns the edits that take the files in drop out of cv, by the
+// smallest cut: each run of dropped entries goes with the separator before
+// it (or after it, for a run at the start), so the rest of the list keeps
+// its layout and comments; the line goes when nodetrust added it and
+// nothing else is left in it.
 func (cv *caValue) drop(data []byte, drop map[string]bool) []textEdit {
 	if cv.str != nil || !cv.array {
 		return nil // nodetrust only ever adds to lists
 	}
-	var kept []string
-	dropped := false
-	for _, e := range cv.elems {
-		if drop[e.value] {
-			dropped = true
+	n := len(cv.elems)
+	var edits []textEdit
+	kept := 0
+	for i := 0; i < n; {
+		if !drop[cv.elems[i].value] {
+			kept++
+			i++
 			continue
 		}
-		kept = append(kept, string(data[e.start:e.end]))
+		j := i
+		for j+1 < n && drop[cv.elems[j+1].value] {
+			j++
+		}
+		start := bytes.LastIndexByte(data[:cv.elems[i].start], '\n') + 1
+		end := lineEnd(data, cv.elems[j].end)
+		ownLines := start > cv.open && len(bytes.TrimSpace(data[start:cv.elems[i].start])) == 0 &&
+			restIsSeparator(data[cv.elems[j].end:end])
+		switch {
+		case ownLines && end <= cv.end: // the entries' own lines, as an editor would
+			edits = append(edits, textEdit{at: start, end: end})
+		case i > 0:
+			edits = append(edits, textEdit{at: cv.elems[i-1].end, end: cv.elems[j].end})
+		case j+1 < n:
+			edits = append(edits, textEdit{at: cv.elems[i].start, end: cv.elems[j+1].start})
+		}
+		i = j + 1
 	}
 	switch {
-	case !dropped:
+	case kept == n:
 		return nil
-	case len(kept) == 0 && cv.marked:
+	case kept == 0 && cv.marked:
 		return []textEdit{{at: cv.lineStart, end: lineEnd(data, cv.end)}}
+	case kept == 0:
+		return []textEdit{{at: cv.open, end: cv.end, text: "[]"}}
 	}
-	return []textEdit{{at: cv.open, end: cv.end, text: "[" + strings.Join(kept, ", ") + "]"}}
+	return edits
 }
 
 // dropMarkedLines removes a "[host]" header nodetrust added when no key
@@ -445,4 +473,31 @@ func beforeBlankLines(data []byte, off int) int {
 		off = prev
 	}
 	return off
+}
+
+// DecodedHostURLs returns the [host] keys of a hosts.toml in whatever form
+// it has them (tables, dotted keys, inline tables), unordered; nil when it
+// does not decode. For files HostURLs cannot edit.
+func DecodedHostURLs(data []byte) []string {
+	var doc struct {
+		Host map[string]any `toml:"host"`
+	}
+	if toml.Unmarshal(data, &doc) != nil {
+		return nil
+	}
+	out := make([]string, 0, len(doc.Host))
+	for k := range doc.Host {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// restIsSeparator: what follows an entry on its line is only a comma,
+// blanks and a comment.
+func restIsSeparator(rest []byte) bool {
+	r := bytes.TrimLeft(rest, " \t")
+	r = bytes.TrimPrefix(r, []byte(","))
+	r = bytes.TrimSpace(r)
+	return len(r) == 0 || r[0] == '#'
 }

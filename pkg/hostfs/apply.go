@@ -445,8 +445,11 @@ func (a *applier) planFile(f File) {
 				return
 			}
 			if content == nil { // only ever merged into an existing file
-				if isOwned && cur != nil {
+				switch {
+				case isOwned && cur != nil:
 					a.planRemoval(f.Path, owned)
+				case isOwned: // the file it was merged into is gone: so is ours
+					delete(a.next.Files, f.Path)
 				}
 				return
 			}

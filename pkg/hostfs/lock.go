@@ -15,7 +15,8 @@ import (
 )
 
 // LockPath is the lock file that makes one nodetrust at a time write below
-// a host root, relative to it. It holds "pid N (command)" of its holder.
+// a host root, relative to it. It stays empty: a run that finds nothing to
+// do must write nothing, so its holder is found from /proc/locks instead.
 const LockPath = "var/lib/nodetrust/lock"
 
 // lockDirs are created, when missing, to hold LockPath; outermost first.
@@ -34,7 +35,7 @@ type Lock struct {
 // LockedError is returned by a Lock that was not to wait.
 type LockedError struct {
 	Dir    string // the locked directory
-	Holder string // "pid N (command)"
+	Holder string // "pid N (command)", from /proc/locks
 }
 
 func (e *LockedError) Error() string {
@@ -42,8 +43,8 @@ func (e *LockedError) Error() string {
 }
 
 // Lock takes the exclusive lock on var/lib/nodetrust (an flock on
-// LockPath, reached without following symlinks), creating it when missing,
-// and writes "pid N (command)" into it. While another process holds it,
+// LockPath, reached without following symlinks), creating it when missing;
+// nothing is ever written into it. While another process holds it,
 // Lock calls waiting with the holder (again when the holder changes) and
 // tries again until ctx ends; with wait false it returns a *LockedError
 // naming the holder instead. Take it before LoadState and hold it until
@@ -124,29 +125,55 @@ func (r *Root) tryLock(command string) (*Lock, string, error) {
 		return nil, "", errStale
 	}
 	l.fd = fd
-	info := fmt.Sprintf("pid %d (%s)", os.Getpid(), command)
-	// The holder's name is for messages only: a full disk must not stop
-	// the run that may free it. An agent relocking per sync writes nothing.
-	if holderOf(fd) != info && unix.Ftruncate(fd, 0) == nil {
-		_, _ = unix.Pwrite(fd, []byte(info+"\n"), 0)
+	if len(l.created) > 0 || locked.Mode&0o777 != uint32(fileMode) {
+		_ = unix.Fchmod(fd, fileMode) // whatever the umask; never touched again
 	}
-	_ = unix.Fchmod(fd, fileMode)
 	return l, "", nil
 }
 
 const unknownHolder = "an unknown process"
 
-// holderOf reads the holder a lock file names.
+// holderOf names the process that holds the flock on fd's file, from
+// /proc/locks: "pid N (nodetrust apply)". A holder in another PID namespace
+// (the agent's container, seen from the host, or the other way round) may
+// show as pid 0 or not at all: "an unknown process".
 func holderOf(fd int) string {
-	buf := make([]byte, 128)
-	n, _ := unix.Pread(fd, buf, 0)
-	h := strings.TrimSpace(string(buf[:max(n, 0)]))
-	if f := strings.Fields(h); len(f) < 2 || f[0] != "pid" {
-		return unknownHolder
-	} else if _, err := strconv.Atoi(f[1]); err != nil {
+	var st unix.Stat_t
+	if unix.Fstat(fd, &st) != nil {
 		return unknownHolder
 	}
-	return h
+	data, err := os.ReadFile("/proc/locks")
+	if err != nil {
+		return unknownHolder
+	}
+	dev := fmt.Sprintf("%02x:%02x:%d", unix.Major(st.Dev), unix.Minor(st.Dev), st.Ino)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		// 1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF ("->" marks waiters)
+		if len(f) < 6 || f[1] != "FLOCK" || f[5] != dev {
+			continue
+		}
+		pid, err := strconv.Atoi(f[4])
+		if err != nil || pid <= 0 {
+			return unknownHolder
+		}
+		return fmt.Sprintf("pid %d (%s)", pid, commandOf(pid))
+	}
+	return unknownHolder
+}
+
+// commandOf is a process's command line, shortened: "nodetrust apply".
+func commandOf(pid int) string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil || len(data) == 0 {
+		return "not visible from here"
+	}
+	args := strings.Split(strings.TrimRight(string(data), "\x00"), "\x00")
+	out := path.Base(args[0])
+	if len(args) > 1 && !strings.HasPrefix(args[1], "-") {
+		out += " " + args[1]
+	}
+	return out
 }
 
 // Unlock releases the lock. When nothing is recorded any more (no

@@ -22,10 +22,11 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 	ctx := context.Background()
 	first, err := f.root.Lock(ctx, "apply", true, nil)
 	require.NoError(t, err)
-	holder := fmt.Sprintf("pid %d (apply)", os.Getpid())
+	// The holder comes from /proc/locks: this test binary.
+	holder := fmt.Sprintf("pid %d (%s)", os.Getpid(), filepath.Base(os.Args[0]))
 	data, err := os.ReadFile(filepath.Join(f.dir, hostfs.LockPath))
 	require.NoError(t, err)
-	require.Equal(t, holder+"\n", string(data))
+	require.Empty(t, data, "the lock file is never written: a run with nothing to do writes nothing")
 
 	_, err = f.root.Lock(ctx, "apply", false, nil)
 	var locked *hostfs.LockedError
@@ -50,9 +51,6 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 	}
 	require.NoError(t, first.Unlock())
 	second := <-got
-	data, err = os.ReadFile(filepath.Join(f.dir, hostfs.LockPath))
-	require.NoError(t, err)
-	require.Equal(t, fmt.Sprintf("pid %d (agent)\n", os.Getpid()), string(data), "the lock file left by the first holder is not the one held")
 
 	expired, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()

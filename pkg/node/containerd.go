@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"path"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/nodetrust/nodetrust/pkg/containerd"
@@ -41,6 +42,14 @@ type containerdNode struct {
 	reading containerd.Reading
 	edit    bool // a config edit is part of the apply
 	info    ContainerdInfo
+	// unmergeable are foreign hosts.toml files nodetrust cannot edit, with
+	// the [host] URLs containerd reads from them and why.
+	unmergeable map[string]unmergeable
+}
+
+type unmergeable struct {
+	urls []string
+	err  error
 }
 
 // detectContainerd finds the node's containerd layout and reads its config,
@@ -65,7 +74,7 @@ func detectContainerd(root *hostfs.Root, f *Facts, opts Options, st hostfs.State
 	}
 	rel := strings.TrimPrefix(path.Clean(c.reading.Dir), "/")
 	f.ContainerdHosts = rel
-	f.HostsFiles = foreignHostsFiles(root, rel, st)
+	f.HostsFiles, c.unmergeable = foreignHostsFiles(root, rel, st)
 	c.info = ContainerdInfo{Layout: layout.Name, Config: layout.Config, HostsDir: c.reading.Dir,
 		Version: c.reading.Version.String(), Transfer: c.reading.Transfer, Note: c.reading.Note}
 	return c, nil
@@ -78,12 +87,13 @@ func (c *containerdNode) missingConfig() bool {
 // foreignHostsFiles lists the hosts.toml files below dir that nodetrust did
 // not generate, with their [host] entries. Files nodetrust wrote whole are
 // not read (they have none); one it created may have been replaced since.
-func foreignHostsFiles(root *hostfs.Root, dir string, st hostfs.State) map[string][]string {
+func foreignHostsFiles(root *hostfs.Root, dir string, st hostfs.State) (map[string][]string, map[string]unmergeable) {
 	matches, err := filepath.Glob(filepath.Join(root.Dir(), dir, "*", containerd.HostsFile))
 	if err != nil {
-		return nil
+		return nil, nil
 	}
 	out := map[string][]string{}
+	var bad map[string]unmergeable
 	for _, m := range matches {
 		rel, err := filepath.Rel(root.Dir(), m)
 		if err != nil {
@@ -97,11 +107,45 @@ func foreignHostsFiles(root *hostfs.Root, dir string, st hostfs.State) map[strin
 		if err != nil || containerd.Generated(data) {
 			continue
 		}
-		if urls, err := containerd.HostURLs(data); err == nil && len(urls) > 0 {
+		urls, err := containerd.HostURLs(data)
+		switch {
+		case err != nil:
+			if bad == nil {
+				bad = map[string]unmergeable{}
+			}
+			bad[rel] = unmergeable{urls: containerd.DecodedHostURLs(data), err: err}
+		case len(urls) > 0:
 			out[rel] = urls
 		}
 	}
-	return out
+	return out, bad
+}
+
+// checkUnmergeable warns about a hosts.toml nodetrust cannot edit whose
+// [host] entries point at a registry of p: containerd uses that endpoint
+// without nodetrust's CA.
+func (c *containerdNode) checkUnmergeable(r *Report, p plan.Plan) {
+	regs := map[string][]string{} // registry → its CA files
+	for _, s := range p.Sources {
+		for _, reg := range s.Registries {
+			regs[string(reg)] = append(regs[string(reg)], plan.FileName(s.ID))
+		}
+	}
+	files := make([]string, 0, len(c.unmergeable))
+	for f := range c.unmergeable {
+		files = append(files, f)
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		u := c.unmergeable[f]
+		for _, url := range u.urls {
+			reg := containerd.HostOf(url)
+			if cas := regs[reg]; len(cas) > 0 {
+				r.NodeWarnings = append(r.NodeWarnings, fmt.Sprintf("/%s points containerd at %s, but nodetrust cannot add its CA there (%v): add ca = [\"../%s/%s\"] to that entry yourself, or write it as a [host.%q] table",
+					f, url, u.err, reg, cas[0], url))
+			}
+		}
+	}
 }
 
 // configEdit returns the config file edit that makes containerd read the
@@ -164,6 +208,7 @@ func (c *containerdNode) check(r *Report, root *hostfs.Root, p plan.Plan) {
 		}
 	}
 	c.checkShadows(r, root, p)
+	c.checkUnmergeable(r, p)
 }
 
 // checkShadows reports registries whose hosts.toml containerd does not read

@@ -111,6 +111,18 @@ func TestSyncMirrorHostCA(t *testing.T) {
 	require.FileExists(t, filepath.Join(h.dir, "etc/containerd/certs.d/harbor.local:5000/nodetrust_secret_ns_harbor.crt"))
 
 	require.Empty(t, h.sync(set, nil).Written, "quiet")
+
+	// The operator deletes the mirror file: nodetrust does not bring it back.
+	require.NoError(t, os.Remove(filepath.Join(h.dir, "etc/containerd/certs.d/docker.io/hosts.toml")))
+	rep = h.sync(set, nil)
+	require.True(t, rep.OK(), "%v", rep.Failed)
+	require.NoFileExists(t, filepath.Join(h.dir, "etc/containerd/certs.d/docker.io/hosts.toml"))
+	require.NotContains(t, rep.Owned, "etc/containerd/certs.d/docker.io/hosts.toml")
+	// ... and puts it back: merged again.
+	hostfstest.WriteFile(t, h.dir, "etc/containerd/certs.d/docker.io/hosts.toml", mirror)
+	h.sync(set, nil)
+	require.Contains(t, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "# added by nodetrust")
+
 	h.sync(source.Set{}, nil)
 	require.Equal(t, mirror, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "restored byte for byte")
 }
@@ -140,4 +152,29 @@ func TestSyncK3sRewrite(t *testing.T) {
 	h.sync(source.Set{}, nil)
 	require.Equal(t, k3s, h.read(k3sDir+"/certs.d/r:5000/hosts.toml"), "k3s's file, byte for byte")
 	require.NoFileExists(t, filepath.Join(dir, "nodetrust_secret_ns_a.crt"))
+}
+
+// A runtime directory that is a symlink is reported, not silently taken
+// for "runtime absent".
+func TestSyncWarnsOnSymlinkedRuntimeDir(t *testing.T) {
+	h := newHost(t, "srv/docker")
+	require.NoError(t, os.MkdirAll(filepath.Join(h.dir, "etc"), 0o755))
+	require.NoError(t, os.Symlink("/srv/docker", filepath.Join(h.dir, "etc/docker")))
+	rep := h.sync(source.Set{Sources: []source.Source{mkSource(t, "a", regs("r:5000"))}}, nil)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"), "/etc/docker is a symlink to /srv/docker: nodetrust writes through no symlink")
+	require.Empty(t, rep.Written)
+}
+
+// A mirror written as an inline table cannot take the CA: said, with the
+// line to add, instead of "applied" while containerd's first endpoint is
+// untrusted.
+func TestSyncWarnsOnInlineMirror(t *testing.T) {
+	h := newHost(t, "etc/containerd")
+	mirror := "server = \"https://registry-1.docker.io\"\nhost = { \"https://harbor.local:5000\" = { capabilities = [\"pull\", \"resolve\"] } }\n"
+	hostfstest.WriteFile(t, h.dir, "etc/containerd/certs.d/docker.io/hosts.toml", mirror)
+	rep := h.sync(source.Set{Sources: []source.Source{mkSource(t, "harbor", regs("harbor.local:5000"))}}, nil)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"),
+		`/etc/containerd/certs.d/docker.io/hosts.toml points containerd at https://harbor.local:5000, but nodetrust cannot add its CA there`)
+	require.Contains(t, strings.Join(rep.NodeWarnings, "\n"), `add ca = ["../harbor.local:5000/nodetrust_secret_ns_harbor.crt"] to that entry yourself`)
+	require.Equal(t, mirror, h.read("etc/containerd/certs.d/docker.io/hosts.toml"), "left as it is")
 }

@@ -236,6 +236,14 @@ func Detect(root *hostfs.Root) Facts {
 		Docker:     root.IsDir(plan.DockerDir),
 		Containers: root.IsDir(plan.ContainersDir),
 	}}
+	// A runtime directory that is a symlink is not written through (hostfs
+	// follows no symlink below the root): say so rather than call the
+	// runtime absent.
+	for _, d := range []string{plan.ContainerdDir, plan.DockerDir, plan.ContainersDir} {
+		if target, err := root.Readlink(d); err == nil {
+			f.Notes = append(f.Notes, fmt.Sprintf("/%s is a symlink to %s: nodetrust writes through no symlink, so nothing is written there; replace it by the directory itself, or bind-mount it", d, target))
+		}
+	}
 	// A daemon installed without its config directory still reads it.
 	if !f.Docker && anyFile(root, "usr/bin/dockerd", "usr/sbin/dockerd") {
 		f.Docker, f.DockerBase = true, "etc"

@@ -11,25 +11,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// startControlPlane adds kube-controller-manager, kube-scheduler and kwok
-// (managing Nodes annotated kwok.x-k8s.io/node=fake) to c.
-func startControlPlane(t *testing.T, c *Cluster) {
-	t.Helper()
-	c.StartControllers(t)
-	port, err := FreePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.StartComponent(t, "kwok", KwokBin(),
-		"--kubeconfig="+c.AdminKubeconfig,
-		"--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-		"--cidr=10.0.0.1/24",
-		"--node-ip=10.0.0.1",
-		"--node-lease-duration-seconds=40",
-		fmt.Sprintf("--server-address=127.0.0.1:%d", port),
-	)
-}
-
 // TestDaemonSetOnFakeNodes: with kube-controller-manager, kube-scheduler and
 // kwok, the DaemonSet of deploy/ gets exactly one (simulated) pod per Linux
 // node, including a tainted one (tolerations), none on a Windows node
@@ -39,7 +20,7 @@ func TestDaemonSetOnFakeNodes(t *testing.T) {
 	t.Parallel()
 	SkipUnlessReal(t)
 	c := NewCluster(t)
-	startControlPlane(t, c)
+	StartControlPlane(t, c)
 
 	type fake struct {
 		name   string

@@ -208,11 +208,13 @@ func copyTree(t testing.TB, src string) string {
 type host struct {
 	dir      string
 	pristine map[string]entry
-	merged   []string // paths of operator files nodetrust merges into
+	merged   []string          // paths of operator files nodetrust merges into
+	original map[string]string // their content
 }
 
 // operatorHosts is an operator's hosts.toml: comments, both quotings,
-// several [host] tables in a deliberate order, a CA of its own.
+// several [host] tables in a deliberate order (the last one the upstream
+// itself), a CA of its own.
 const operatorHosts = `# Operator's registry config: mirror-b first, on purpose.
 server = 'https://reg.example:5000'
 ca = "operator.crt"   # the operator's own CA
@@ -224,13 +226,29 @@ ca = "operator.crt"   # the operator's own CA
 [host."https://mirror-a.example"]
   capabilities = ["pull", "resolve"]
   ca = 'operator.crt'
+
+[host."https://reg.example:5000"]
+  capabilities = ["pull", "resolve", "push"]
 `
 
-// newHost makes a host root with containerd and Docker, foreign files, and
-// an operator hosts.toml (owned 1000:1000, 0640) for each registry in merge.
+// mirrorHosts is an operator's docker.io hosts.toml that pulls through
+// registry %[1]s first: nodetrust adds %[1]s's CAs to that [host] entry.
+const mirrorHosts = `# docker.io through our cache, then Docker Hub.
+server = "https://registry-1.docker.io"
+
+[host."https://%[1]s"]
+  capabilities = ["pull", "resolve"]
+
+[host."https://cache.example"]
+  capabilities = ["pull"]
+`
+
+// newHost makes a host root with containerd and Docker, foreign files, an
+// operator hosts.toml (owned 1000:1000, 0640) for each registry in merge,
+// and a docker.io mirror file pulling through the first of them.
 func newHost(t testing.TB, merge ...string) *host {
 	t.Helper()
-	h := &host{dir: filepath.Join(t.TempDir(), "template")}
+	h := &host{dir: filepath.Join(t.TempDir(), "template"), original: map[string]string{}}
 	write := func(rel, data string, mode os.FileMode, uid int) {
 		p := filepath.Join(h.dir, rel)
 		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
@@ -248,6 +266,13 @@ func newHost(t testing.TB, merge ...string) *host {
 		write(dir+"/hosts.toml", operatorHosts, 0o640, 1000)
 		write(dir+"/operator.crt", newCAPEM(t, "operator"), 0o644, 0)
 		h.merged = append(h.merged, dir+"/hosts.toml")
+		h.original[dir+"/hosts.toml"] = operatorHosts
+	}
+	if len(merge) > 0 {
+		p, data := "etc/containerd/certs.d/docker.io/hosts.toml", fmt.Sprintf(mirrorHosts, merge[0])
+		write(p, data, 0o644, 0)
+		h.merged = append(h.merged, p)
+		h.original[p] = data
 	}
 	h.pristine = snapshot(t, h.dir)
 	return h
@@ -256,7 +281,8 @@ func newHost(t testing.TB, merge ...string) *host {
 // checkConverged checks a root after a run that must have converged on
 // sources: every registry's hosts.toml names exactly its sources' CA
 // files among nodetrust's, every file it names exists, Docker has the
-// same CA files, no temp file is left, and foreign files are untouched.
+// same CA files, no temp file is left, foreign files are untouched, and
+// containerd's own loader trusts exactly the desired CAs.
 func (h *host) checkConverged(t testing.TB, root string, sources []source) {
 	t.Helper()
 	want := map[string][]string{}
@@ -287,6 +313,7 @@ func (h *host) checkConverged(t testing.TB, root string, sources []source) {
 	require.Equal(t, expect, ours, "nodetrust's files on disk")
 	h.checkForeign(t, root)
 	checkNamedExist(t, root)
+	h.checkContainerdTrust(t, root, sources)
 }
 
 // checkForeign requires every pristine path but the merged files to be
@@ -308,13 +335,14 @@ func (h *host) checkClean(t testing.TB, root string) {
 	for _, m := range h.merged {
 		data, err := os.ReadFile(filepath.Join(root, m))
 		require.NoError(t, err)
-		require.Equal(t, operatorHosts, string(data), "the original, byte for byte")
+		require.Equal(t, h.original[m], string(data), "the original %s, byte for byte", m)
 	}
 }
 
 // checkNamedExist requires every CA file that any hosts.toml names (top
-// level or in a [host] table) to exist: containerd fails every pull of a
-// registry whose hosts.toml names a missing CA.
+// level or in a [host] table) to exist, and containerd to load every
+// hosts directory: containerd fails every pull of a registry whose
+// hosts.toml names a missing CA.
 func checkNamedExist(t testing.TB, root string) {
 	t.Helper()
 	dirs, err := filepath.Glob(filepath.Join(root, "etc/containerd/certs.d/*"))
@@ -325,6 +353,7 @@ func checkNamedExist(t testing.TB, root string) {
 			require.FileExists(t, filepath.Join(d, ca), "%s/hosts.toml names it", rel)
 		}
 	}
+	checkContainerdLoads(t, root)
 }
 
 // hostsCAs returns every ca entry of dir's hosts.toml (none without one).
@@ -365,10 +394,13 @@ func caList(v any) []string {
 	return nil
 }
 
+// nodetrustOnly returns nodetrust's entries of cas, sorted, each once (a
+// registry's file names them at the top level and in a [host] entry for
+// the registry itself).
 func nodetrustOnly(cas []string) []string {
 	var out []string
 	for _, c := range cas {
-		if strings.HasPrefix(c, "nodetrust_") {
+		if strings.HasPrefix(c, "nodetrust_") && !contains(out, c) {
 			out = append(out, c)
 		}
 	}

@@ -37,15 +37,12 @@ func TestOverlappingApplies(t *testing.T) {
 	first.Stdout, first.Stderr = &out[0], &out[0]
 	second.Stdout, second.Stderr = &out[1], &out[1]
 	require.NoError(t, first.Start())
-	holder := fmt.Sprintf("pid %d (apply)\n", first.Process.Pid)
-	require.Eventually(t, func() bool {
-		data, _ := os.ReadFile(filepath.Join(root, "var/lib/nodetrust/lock"))
-		return string(data) == holder
-	}, 10*time.Second, time.Millisecond, "the first apply takes the lock")
+	require.Eventually(t, func() bool { return flockHeldBy(t, filepath.Join(root, "var/lib/nodetrust/lock"), first.Process.Pid) },
+		10*time.Second, time.Millisecond, "the first apply takes the lock")
 	require.NoError(t, second.Start())
 	require.NoError(t, first.Wait(), out[0].String())
 	require.NoError(t, second.Wait(), out[1].String())
-	require.Contains(t, out[1].String(), "waiting for the lock on "+filepath.Join(root, "var/lib/nodetrust")+" held by pid "+strconv.Itoa(first.Process.Pid)+" (apply)")
+	require.Contains(t, out[1].String(), "waiting for the lock on "+filepath.Join(root, "var/lib/nodetrust")+" held by pid "+strconv.Itoa(first.Process.Pid)+" (nodetrust apply)")
 
 	h.checkConverged(t, root, sets[1])
 	var record struct{ Files map[string]any }
@@ -255,3 +252,24 @@ func filesOf(set []source) []string {
 }
 
 func equal(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") }
+
+// flockHeldBy reports whether /proc/locks shows pid holding an flock on the
+// file at p (the lock file names no holder: it is never written).
+func flockHeldBy(t *testing.T, p string, pid int) bool {
+	var st syscall.Stat_t
+	if syscall.Stat(p, &st) != nil {
+		return false
+	}
+	data, err := os.ReadFile("/proc/locks")
+	require.NoError(t, err)
+	major := (st.Dev>>8)&0xfff | (st.Dev>>32)&^uint64(0xfff) // as unix.Major
+	minor := st.Dev&0xff | (st.Dev>>12)&^uint64(0xff)
+	dev := fmt.Sprintf("%02x:%02x:%d", major, minor, st.Ino)
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) >= 6 && f[1] == "FLOCK" && f[4] == strconv.Itoa(pid) && f[5] == dev {
+			return true
+		}
+	}
+	return false
+}

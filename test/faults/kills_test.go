@@ -126,6 +126,7 @@ func killPhases(t *testing.T, h *host, samples int, phases []phase) {
 							require.Equal(t, 0, res.code, "an apply not killed succeeds: %s%s", res.stdout, res.stderr)
 						}
 						checkNamedExist(t, root) // even right after the kill
+						h.checkContainerdBetween(t, root, ph.from, ph.to)
 						mustApply(t, root, to)
 						h.checkConverged(t, root, ph.to)
 						mustApply(t, root, empty)
