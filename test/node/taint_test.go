@@ -3,6 +3,9 @@ package node
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -135,6 +138,7 @@ func TestNodeStartupTaint(t *testing.T) {
 		require.Equal(t, 1, pulls, "pull attempts")
 		return fmt.Sprintf("Running %s after the taint's removal; 1 pull, no failure events (pull %s)", secs(running), s.pullTime(p.Name))
 	})
+	s.rep.step("API server down, agent container killed: the kubelet restarts it and it says why it is not ready", s.apiDown)
 }
 
 // tainted reports whether the Node carries the startup taint.
@@ -147,4 +151,64 @@ func (s *story) tainted() bool {
 		}
 	}
 	return false
+}
+
+// apiDown stops kube-apiserver and kills the agent's container from the
+// node's containerd: the kubelet, on its own, starts it again, and the new
+// agent logs (after 5 s) and answers on /readyz that it waits for the API
+// server; with the API server back it is ready again.
+func (s *story) apiDown() string {
+	t := s.t
+	id := strings.TrimPrefix(s.agentPod().Status.ContainerStatuses[0].ContainerID, "containerd://")
+	_, err := s.c.StopAPIServer()
+	require.NoError(t, err)
+	t0 := time.Now()
+	_, err = s.n.ctr("tasks", "kill", "--signal", "SIGKILL", id)
+	require.NoError(t, err)
+	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	defer hc.CloseIdleConnections()
+	var body, logLine string
+	ok := cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+		if logLine == "" {
+			logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
+			for _, l := range logs {
+				if b, err := os.ReadFile(l); err == nil {
+					if i := strings.Index(string(b), "not ready: waiting for the API server"); i >= 0 {
+						logLine = firstLineOf(string(b[i:]))
+					}
+				}
+			}
+		}
+		resp, err := hc.Get("http://127.0.0.1:9713/readyz")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK && strings.Contains(string(b), "API server") {
+			body = strings.TrimSpace(string(b))
+		}
+		return logLine != "" && body != ""
+	})
+	require.True(t, ok, "no 'waiting for the API server' in the restarted agent's log (%q) or /readyz (%q)", logLine, body)
+	said := time.Since(t0)
+	require.NoError(t, s.c.StartAPIServer())
+	back := time.Now()
+	require.True(t, cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+		resp, err := hc.Get("http://127.0.0.1:9713/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}), "the agent is not ready again after the API server's return")
+	return fmt.Sprintf("said so %s after the kill: log %q; /readyz %q; Ready %s after kube-apiserver's /readyz",
+		secs(said), clip(logLine, 110), clip(body, 90), secs(time.Since(back)))
+}
+
+func firstLineOf(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
