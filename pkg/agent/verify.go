@@ -50,23 +50,40 @@ type verified struct {
 	at      time.Time
 	results []Verification // sorted by registry
 	due     bool           // the interval elapsed
+	// keys say, per registry, what its result was judged with (the
+	// sources naming it and their certificates).
+	keys map[string]string
 }
 
-// registriesOf lists the registries of the applied sources, sorted, once each.
-func registriesOf(rep node.Report) []string {
-	var regs []string
+// registriesOf lists the registries of the applied sources, sorted, once
+// each, with what decides their trust: the sources naming each and their
+// certificates.
+func registriesOf(rep node.Report) ([]string, map[string]string) {
+	keys := map[string]string{}
 	for _, s := range rep.Applied {
+		var certs strings.Builder
+		certs.WriteString(s.ID.String())
+		for _, c := range s.Certs {
+			certs.WriteString("\x00" + c.SHA256)
+		}
 		for _, r := range s.Registries {
-			regs = append(regs, string(r))
+			keys[string(r)] += certs.String() + "\n"
 		}
 	}
+	regs := make([]string, 0, len(keys))
+	for r := range keys {
+		regs = append(regs, r)
+	}
 	slices.Sort(regs)
-	return slices.Compact(regs)
+	return regs, keys
 }
 
 // verify runs the verifier when the applied state changed, files were
 // written or removed, or the interval elapsed; otherwise the last results
-// stand. It returns the results that apply to rep.
+// stand. After a change only the registries whose sources or certificates
+// changed are checked again, so a new Secret does not wait for every other
+// registry's handshake; the interval checks them all. It returns the
+// results that apply to rep.
 func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Verification {
 	if !rep.Runtimes {
 		return nil // no container runtime here: no pull to verify
@@ -76,11 +93,25 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 	if !changed && !v.due && !v.at.IsZero() {
 		return v.results
 	}
-	regs := registriesOf(rep)
+	regs, keys := registriesOf(rep)
+	last := map[string]Verification{}
+	if !v.due {
+		for _, r := range v.results {
+			if keys[r.Registry] == v.keys[r.Registry] {
+				last[r.Registry] = r
+			}
+		}
+	}
 	results := make([]Verification, len(regs))
 	sem := make(chan struct{}, verifyConcurrency)
 	var wg sync.WaitGroup
+	checked := 0
 	for i, reg := range regs {
+		if r, ok := last[reg]; ok {
+			results[i] = r
+			continue
+		}
+		checked++
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -93,7 +124,7 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 		}()
 	}
 	wg.Wait()
-	*v = verified{hash: rep.Hash, at: now, results: results}
+	*v = verified{hash: rep.Hash, at: now, results: results, keys: keys}
 	failed := 0
 	for _, r := range results {
 		if !r.OK {
@@ -101,7 +132,7 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
 		}
 	}
-	a.log.Info("registries verified", "registries", len(results), "failed", failed, "duration", time.Since(now))
+	a.log.Info("registries verified", "registries", len(results), "checked", checked, "failed", failed, "duration", time.Since(now))
 	a.metrics.verifiedRegistries(results)
 	return results
 }

@@ -79,12 +79,22 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	require.Equal(t, 1, v.count("bad.example"))
 	require.Equal(t, 1, e.actions("create", "events"), "nor emits again")
 
+	// A change re-verifies the registries whose sources changed, not the
+	// others (the interval does): deleting b changes good.example:5000 only.
+	err = e.client.CoreV1().Secrets(ns).Delete(context.Background(), "b", metav1.DeleteOptions{})
+	require.NoError(t, err)
+	e.eventually(func() bool { return v.count("good.example:5000") == 2 }, "the changed registry verifies again")
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, 1, v.count("bad.example"), "an unchanged registry keeps its result")
+
+	// A new CA for bad.example's source re-verifies it.
 	v.mu.Lock()
 	delete(v.failing, "bad.example")
 	v.mu.Unlock()
-	err = e.client.CoreV1().Secrets(ns).Delete(context.Background(), "b", metav1.DeleteOptions{})
+	a := caSecret(t, "a", "good.example:5000, bad.example", nil)
+	_, err = e.client.CoreV1().Secrets(ns).Update(context.Background(), a, metav1.UpdateOptions{})
 	require.NoError(t, err)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "a change verifies again")
+	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "a changed source verifies its registries again")
 	require.Equal(t, 2, v.count("bad.example"))
 	require.Empty(t, e.annotations()[agent.AnnotationMessage])
 }

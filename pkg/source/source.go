@@ -5,6 +5,7 @@
 package source
 
 import (
+	"bytes"
 	"fmt"
 	"sort"
 	"strconv"
@@ -198,7 +199,7 @@ func warnings(src Source, now time.Time) []string {
 		if p := certs.ValidityProblem(c, now); p != "" {
 			out = append(out, p)
 		}
-		if !c.IsCA {
+		if !c.IsCA && !issuedByOneOf(c, src.Certs) {
 			out = append(out, fmt.Sprintf("certificate %q is not a CA (no basicConstraints CA:TRUE): trusted as it is, it verifies only a registry that serves exactly this certificate, and breaks at its renewal; label the CA that issued it instead", c.Subject.String()))
 		}
 		for _, r := range src.Registries {
@@ -216,4 +217,16 @@ func quote(ss []string) []string {
 		out[i] = strconv.Quote(s)
 	}
 	return out
+}
+
+// issuedByOneOf reports whether a CA among all issued c: a registry's own
+// kubernetes.io/tls Secret holds its serving certificate (tls.crt) beside
+// the CA that signed it (ca.crt), and then the leaf is harmless.
+func issuedByOneOf(c certs.Cert, all []certs.Cert) bool {
+	for _, ca := range all {
+		if ca.IsCA && bytes.Equal(ca.RawSubject, c.RawIssuer) && c.CheckSignatureFrom(ca.Certificate) == nil {
+			return true
+		}
+	}
+	return false
 }

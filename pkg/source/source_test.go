@@ -123,6 +123,8 @@ func TestWarnings(t *testing.T) {
 		"nothing to install": {nil, certstest.NewCA(t, "x").CertPEM(), []string{"nothing to install"}},
 		"a leaf labelled as the CA": {map[string]string{source.AnnotationRegistries: "registry.example"}, leaf.CertPEM(),
 			[]string{`certificate "CN=registry.example" is not a CA (no basicConstraints CA:TRUE)`}},
+		"a registry's tls Secret: its leaf beside the CA that signed it": {map[string]string{source.AnnotationRegistries: "registry.example"},
+			append(leaf.CertPEM(), ca.CertPEM()...), nil},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
