@@ -77,6 +77,9 @@ func detectContainerd(root *hostfs.Root, f *Facts, opts Options, st hostfs.State
 	f.HostsFiles, c.unmergeable = foreignHostsFiles(root, rel, st)
 	c.info = ContainerdInfo{Layout: layout.Name, Config: layout.Config, HostsDir: c.reading.Dir,
 		Version: c.reading.Version.String(), Transfer: c.reading.Transfer, Note: c.reading.Note}
+	if c.missingConfig() { // no config to judge a version from: the node warning says so
+		c.info.Version, c.info.Note = c.version.String(), ""
+	}
 	return c, nil
 }
 
