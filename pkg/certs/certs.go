@@ -93,7 +93,7 @@ func Parse(data []byte) (found []Cert, skipped []string, err error) {
 	if found == nil && skipped == nil && !bytes.Contains(data, []byte("-----BEGIN")) {
 		if c := parseDER(data); c != nil {
 			found = append(found, newCert(c))
-		} else if isPrivateKey(bytes.TrimSpace(data)) {
+		} else if der := derElement(data); der != nil && isPrivateKey(der) {
 			return nil, nil, errDERKey
 		}
 	}
@@ -104,15 +104,25 @@ func Parse(data []byte) (found []Cert, skipped []string, err error) {
 // (a DER file saved with a trailing newline). The DER itself may end in a
 // white-space byte, so its end is taken from its ASN.1 length, not trimmed.
 func parseDER(data []byte) *x509.Certificate {
-	rest, err := asn1.Unmarshal(data, &asn1.RawValue{})
-	if err != nil || len(bytes.TrimSpace(rest)) > 0 {
+	der := derElement(data)
+	if der == nil {
 		return nil
 	}
-	c, err := x509.ParseCertificate(data[:len(data)-len(rest)])
+	c, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil
 	}
 	return c
+}
+
+// derElement is the one ASN.1 element data holds, followed by nothing but
+// white space, or nil.
+func derElement(data []byte) []byte {
+	rest, err := asn1.Unmarshal(data, &asn1.RawValue{})
+	if err != nil || len(bytes.TrimSpace(rest)) > 0 {
+		return nil
+	}
+	return data[:len(data)-len(rest)]
 }
 
 func newCert(c *x509.Certificate) Cert {
