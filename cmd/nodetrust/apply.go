@@ -62,7 +62,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 		return usageError{fmt.Errorf("apply: --host-root: %w", err)}
 	}
 	defer root.Close()
-	lock, err := root.Lock(ctx, "apply", !*noWait, func(holder string) {
+	lock, err := root.Lock(ctx, !*noWait, func(holder string) {
 		fmt.Fprintf(stderr, "waiting for the lock on %s held by %s\n", filepath.Join(*hostRoot, filepath.Dir(hostfs.LockPath)), holder)
 	})
 	if err != nil {

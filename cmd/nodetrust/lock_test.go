@@ -24,7 +24,7 @@ func TestApplyLock(t *testing.T) {
 	r, err := hostfs.Open(root)
 	require.NoError(t, err)
 	defer r.Close()
-	held, err := r.Lock(context.Background(), "agent", true, nil)
+	held, err := r.Lock(context.Background(), true, nil)
 	require.NoError(t, err)
 	holder := fmt.Sprintf("pid %d (%s)", os.Getpid(), filepath.Base(os.Args[0])) // from /proc/locks
 

@@ -214,7 +214,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // sync, not for its lifetime: an operator's apply on the node waits for at
 // most one sync (the agent's next sync then puts its own desired set back).
 func (a *Agent) locked(ctx context.Context, fn func()) error {
-	l, err := a.opts.Root.Lock(ctx, "agent", true, func(holder string) {
+	l, err := a.opts.Root.Lock(ctx, true, func(holder string) {
 		a.log.Info("waiting for the lock on "+filepath.Join(a.opts.Root.Dir(), filepath.Dir(hostfs.LockPath))+" held by "+holder, "holder", holder)
 	})
 	if err != nil {

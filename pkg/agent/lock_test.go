@@ -19,7 +19,7 @@ func TestAgentWaitsForLock(t *testing.T) {
 	root, err := hostfs.Open(dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	held, err := root.Lock(context.Background(), "apply", true, nil)
+	held, err := root.Lock(context.Background(), true, nil)
 	require.NoError(t, err)
 
 	e := startOn(t, dir, caSecret(t, "a", "r.example:5000", nil), testNode(nil))

@@ -49,10 +49,10 @@ func (e *LockedError) Error() string {
 // tries again until ctx ends; with wait false it returns a *LockedError
 // naming the holder instead. Take it before LoadState and hold it until
 // the last write of the record.
-func (r *Root) Lock(ctx context.Context, command string, wait bool, waiting func(holder string)) (*Lock, error) {
+func (r *Root) Lock(ctx context.Context, wait bool, waiting func(holder string)) (*Lock, error) {
 	last := ""
 	for polls := 0; ; polls++ {
-		l, holder, err := r.tryLock(command)
+		l, holder, err := r.tryLock()
 		if errors.Is(err, errStale) {
 			continue
 		}
@@ -81,7 +81,7 @@ var errStale = errors.New("lock file removed meanwhile")
 
 // tryLock makes one attempt. It returns the lock, or the holder when
 // another process has it.
-func (r *Root) tryLock(command string) (*Lock, string, error) {
+func (r *Root) tryLock() (*Lock, string, error) {
 	l := &Lock{r: r, fd: -1}
 	for _, d := range lockDirs {
 		err := r.mkdir(d)

@@ -20,7 +20,7 @@ import (
 func TestLockOneWriterPerRoot(t *testing.T) {
 	f := newFixture(t, "etc/docker")
 	ctx := context.Background()
-	first, err := f.root.Lock(ctx, "apply", true, nil)
+	first, err := f.root.Lock(ctx, true, nil)
 	require.NoError(t, err)
 	// The holder comes from /proc/locks: this test binary.
 	holder := fmt.Sprintf("pid %d (%s)", os.Getpid(), filepath.Base(os.Args[0]))
@@ -28,7 +28,7 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, data, "the lock file is never written: a run with nothing to do writes nothing")
 
-	_, err = f.root.Lock(ctx, "apply", false, nil)
+	_, err = f.root.Lock(ctx, false, nil)
 	var locked *hostfs.LockedError
 	require.ErrorAs(t, err, &locked, "--no-wait")
 	require.Equal(t, holder, locked.Holder)
@@ -37,7 +37,7 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 	waited := make(chan string, 1)
 	got := make(chan *hostfs.Lock)
 	go func() {
-		l, err := f.root.Lock(ctx, "agent", true, func(h string) { waited <- h })
+		l, err := f.root.Lock(ctx, true, func(h string) { waited <- h })
 		if err != nil {
 			panic(err)
 		}
@@ -54,7 +54,7 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 
 	expired, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	defer cancel()
-	_, err = f.root.Lock(expired, "apply", true, nil)
+	_, err = f.root.Lock(expired, true, nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded, "a wait ends with its context")
 	require.NoError(t, second.Unlock())
 	require.Equal(t, map[string]string{"etc": dir, "etc/docker": dir}, hostfstest.Tree(t, f.dir), "nothing owned: no lock file, no var/lib/nodetrust, no var it created")
@@ -62,7 +62,7 @@ func TestLockOneWriterPerRoot(t *testing.T) {
 
 func TestLockKeptBesideRecord(t *testing.T) {
 	f := newFixture(t, "etc/docker", "var/lib") // as on every host
-	l, err := f.root.Lock(context.Background(), "apply", true, nil)
+	l, err := f.root.Lock(context.Background(), true, nil)
 	require.NoError(t, err)
 	f.apply(file("etc/docker/certs.d/r/a.crt", "A"))
 	require.NoError(t, l.Unlock())
@@ -70,7 +70,7 @@ func TestLockKeptBesideRecord(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, entries, 2, "lock and state.json")
 
-	l, err = f.root.Lock(context.Background(), "apply", true, nil)
+	l, err = f.root.Lock(context.Background(), true, nil)
 	require.NoError(t, err)
 	f.apply()
 	require.NoError(t, l.Unlock())
@@ -81,7 +81,7 @@ func TestLockRefusesSymlink(t *testing.T) {
 	f := newFixture(t, "var/lib")
 	outside := t.TempDir()
 	require.NoError(t, os.Symlink(outside, filepath.Join(f.dir, "var/lib/nodetrust")))
-	_, err := f.root.Lock(context.Background(), "apply", true, nil)
+	_, err := f.root.Lock(context.Background(), true, nil)
 	require.ErrorContains(t, err, "var/lib/nodetrust")
 	require.Empty(t, hostfstest.Tree(t, outside))
 }
@@ -98,7 +98,7 @@ func TestLockExclusiveUnderChurn(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for range 25 {
-				l, err := f.root.Lock(context.Background(), "apply", true, nil)
+				l, err := f.root.Lock(context.Background(), true, nil)
 				if err != nil {
 					errs <- err
 					return
