@@ -115,6 +115,9 @@ func (r Registry) Reading(v Version, l Layout) Reading {
 	out.Roots = filepath.SplitList(configPath)
 	out.Dir = l.HostsDir
 	where := fmt.Sprintf("%s in %s", r.Section(), strings.Join(r.Files, ", "))
+	if len(r.Files) == 0 {
+		where = fmt.Sprintf("%s (%s does not exist: containerd runs on its defaults)", r.Section(), l.Config)
+	}
 	restart := "and restart containerd"
 	if l.Template != "" {
 		where = fmt.Sprintf("%s (rendered by %s at every start from %s)", where, l.Name, l.Template)
