@@ -38,7 +38,10 @@ func TestAgentK3sRestartRewrite(t *testing.T) {
 		}
 	})
 	start := time.Now()
-	require.NoError(t, os.RemoveAll(filepath.Join(dir, k3sCerts, "r.example:5000")))
+	// Like k3s's RemoveAll, which may meet the agent restoring a file
+	// meanwhile: try again, as a removal that races a writer must.
+	require.Eventually(t, func() bool { return os.RemoveAll(filepath.Join(dir, k3sCerts, "r.example:5000")) == nil },
+		5*time.Second, time.Millisecond, "remove the registry's directory")
 	hostfstest.WriteFile(t, dir, hosts, k3s)
 	merged := func() bool {
 		got := e.file(hosts)
