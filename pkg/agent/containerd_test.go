@@ -14,13 +14,14 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
 )
 
 const containerdConfig = "etc/containerd/config.toml"
 
-func runtimes() map[string]systemd.FakeUnit {
-	return map[string]systemd.FakeUnit{
+func runtimes() map[string]systemdtest.Unit {
+	return map[string]systemdtest.Unit{
 		"containerd.service": {MainPID: 100},
 		"docker.service":     {MainPID: 200},
 	}
@@ -139,7 +140,7 @@ func TestRestartByHandIsSeen(t *testing.T) {
 	e.source("registry-only", false)
 	e.waitState(agent.StatePending)
 
-	e.unit.Set("containerd.service", systemd.FakeUnit{MainPID: 101, StartedAt: time.Now()})
+	e.unit.Set("containerd.service", systemdtest.Unit{MainPID: 101, StartedAt: time.Now()})
 	e.agent.Trigger()
 	st := e.waitState(agent.StateReady)
 	require.Empty(t, st.Message)
@@ -157,8 +158,8 @@ func TestRestartByHandIsSeen(t *testing.T) {
 func TestRestartSkipsUnitsStartedSinceTheChange(t *testing.T) {
 	since := time.Now().Add(-time.Minute).UTC()
 	units := runtimes()
-	units["containerd.service"] = systemd.FakeUnit{MainPID: 100, StartedAt: time.Now()}          // after the change
-	units["docker.service"] = systemd.FakeUnit{MainPID: 200, StartedAt: since.Add(-time.Second)} // before it
+	units["containerd.service"] = systemdtest.Unit{MainPID: 100, StartedAt: time.Now()}          // after the change
+	units["docker.service"] = systemdtest.Unit{MainPID: 200, StartedAt: since.Add(-time.Second)} // before it
 	e := startNode(t, nodeSetup{
 		units:    units,
 		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},

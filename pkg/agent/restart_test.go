@@ -20,8 +20,10 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/lease/leasetest"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
 )
 
@@ -51,19 +53,19 @@ type restartEnv struct {
 	stop   func() // stops the agent
 	src    string
 	status *statusLog
-	unit   *systemd.Fake
+	unit   *systemdtest.Conn
 	agent  *agent.Agent
 }
 
 // startRestarts runs an agent on a Debian-like root whose trust store
 // refresh is faked, reading sources from a directory.
-func startRestarts(t *testing.T, unit systemd.FakeUnit, r agent.Restarts) *restartEnv {
-	return startNode(t, nodeSetup{units: map[string]systemd.FakeUnit{"containerd.service": unit}, restarts: r})
+func startRestarts(t *testing.T, unit systemdtest.Unit, r agent.Restarts) *restartEnv {
+	return startNode(t, nodeSetup{units: map[string]systemdtest.Unit{"containerd.service": unit}, restarts: r})
 }
 
 // nodeSetup describes the node an agent under test runs on.
 type nodeSetup struct {
-	units    map[string]systemd.FakeUnit // loaded systemd units
+	units    map[string]systemdtest.Unit // loaded systemd units
 	restarts agent.Restarts
 	dirs     []string          // besides etc/docker and the anchor dir
 	files    map[string]string // relative to the host root
@@ -82,7 +84,7 @@ func startNode(t *testing.T, n nodeSetup) *restartEnv {
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
 	e.root = root
-	e.unit = systemd.NewFake(n.units)
+	e.unit = systemdtest.New(n.units)
 	r := n.restarts
 	if r.Units == nil {
 		r.Units = []string{"containerd.service", "crio.service"}
@@ -119,7 +121,7 @@ func (e *restartEnv) waitState(state string) agent.Status {
 }
 
 func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
-	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{})
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return e.status.get().Sources == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Empty(t, e.unit.Restarts(), "hosts.toml and certs.d need no restart")
@@ -138,7 +140,7 @@ func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
 }
 
 func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
-	e := startRestarts(t, systemd.FakeUnit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, agent.Restarts{})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, agent.Restarts{})
 	e.source("corp", true)
 	st := e.waitState(agent.StateDegraded)
 	require.Contains(t, st.Message, `restart containerd.service: job result "failed"`)
@@ -156,7 +158,7 @@ func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
 }
 
 func TestRestartNeverReportsPending(t *testing.T) {
-	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{Never: true})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{Never: true})
 	e.source("corp", true)
 	st := e.waitState(agent.StatePending)
 	require.Contains(t, st.Message, "restart pending")
@@ -166,12 +168,12 @@ func TestRestartNeverReportsPending(t *testing.T) {
 func TestRestartWaitsForASlot(t *testing.T) {
 	now := metav1.NewMicroTime(time.Now())
 	other, duration := "other-node", int32(3600)
-	leases := lease.NewFake(&coordinationv1.Lease{
+	leases := leasetest.New(&coordinationv1.Lease{
 		ObjectMeta: metav1.ObjectMeta{Name: lease.SlotName(0), Namespace: "ns"},
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &duration, RenewTime: &now, AcquireTime: &now},
 	})
 	slots := &lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: "me"}
-	e := startRestarts(t, systemd.FakeUnit{MainPID: 100}, agent.Restarts{Slots: slots, MaxConcurrent: 1})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{Slots: slots, MaxConcurrent: 1})
 	e.source("corp", true)
 	st := e.waitState(agent.StatePending)
 	require.Contains(t, st.Message, "waiting for a restart slot (at most 1 nodes restart at once)")

@@ -32,7 +32,7 @@ const Prefix = "nodetrust-restart-"
 const DefaultDuration = 2 * time.Minute
 
 // API is the part of the Kubernetes API that Slots uses. *kube.Client
-// implements it; Fake is an in-memory one for tests. Errors must keep the
+// implements it; leasetest.API is an in-memory one for tests. Errors must keep the
 // API status, so that apierrors.IsNotFound, IsAlreadyExists and IsConflict
 // work on them.
 type API interface {

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/lease/leasetest"
 )
 
 const ns = "nodetrust-system"
@@ -74,7 +75,7 @@ func free(i int) *coordinationv1.Lease {
 	return l
 }
 
-func holderOf(t *testing.T, f *lease.Fake, i int) string {
+func holderOf(t *testing.T, f *leasetest.API, i int) string {
 	t.Helper()
 	l := f.Lease(ns, lease.SlotName(i))
 	require.NotNil(t, l, "lease %d", i)
@@ -131,7 +132,7 @@ func TestTryAcquire(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := lease.NewFake(tc.existing...)
+			f := leasetest.New(tc.existing...)
 			before := map[string]*coordinationv1.Lease{}
 			for _, l := range tc.existing {
 				before[l.Name] = f.Lease(ns, l.Name)
@@ -174,7 +175,7 @@ func TestTwoHolders(t *testing.T) {
 		{count: 2, wantSlotB: "nodetrust-restart-1"},
 	} {
 		t.Run(fmt.Sprintf("N=%d", tc.count), func(t *testing.T) {
-			f := lease.NewFake()
+			f := leasetest.New()
 			clk := &clock{now: t0}
 			a, b := slots(f, clk, tc.count, "node-a"), slots(f, clk, tc.count, "node-b")
 
@@ -203,14 +204,14 @@ func TestTwoHolders(t *testing.T) {
 
 // racing lets another node take a slot between this node's read and write.
 type racing struct {
-	*lease.Fake
+	*leasetest.API
 	other *lease.Slots
 	once  sync.Once
 	won   string
 }
 
 func (r *racing) GetLease(ctx context.Context, namespace, name string) (*coordinationv1.Lease, error) {
-	l, err := r.Fake.GetLease(ctx, namespace, name)
+	l, err := r.API.GetLease(ctx, namespace, name)
 	r.once.Do(func() {
 		r.won, _, _ = r.other.TryAcquire(ctx)
 	})
@@ -218,9 +219,9 @@ func (r *racing) GetLease(ctx context.Context, namespace, name string) (*coordin
 }
 
 func TestConflictMovesOn(t *testing.T) {
-	f := lease.NewFake(free(0), free(1))
+	f := leasetest.New(free(0), free(1))
 	clk := &clock{now: t0}
-	r := &racing{Fake: f, other: slots(f, clk, 2, "node-b")}
+	r := &racing{API: f, other: slots(f, clk, 2, "node-b")}
 	a := slots(r, clk, 2, "node-a")
 
 	slot, ok, err := a.TryAcquire(ctx)
@@ -233,9 +234,9 @@ func TestConflictMovesOn(t *testing.T) {
 }
 
 func TestConflictOnCreate(t *testing.T) {
-	f := lease.NewFake()
+	f := leasetest.New()
 	clk := &clock{now: t0}
-	r := &racing{Fake: f, other: slots(f, clk, 1, "node-b")}
+	r := &racing{API: f, other: slots(f, clk, 1, "node-b")}
 	a := slots(r, clk, 1, "node-a")
 
 	slot, ok, err := a.TryAcquire(ctx)
@@ -259,7 +260,7 @@ func TestRelease(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			f := lease.NewFake(tc.existing...)
+			f := leasetest.New(tc.existing...)
 			clk := &clock{now: t0.Add(time.Second)}
 			require.NoError(t, slots(f, clk, 1, "node-a").Release(ctx, "nodetrust-restart-0"))
 			want := []string{"Get nodetrust-system/nodetrust-restart-0"}
@@ -282,7 +283,7 @@ func TestRelease(t *testing.T) {
 }
 
 func TestCrashedHolderExpires(t *testing.T) {
-	f := lease.NewFake()
+	f := leasetest.New()
 	clk := &clock{now: t0}
 	a, b := slots(f, clk, 1, "node-a"), slots(f, clk, 1, "node-b")
 	a.Duration = 1500 * time.Millisecond // stored as 2 s
@@ -315,7 +316,7 @@ func TestCrashedHolderExpires(t *testing.T) {
 }
 
 func TestRestartedHolderGetsItsSlotBack(t *testing.T) {
-	f := lease.NewFake()
+	f := leasetest.New()
 	clk := &clock{now: t0}
 	slot, ok, err := slots(f, clk, 3, "node-a").TryAcquire(ctx)
 	require.NoError(t, err)
@@ -347,7 +348,7 @@ func TestHeld(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			got, err := slots(lease.NewFake(tc.existing...), &clock{now: t0}, 2, "node-a").Held(ctx)
+			got, err := slots(leasetest.New(tc.existing...), &clock{now: t0}, 2, "node-a").Held(ctx)
 			require.NoError(t, err)
 			require.Equal(t, tc.want, got)
 		})
@@ -356,7 +357,7 @@ func TestHeld(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	boom := errors.New("connection refused")
-	f := lease.NewFake(held(0, "node-a", t0, 120))
+	f := leasetest.New(held(0, "node-a", t0, 120))
 	f.SetErr(boom)
 	s := slots(f, &clock{now: t0}, 1, "node-a")
 
@@ -381,7 +382,7 @@ func TestErrors(t *testing.T) {
 		{name: "negative duration", edit: func(s *lease.Slots) { s.Duration = -time.Second }, wantErr: "lease: negative duration -1s"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			s := slots(lease.NewFake(), &clock{now: t0}, 1, "node-a")
+			s := slots(leasetest.New(), &clock{now: t0}, 1, "node-a")
 			tc.edit(s)
 			_, _, err := s.TryAcquire(ctx)
 			require.EqualError(t, err, tc.wantErr)
@@ -393,7 +394,7 @@ func TestErrors(t *testing.T) {
 }
 
 func TestDefaultDuration(t *testing.T) {
-	f := lease.NewFake()
+	f := leasetest.New()
 	s := &lease.Slots{API: f, Namespace: ns, Count: 1, Holder: "node-a"}
 	slot, ok, err := s.TryAcquire(ctx)
 	require.NoError(t, err)
@@ -404,13 +405,13 @@ func TestDefaultDuration(t *testing.T) {
 	require.Equal(t, map[string]string{"app.kubernetes.io/name": "nodetrust", "app.kubernetes.io/component": "restart-slot"}, l.Labels)
 }
 
-// TestManyHolders runs 10 nodes against N slots of one Fake: never more than
+// TestManyHolders runs 10 nodes against N slots of one leasetest.API: never more than
 // N hold a slot at once, and every node gets one.
 func TestManyHolders(t *testing.T) {
 	for _, n := range []int{1, 3} {
 		t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
 			t.Parallel()
-			f := lease.NewFake()
+			f := leasetest.New()
 			var inside, most atomic.Int32
 			var wg sync.WaitGroup
 			errs := make(chan error, 10)

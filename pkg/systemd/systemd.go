@@ -17,7 +17,7 @@ import (
 )
 
 // Conn is the part of go-systemd's *dbus.Conn a Restarter uses. Dial returns
-// the real one; Fake is an in-memory one for tests.
+// the real one; systemdtest.Conn is an in-memory one for tests.
 type Conn interface {
 	// RestartUnitContext queues a restart job for the unit and sends the
 	// job's result ("done", "failed", …) on ch once systemd removes the job.

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
 )
 
 const unit = "containerd.service"
@@ -18,67 +19,67 @@ const unit = "containerd.service"
 func TestRestart(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
-		unit    systemd.FakeUnit
+		unit    systemdtest.Unit
 		timeout time.Duration // of the Restart ctx; 0: 5 s
 		wantErr string        // "" means success
 		wantIs  error
 		job     string // result a *JobError must carry
 		service string // and its service result
 	}{
-		{name: "done", unit: systemd.FakeUnit{MainPID: 100}},
-		{name: "done after a slow job", unit: systemd.FakeUnit{MainPID: 100, Delay: 30 * time.Millisecond}},
-		{name: "activating, then active", unit: systemd.FakeUnit{MainPID: 100, After: []string{"activating", "activating", "active"}}},
+		{name: "done", unit: systemdtest.Unit{MainPID: 100}},
+		{name: "done after a slow job", unit: systemdtest.Unit{MainPID: 100, Delay: 30 * time.Millisecond}},
+		{name: "activating, then active", unit: systemdtest.Unit{MainPID: 100, After: []string{"activating", "activating", "active"}}},
 		{
-			name: "failed", unit: systemd.FakeUnit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"},
+			name: "failed", unit: systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"},
 			wantErr: `restart containerd.service: job result "failed", service result "exit-code"`, job: "failed", service: "exit-code",
 		},
 		{
-			name: "start limit hit", unit: systemd.FakeUnit{MainPID: 100, Result: "failed", ServiceResult: "start-limit-hit"},
+			name: "start limit hit", unit: systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "start-limit-hit"},
 			wantErr: `restart containerd.service: job result "failed", service result "start-limit-hit"`, job: "failed", service: "start-limit-hit",
 		},
 		{
-			name: "timeout", unit: systemd.FakeUnit{MainPID: 100, Result: "timeout", ServiceResult: "timeout"},
+			name: "timeout", unit: systemdtest.Unit{MainPID: 100, Result: "timeout", ServiceResult: "timeout"},
 			wantErr: `restart containerd.service: job result "timeout", service result "timeout"`, job: "timeout", service: "timeout",
 		},
 		{
-			name: "canceled", unit: systemd.FakeUnit{MainPID: 100, Result: "canceled"},
+			name: "canceled", unit: systemdtest.Unit{MainPID: 100, Result: "canceled"},
 			wantErr: `restart containerd.service: job result "canceled", service result "success"`, job: "canceled", service: "success",
 		},
 		{
-			name: "dependency", unit: systemd.FakeUnit{MainPID: 100, Result: "dependency"},
+			name: "dependency", unit: systemdtest.Unit{MainPID: 100, Result: "dependency"},
 			wantErr: `restart containerd.service: job result "dependency", service result "success"`, job: "dependency", service: "success",
 		},
 		{
-			name: "skipped", unit: systemd.FakeUnit{MainPID: 100, Result: "skipped"},
+			name: "skipped", unit: systemdtest.Unit{MainPID: 100, Result: "skipped"},
 			wantErr: `restart containerd.service: job result "skipped", service result "success"`, job: "skipped", service: "success",
 		},
 		{
-			name: "ctx ends while waiting for the job", unit: systemd.FakeUnit{MainPID: 100, Hang: true}, timeout: 50 * time.Millisecond,
+			name: "ctx ends while waiting for the job", unit: systemdtest.Unit{MainPID: 100, Hang: true}, timeout: 50 * time.Millisecond,
 			wantErr: "restart containerd.service: no job result yet, the job may still be running: context deadline exceeded", wantIs: context.DeadlineExceeded,
 		},
 		{
-			name: "failed right after done", unit: systemd.FakeUnit{MainPID: 100, After: []string{"activating", "failed"}},
+			name: "failed right after done", unit: systemdtest.Unit{MainPID: 100, After: []string{"activating", "failed"}},
 			wantErr: "restart containerd.service: unit is failed (failed) after the restart job",
 		},
 		{
-			name: "inactive after done", unit: systemd.FakeUnit{MainPID: 100, After: []string{"inactive"}},
+			name: "inactive after done", unit: systemdtest.Unit{MainPID: 100, After: []string{"inactive"}},
 			wantErr: "restart containerd.service: unit is inactive (dead) after the restart job",
 		},
 		{
-			name: "never active", unit: systemd.FakeUnit{MainPID: 100, After: []string{"activating"}},
+			name: "never active", unit: systemdtest.Unit{MainPID: 100, After: []string{"activating"}},
 			wantErr: "restart containerd.service: unit still activating (start) after the restart job: context deadline exceeded", wantIs: context.DeadlineExceeded,
 		},
 		{
-			name: "RestartUnit call fails", unit: systemd.FakeUnit{MainPID: 100, Err: errors.New("Access denied")},
+			name: "RestartUnit call fails", unit: systemdtest.Unit{MainPID: 100, Err: errors.New("Access denied")},
 			wantErr: "restart containerd.service: Access denied",
 		},
 		{
-			name: "unit not loaded", unit: systemd.FakeUnit{LoadState: "not-found"},
+			name: "unit not loaded", unit: systemdtest.Unit{LoadState: "not-found"},
 			wantErr: "restart containerd.service: Unit containerd.service not found.",
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fake := systemd.NewFake(map[string]systemd.FakeUnit{unit: tc.unit})
+			fake := systemdtest.New(map[string]systemdtest.Unit{unit: tc.unit})
 			r := &systemd.Restarter{Conn: fake, ActiveTimeout: 100 * time.Millisecond, PollInterval: 5 * time.Millisecond}
 			timeout := tc.timeout
 			if timeout == 0 {
@@ -118,7 +119,7 @@ func TestJobErrorWithoutServiceResult(t *testing.T) {
 }
 
 func TestRestartExpiredContext(t *testing.T) {
-	fake := systemd.NewFake(map[string]systemd.FakeUnit{unit: {MainPID: 100}})
+	fake := systemdtest.New(map[string]systemdtest.Unit{unit: {MainPID: 100}})
 	r := &systemd.Restarter{Conn: fake}
 	ctx, cancel := context.WithDeadline(context.Background(), time.Now().Add(-time.Second))
 	defer cancel()
@@ -133,24 +134,24 @@ func TestPresent(t *testing.T) {
 	units := []string{"containerd.service", "docker.service", "crio.service"}
 	for _, tc := range []struct {
 		name  string
-		known map[string]systemd.FakeUnit
+		known map[string]systemdtest.Unit
 		want  []string
 	}{
 		{name: "none", known: nil, want: nil},
-		{name: "containerd only", known: map[string]systemd.FakeUnit{"containerd.service": {}}, want: []string{"containerd.service"}},
+		{name: "containerd only", known: map[string]systemdtest.Unit{"containerd.service": {}}, want: []string{"containerd.service"}},
 		{
 			name:  "all, in the order asked",
-			known: map[string]systemd.FakeUnit{"crio.service": {}, "docker.service": {ActiveState: "inactive"}, "containerd.service": {}},
+			known: map[string]systemdtest.Unit{"crio.service": {}, "docker.service": {ActiveState: "inactive"}, "containerd.service": {}},
 			want:  units,
 		},
 		{
 			name:  "masked and broken units are not present",
-			known: map[string]systemd.FakeUnit{"containerd.service": {LoadState: "masked"}, "docker.service": {LoadState: "bad-setting"}, "crio.service": {}},
+			known: map[string]systemdtest.Unit{"containerd.service": {LoadState: "masked"}, "docker.service": {LoadState: "bad-setting"}, "crio.service": {}},
 			want:  []string{"crio.service"},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			fake := systemd.NewFake(tc.known)
+			fake := systemdtest.New(tc.known)
 			r := &systemd.Restarter{Conn: fake}
 			got, err := r.Present(context.Background(), units)
 			require.NoError(t, err)
@@ -162,7 +163,7 @@ func TestPresent(t *testing.T) {
 }
 
 func TestPresentError(t *testing.T) {
-	r := &systemd.Restarter{Conn: systemd.NewFake(nil)}
+	r := &systemd.Restarter{Conn: systemdtest.New(nil)}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_, err := r.Present(ctx, []string{"containerd.service"})
@@ -174,7 +175,7 @@ func TestPresentError(t *testing.T) {
 }
 
 func TestFakeClose(t *testing.T) {
-	fake := systemd.NewFake(nil)
+	fake := systemdtest.New(nil)
 	var conn systemd.Conn = fake
 	conn.Close()
 	require.True(t, fake.Closed())
@@ -230,7 +231,7 @@ func TestDial(t *testing.T) {
 
 func TestStartedAt(t *testing.T) {
 	at := time.Date(2026, 11, 22, 13, 0, 0, 123456000, time.UTC)
-	fake := systemd.NewFake(map[string]systemd.FakeUnit{
+	fake := systemdtest.New(map[string]systemdtest.Unit{
 		"containerd.service": {MainPID: 10, StartedAt: at},
 		"never.service":      {},
 	})

@@ -393,7 +393,7 @@ func TestCrashedHolderExpires(t *testing.T) {
 }
 
 // TestAPISemantics: the real API server answers kube.Client's Lease calls
-// with the errors pkg/lease (and its Fake) rely on, and the agent's
+// with the errors pkg/lease (and leasetest) rely on, and the agent's
 // ServiceAccount has exactly leaseRule.
 func TestAPISemantics(t *testing.T) {
 	c := setup(t)

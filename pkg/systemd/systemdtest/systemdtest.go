@@ -1,4 +1,6 @@
-package systemd
+// Package systemdtest is an in-memory systemd D-Bus connection for tests of
+// callers of package systemd.
+package systemdtest
 
 import (
 	"context"
@@ -9,11 +11,13 @@ import (
 
 	sddbus "github.com/coreos/go-systemd/v22/dbus"
 	godbus "github.com/godbus/dbus/v5"
+
+	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
 
-// FakeUnit configures one unit of a Fake. The zero value is a loaded, active
+// Unit configures one unit of a Conn. The zero value is a loaded, active
 // unit whose restarts succeed.
-type FakeUnit struct {
+type Unit struct {
 	// LoadState is reported by ListUnitsByNamesContext; "" means "loaded".
 	// Any other value makes RestartUnitContext fail as for a missing unit.
 	LoadState string
@@ -42,28 +46,28 @@ type FakeUnit struct {
 	After []string
 }
 
-// Fake is an in-memory Conn for tests of callers of this package: it knows a
+// Conn is an in-memory systemd.Conn for tests of callers of this package: it knows a
 // fixed set of units, records every call and answers restarts as each unit
 // is configured. It is safe for concurrent use.
-type Fake struct {
+type Conn struct {
 	mu      sync.Mutex
-	units   map[string]*fakeUnit
+	units   map[string]*unit
 	calls   []string
 	nextPID uint32
 	nextJob int
 	closed  bool
 }
 
-type fakeUnit struct {
-	FakeUnit
+type unit struct {
+	Unit
 	pending []string // ActiveState values still to report, from After
 }
 
-var _ Conn = (*Fake)(nil)
+var _ systemd.Conn = (*Conn)(nil)
 
-// NewFake returns a Fake that knows units; every other unit is "not-found".
-func NewFake(units map[string]FakeUnit) *Fake {
-	f := &Fake{units: map[string]*fakeUnit{}, nextPID: 1000}
+// New returns a Conn that knows units; every other unit is "not-found".
+func New(units map[string]Unit) *Conn {
+	f := &Conn{units: map[string]*unit{}, nextPID: 1000}
 	for name, u := range units {
 		f.Set(name, u)
 	}
@@ -71,7 +75,7 @@ func NewFake(units map[string]FakeUnit) *Fake {
 }
 
 // Set adds or replaces a unit.
-func (f *Fake) Set(name string, u FakeUnit) {
+func (f *Conn) Set(name string, u Unit) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if u.LoadState == "" {
@@ -83,21 +87,21 @@ func (f *Fake) Set(name string, u FakeUnit) {
 	if u.MainPID >= f.nextPID {
 		f.nextPID = u.MainPID + 1
 	}
-	f.units[name] = &fakeUnit{FakeUnit: u}
+	f.units[name] = &unit{Unit: u}
 }
 
 // Calls returns every call so far, one string each, for example
 // "RestartUnit containerd.service replace",
 // "ListUnitsByNames containerd.service crio.service",
 // "GetServiceProperty containerd.service MainPID" and "Close".
-func (f *Fake) Calls() []string {
+func (f *Conn) Calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.calls...)
 }
 
 // Restarts returns the units RestartUnitContext was called for, in order.
-func (f *Fake) Restarts() []string {
+func (f *Conn) Restarts() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	var units []string
@@ -110,16 +114,16 @@ func (f *Fake) Restarts() []string {
 }
 
 // Closed reports whether Close was called.
-func (f *Fake) Closed() bool {
+func (f *Conn) Closed() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.closed
 }
 
-// RestartUnitContext implements Conn. It sends the job result on ch from
+// RestartUnitContext implements systemd.Conn. It sends the job result on ch from
 // another goroutine after the unit's Delay, as go-systemd does once systemd
 // signals JobRemoved.
-func (f *Fake) RestartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error) {
+func (f *Conn) RestartUnitContext(ctx context.Context, name, mode string, ch chan<- string) (int, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "RestartUnit "+name+" "+mode)
@@ -154,7 +158,7 @@ func (f *Fake) RestartUnitContext(ctx context.Context, name, mode string, ch cha
 }
 
 // finish applies the state a restart job with result leaves the unit in.
-func (f *Fake) finish(u *fakeUnit, result string) {
+func (f *Conn) finish(u *unit, result string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	u.pending = append([]string(nil), u.After...)
@@ -174,8 +178,8 @@ func (f *Fake) finish(u *fakeUnit, result string) {
 	}
 }
 
-// ListUnitsByNamesContext implements Conn.
-func (f *Fake) ListUnitsByNamesContext(ctx context.Context, units []string) ([]sddbus.UnitStatus, error) {
+// ListUnitsByNamesContext implements systemd.Conn.
+func (f *Conn) ListUnitsByNamesContext(ctx context.Context, units []string) ([]sddbus.UnitStatus, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "ListUnitsByNames "+strings.Join(units, " "))
@@ -213,10 +217,10 @@ func subState(active string) string {
 	}
 }
 
-// GetServicePropertyContext implements Conn. It knows MainPID, Result and
-// ExecMainStartTimestamp; for units the Fake does not know they are 0,
+// GetServicePropertyContext implements systemd.Conn. It knows MainPID, Result and
+// ExecMainStartTimestamp; for units the Conn does not know they are 0,
 // "success" and 0, as systemd reports for missing units.
-func (f *Fake) GetServicePropertyContext(ctx context.Context, service, propertyName string) (*sddbus.Property, error) {
+func (f *Conn) GetServicePropertyContext(ctx context.Context, service, propertyName string) (*sddbus.Property, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "GetServiceProperty "+service+" "+propertyName)
@@ -225,7 +229,7 @@ func (f *Fake) GetServicePropertyContext(ctx context.Context, service, propertyN
 	}
 	u := f.units[service]
 	if u == nil {
-		u = &fakeUnit{}
+		u = &unit{}
 	}
 	var v any
 	switch propertyName {
@@ -249,8 +253,8 @@ func (f *Fake) GetServicePropertyContext(ctx context.Context, service, propertyN
 	return &sddbus.Property{Name: propertyName, Value: godbus.MakeVariant(v)}, nil
 }
 
-// Close implements Conn.
-func (f *Fake) Close() {
+// Close implements systemd.Conn.
+func (f *Conn) Close() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "Close")

@@ -1,27 +1,42 @@
-package lease_test
+package leasetest_test
 
 import (
+	"context"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/lease/leasetest"
 )
 
-// TestFake checks the Fake answers as test/lease's TestAPISemantics shows
+const ns = "nodetrust-system"
+
+var ctx = context.Background()
+
+// held is a Lease named name held by holder.
+func held(name, holder string) *coordinationv1.Lease {
+	return &coordinationv1.Lease{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &holder, AcquireTime: &metav1.MicroTime{Time: time.Now()}},
+	}
+}
+
+// TestFake checks the in-memory API answers as test/lease's TestAPISemantics shows
 // kube-apiserver does.
-func TestFake(t *testing.T) {
-	f := lease.NewFake()
+func TestAPI(t *testing.T) {
+	f := leasetest.New()
 	_, err := f.GetLease(ctx, ns, "a")
 	require.True(t, apierrors.IsNotFound(err), "get missing: %v", err)
 
-	created, err := f.CreateLease(ctx, held(0, "node-a", t0, 120))
+	created, err := f.CreateLease(ctx, held("a", "node-a"))
 	require.NoError(t, err)
 	require.NotEmpty(t, created.ResourceVersion)
 	require.NotEmpty(t, created.UID)
-	_, err = f.CreateLease(ctx, held(0, "node-a", t0, 120))
+	_, err = f.CreateLease(ctx, held("a", "node-a"))
 	require.True(t, apierrors.IsAlreadyExists(err), "create existing: %v", err)
 
 	updated, err := f.UpdateLease(ctx, created)

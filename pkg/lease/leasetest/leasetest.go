@@ -1,4 +1,6 @@
-package lease
+// Package leasetest is an in-memory Lease API for tests of callers of
+// package lease.
+package leasetest
 
 import (
 	"context"
@@ -10,15 +12,17 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/validation/field"
+
+	"github.com/nodetrust/nodetrust/pkg/lease"
 )
 
-// Fake is an in-memory API for tests of callers of this package. Like the
+// API is an in-memory lease.API. Like the
 // API server, it gives every write a new resourceVersion, answers an update
 // whose resourceVersion is not the stored one with a Conflict, an update
 // without one with Invalid, a create of an existing name with AlreadyExists
 // and a read or update of a missing Lease with NotFound. It is safe for
 // concurrent use.
-type Fake struct {
+type API struct {
 	mu     sync.Mutex
 	leases map[string]*coordinationv1.Lease // by namespace/name
 	rv     int
@@ -26,11 +30,11 @@ type Fake struct {
 	calls  []string
 }
 
-var _ API = (*Fake)(nil)
+var _ lease.API = (*API)(nil)
 
-// NewFake returns a Fake holding leases (copied).
-func NewFake(leases ...*coordinationv1.Lease) *Fake {
-	f := &Fake{leases: map[string]*coordinationv1.Lease{}}
+// New returns a API holding leases (copied).
+func New(leases ...*coordinationv1.Lease) *API {
+	f := &API{leases: map[string]*coordinationv1.Lease{}}
 	for _, l := range leases {
 		f.put(l.DeepCopy())
 	}
@@ -38,14 +42,14 @@ func NewFake(leases ...*coordinationv1.Lease) *Fake {
 }
 
 // Lease returns a copy of the stored Lease, or nil.
-func (f *Fake) Lease(namespace, name string) *coordinationv1.Lease {
+func (f *API) Lease(namespace, name string) *coordinationv1.Lease {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.leases[namespace+"/"+name].DeepCopy()
 }
 
 // SetErr makes every later call fail with err; nil restores normal service.
-func (f *Fake) SetErr(err error) {
+func (f *API) SetErr(err error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.err = err
@@ -53,14 +57,14 @@ func (f *Fake) SetErr(err error) {
 
 // Calls returns every call so far, one string each: "Get ns/name",
 // "Create ns/name" or "Update ns/name".
-func (f *Fake) Calls() []string {
+func (f *API) Calls() []string {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return append([]string(nil), f.calls...)
 }
 
-// GetLease implements API.
-func (f *Fake) GetLease(_ context.Context, namespace, name string) (*coordinationv1.Lease, error) {
+// GetLease implements lease.API.
+func (f *API) GetLease(_ context.Context, namespace, name string) (*coordinationv1.Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "Get "+namespace+"/"+name)
@@ -74,8 +78,8 @@ func (f *Fake) GetLease(_ context.Context, namespace, name string) (*coordinatio
 	return l.DeepCopy(), nil
 }
 
-// CreateLease implements API.
-func (f *Fake) CreateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+// CreateLease implements lease.API.
+func (f *API) CreateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "Create "+l.Namespace+"/"+l.Name)
@@ -90,8 +94,8 @@ func (f *Fake) CreateLease(_ context.Context, l *coordinationv1.Lease) (*coordin
 	return f.put(l).DeepCopy(), nil
 }
 
-// UpdateLease implements API.
-func (f *Fake) UpdateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
+// UpdateLease implements lease.API.
+func (f *API) UpdateLease(_ context.Context, l *coordinationv1.Lease) (*coordinationv1.Lease, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls = append(f.calls, "Update "+l.Namespace+"/"+l.Name)
@@ -122,7 +126,7 @@ var (
 
 // put stores l with the next resourceVersion, and a new UID if it has none;
 // f.mu must be held.
-func (f *Fake) put(l *coordinationv1.Lease) *coordinationv1.Lease {
+func (f *API) put(l *coordinationv1.Lease) *coordinationv1.Lease {
 	f.rv++
 	l.ResourceVersion = strconv.Itoa(f.rv)
 	if l.UID == "" {
