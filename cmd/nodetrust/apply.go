@@ -92,7 +92,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	if err != nil {
 		return err
 	}
-	if rep.RestartPending || len(rep.Restart) > 0 {
+	if rep.Restart.Any() {
 		// Reported above: restarting is the operator's, so a later apply or
 		// agent does not report or restart it again.
 		if err := root.ClearRestarts(); err != nil {
@@ -131,10 +131,10 @@ func writeText(w io.Writer, rep node.Report) error {
 	for _, nw := range rep.NodeWarnings {
 		fmt.Fprintf(w, "warning node: %s\n", nw)
 	}
-	if rep.RestartPending {
+	if rep.Restart.TrustStore {
 		fmt.Fprintln(w, "restart pending: the OS trust store changed; restart the container runtimes to load it")
 	}
-	for _, u := range rep.Restart {
+	for _, u := range rep.Restart.Units {
 		fmt.Fprintf(w, "restart pending: the config of %s changed; restart it to load it\n", u)
 	}
 	for _, id := range rep.Kept {
@@ -200,7 +200,7 @@ func writeJSON(w io.Writer, rep node.Report) error {
 		Applied: []string{}, Kept: []string{}, Rejected: []jsonRejection{}, Warnings: []jsonRejection{},
 		InputErrors: errStrings(rep.InputErrors), Written: nonNil(rep.Written), Removed: nonNil(rep.Removed),
 		Failed: errStrings(rep.Failed), NodeProblems: nonNil(rep.NodeProblems), NodeWarnings: nonNil(rep.NodeWarnings),
-		RestartPending: rep.RestartPending, Restart: nonNil(rep.Restart),
+		RestartPending: rep.Restart.TrustStore, Restart: nonNil(rep.Restart.Units),
 	}
 	for _, s := range rep.Applied {
 		out.Applied = append(out.Applied, s.ID.String())

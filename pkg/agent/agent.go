@@ -246,7 +246,7 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 		st = withVerification(st, verified)
 	}
 	var retry time.Duration
-	if rep.RestartPending || len(rep.Restart) > 0 {
+	if rep.Restart.Any() {
 		retry = a.restart(ctx, &st, rep)
 	}
 	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0

@@ -149,8 +149,8 @@ func TestRestartByHandIsSeen(t *testing.T) {
 	require.NoError(t, err)
 	stRec, err := e.root.LoadState()
 	require.NoError(t, err)
-	require.Empty(t, stRec.Restart, "cleared")
-	require.True(t, stRec.RestartSince.IsZero())
+	require.Empty(t, stRec.Units, "cleared")
+	require.True(t, stRec.Since.IsZero())
 }
 
 // A restart owed from before (the record says so) is skipped for units

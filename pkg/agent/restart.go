@@ -51,11 +51,11 @@ type Slots interface {
 // restartReason says why rep awaits a restart, and what to restart.
 func restartReason(rep node.Report) string {
 	var why []string
-	if rep.RestartPending {
+	if rep.Restart.TrustStore {
 		why = append(why, "the OS trust store changed; restart the container runtimes to load it")
 	}
-	if len(rep.Restart) > 0 {
-		why = append(why, fmt.Sprintf("the config of %s changed; restart it to load it", strings.Join(rep.Restart, ", ")))
+	if len(rep.Restart.Units) > 0 {
+		why = append(why, fmt.Sprintf("the config of %s changed; restart it to load it", strings.Join(rep.Restart.Units, ", ")))
 	}
 	return strings.Join(why, "; ")
 }
@@ -64,10 +64,10 @@ func restartReason(rep node.Report) string {
 // runtime after a trust store change, and each unit whose config changed.
 func (r *Restarts) restartUnits(rep node.Report) []string {
 	var units []string
-	if rep.RestartPending {
+	if rep.Restart.TrustStore {
 		units = append(units, r.Units...)
 	}
-	for _, u := range rep.Restart {
+	for _, u := range rep.Restart.Units {
 		if !slices.Contains(units, u) {
 			units = append(units, u)
 		}
@@ -145,7 +145,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry
 		degrade(st, fmt.Sprintf("restart pending: %v", err))
 		return a.opts.Retry
 	}
-	if units = a.notRestartedSince(ctx, rs, units, rep.RestartSince); len(units) == 0 {
+	if units = a.notRestartedSince(ctx, rs, units, rep.Restart.Since); len(units) == 0 {
 		if err := a.opts.Root.ClearRestarts(); err != nil {
 			degrade(st, fmt.Sprintf("record restart: %v", err))
 			return a.opts.Retry

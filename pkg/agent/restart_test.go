@@ -214,5 +214,5 @@ func TestNoRestartWithoutRuntimes(t *testing.T) {
 	require.False(t, dialed)
 	st, err := root.LoadState()
 	require.NoError(t, err)
-	require.False(t, st.RestartPending)
+	require.False(t, st.TrustStore)
 }

@@ -61,7 +61,7 @@ func (a *Agent) uninstall(ctx context.Context) error {
 	if len(rep.Owned) > 0 {
 		return fmt.Errorf("still owned: %v", rep.Owned)
 	}
-	if rep.RestartPending || len(rep.Restart) > 0 {
+	if rep.Restart.Any() {
 		// Removed host-trust anchors stay trusted by running runtimes until
 		// they restart: restart them as after any trust store change.
 		if r := a.opts.Restarts; r == nil || r.Never {

@@ -43,7 +43,7 @@ type File struct {
 	// entries, when nodetrust removes its own.
 	CreateAsMerge bool
 	// Restart names what must restart to load a change to this file (a
-	// systemd unit). Writing the file adds it to State.Restart; restoring
+	// systemd unit). Writing the file adds it to State.Pending.Units; restoring
 	// the original takes it out again, as what runs then matches the disk.
 	Restart string
 	// Needs, on a Late file, lists the files (paths) its Data names. After
@@ -124,19 +124,28 @@ type State struct {
 	Files          map[string]Owned `json:"files,omitempty"`
 	Dirs           []string         `json:"dirs,omitempty"`
 	RefreshPending bool             `json:"refreshPending,omitempty"`
-	// RestartPending is set when a refresh changed the trust store and
-	// cleared by ClearRestarts once the runtimes were restarted (they
-	// load system roots once per process). It survives agent restarts.
-	RestartPending bool `json:"restartPending,omitempty"`
-	// Restart lists, sorted, the File.Restart names of files written since
-	// the last ClearRestarts.
-	Restart []string `json:"restart,omitempty"`
-	// RestartSince is when the last change awaiting a restart was made: a
-	// unit whose process started later has loaded it already.
-	RestartSince time.Time `json:"restartSince,omitzero"`
+	// Pending is what awaits a restart; it survives agent restarts.
+	Pending
 	// Applied is the caller's description of what was applied, kept opaque.
 	Applied json.RawMessage `json:"applied,omitempty"`
 }
+
+// Pending is what awaits a restart: changes that processes started before
+// them have not loaded. ClearRestarts clears it once they were restarted.
+type Pending struct {
+	// TrustStore: a refresh changed the OS trust store, which the container
+	// runtimes load once per process.
+	TrustStore bool `json:"restartPending,omitempty"`
+	// Units lists, sorted, the File.Restart names of files written since
+	// the last ClearRestarts.
+	Units []string `json:"restart,omitempty"`
+	// Since is when the last change awaiting a restart was made: a unit
+	// whose process started later has loaded it already.
+	Since time.Time `json:"restartSince,omitzero"`
+}
+
+// Any reports whether anything awaits a restart.
+func (p Pending) Any() bool { return p.TrustStore || len(p.Units) > 0 }
 
 // Result says what an Apply did.
 type Result struct {
@@ -153,12 +162,8 @@ type Result struct {
 	RefreshErr error
 	// Owned lists every file nodetrust owns after the apply.
 	Owned []string
-	// RestartPending: the trust store changed and runtimes were not restarted yet.
-	RestartPending bool
-	// Restart is State.Restart after the apply.
-	Restart []string
-	// RestartSince is State.RestartSince after the apply.
-	RestartSince time.Time
+	// Pending is what awaits a restart after the apply.
+	Pending Pending
 	// Swept lists the temporary files of killed runs that were removed.
 	Swept []string
 }
@@ -227,16 +232,16 @@ func (r *Root) Apply(st State, desired []File, applied json.RawMessage, opts Opt
 	}
 	a.next.RefreshPending = pending && (opts.Refresh == nil || a.res.RefreshErr != nil)
 	if a.res.Refreshed && a.res.RefreshErr == nil {
-		a.next.RestartPending = true
+		a.next.TrustStore = true
 		a.restartChanged = true
 	}
 	if a.restartChanged { // after the writes and the refresh: a process started before them may predate them
-		a.next.RestartSince = time.Now().UTC()
+		a.next.Since = time.Now().UTC()
 	}
-	if !a.next.RestartPending && len(a.next.Restart) == 0 {
-		a.next.RestartSince = time.Time{}
+	if !a.next.Pending.Any() {
+		a.next.Since = time.Time{}
 	}
-	a.res.RestartPending, a.res.Restart, a.res.RestartSince = a.next.RestartPending, a.next.Restart, a.next.RestartSince
+	a.res.Pending = a.next.Pending
 	a.res.Owned = make([]string, 0, len(a.next.Files))
 	for p := range a.next.Files {
 		a.res.Owned = append(a.res.Owned, p)
@@ -616,7 +621,7 @@ func (a *applier) remove() {
 		delete(a.next.Files, rm.path)
 		a.res.Removed = append(a.res.Removed, rm.path)
 		if rm.owned.Restart != "" {
-			a.next.Restart = removeItem(a.next.Restart, rm.owned.Restart)
+			a.next.Units = removeItem(a.next.Units, rm.owned.Restart)
 		}
 	}
 	a.removeEmptyDirs()
@@ -637,7 +642,7 @@ func (a *applier) written(w op, err error) {
 		a.res.Recreated = append(a.res.Recreated, w.path)
 	}
 	if w.owned.Restart != "" {
-		a.next.Restart = addItem(a.next.Restart, w.owned.Restart)
+		a.next.Units = addItem(a.next.Units, w.owned.Restart)
 		a.restartChanged = true
 	}
 }
@@ -706,14 +711,14 @@ func (a *applier) removeEmptyDirs() {
 	}
 }
 
-// ClearRestarts records that everything awaiting a restart (State
-// RestartPending and Restart) was restarted.
+// ClearRestarts records that everything awaiting a restart (State.Pending)
+// was restarted.
 func (r *Root) ClearRestarts() error {
 	st, err := r.LoadState()
 	if err != nil {
 		return err
 	}
-	st.RestartPending, st.Restart, st.RestartSince = false, nil, time.Time{}
+	st.Pending = Pending{}
 	return r.saveState(st)
 }
 
@@ -751,7 +756,7 @@ func (r *Root) saveState(st State) error {
 // empty reports whether the record holds nothing worth keeping.
 func (st State) empty() bool {
 	applied := strings.TrimSpace(string(st.Applied))
-	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending && !st.RestartPending && len(st.Restart) == 0 &&
+	return len(st.Files) == 0 && len(st.Dirs) == 0 && !st.RefreshPending && !st.Pending.Any() &&
 		(applied == "" || applied == "null" || applied == "[]")
 }
 
@@ -762,7 +767,7 @@ func cloneState(st State) State {
 		out.Files[k] = v
 	}
 	out.Dirs = append([]string(nil), st.Dirs...)
-	out.Restart = append([]string(nil), st.Restart...)
+	out.Units = append([]string(nil), st.Units...)
 	return out
 }
 

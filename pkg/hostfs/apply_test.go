@@ -331,9 +331,9 @@ func TestApplyRefresh(t *testing.T) {
 
 	st, err := f.root.LoadState()
 	require.NoError(t, err)
-	require.True(t, st.RestartPending, "a changed trust store awaits a runtime restart")
+	require.True(t, st.Pending.TrustStore, "a changed trust store awaits a runtime restart")
 	require.NoError(t, f.root.ClearRestarts())
-	require.False(t, f.apply(other).RestartPending, "until the next change")
+	require.False(t, f.apply(other).Pending.TrustStore, "until the next change")
 }
 
 func TestApplyConvergesFromIntent(t *testing.T) {
@@ -450,27 +450,27 @@ func TestApplyRestartTags(t *testing.T) {
 	plain := file("etc/containerd/other", "x")
 
 	res := f.apply(plain)
-	require.Empty(t, res.Restart, "files without a tag restart nothing")
+	require.Empty(t, res.Pending.Units, "files without a tag restart nothing")
 	res = f.apply(plain, conf("ours\n"))
-	require.Equal(t, []string{"containerd.service"}, res.Restart, "merging into the config awaits a restart")
-	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("ours\n")).Restart, "until cleared")
+	require.Equal(t, []string{"containerd.service"}, res.Pending.Units, "merging into the config awaits a restart")
+	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("ours\n")).Pending.Units, "until cleared")
 
 	require.NoError(t, f.root.ClearRestarts())
 	res = f.apply(plain, conf("ours\n"))
-	require.Empty(t, res.Restart, "an unchanged file awaits nothing")
+	require.Empty(t, res.Pending.Units, "an unchanged file awaits nothing")
 	require.Empty(t, res.Written)
-	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("new\n")).Restart, "a changed one does")
+	require.Equal(t, []string{"containerd.service"}, f.apply(plain, conf("new\n")).Pending.Units, "a changed one does")
 
 	res = f.apply(plain)
 	require.Equal(t, []string{p}, res.Removed)
 	require.Equal(t, "version = 2\n", f.tree()[p], "the original is back")
-	require.Empty(t, res.Restart, "what runs matches the original again: no restart for the restore")
+	require.Empty(t, res.Pending.Units, "what runs matches the original again: no restart for the restore")
 
 	f.apply(plain, conf("ours\n"))
 	require.NoError(t, f.root.ClearRestarts())
 	res = f.apply(plain)
 	require.Equal(t, "version = 2\n", f.tree()[p])
-	require.Empty(t, res.Restart, "a restore after the restart restarts nothing either")
+	require.Empty(t, res.Pending.Units, "a restore after the restart restarts nothing either")
 }
 
 func TestApplyCreateAsMerge(t *testing.T) {

@@ -36,23 +36,23 @@ func TestSyncManagesContainerdConfig(t *testing.T) {
 	rep := h.sync(set, nil)
 	require.Contains(t, strings.Join(rep.NodeProblems, "\n"), "config_path is unset", "off by default: reported, not edited")
 	require.Equal(t, original, h.read(configFile))
-	require.Empty(t, rep.Restart)
+	require.Empty(t, rep.Restart.Units)
 
 	h.manage = true
 	rep = h.sync(set, nil)
 	require.True(t, rep.OK())
 	require.Empty(t, rep.NodeProblems, "containerd's config now reads hosts.toml")
 	require.Equal(t, []string{configFile}, rep.Written)
-	require.Equal(t, []string{containerd.Unit}, rep.Restart, "containerd must restart to load it")
-	require.False(t, rep.RestartPending, "the trust store did not change")
+	require.Equal(t, []string{containerd.Unit}, rep.Restart.Units, "containerd must restart to load it")
+	require.False(t, rep.Restart.TrustStore, "the trust store did not change")
 	edited := h.read(configFile)
 	require.Contains(t, edited, "config_path = \"/etc/containerd/certs.d\" # set by nodetrust")
 
 	rep = h.sync(set, nil)
 	require.Empty(t, rep.Written, "a second sync writes nothing")
-	require.Equal(t, []string{containerd.Unit}, rep.Restart, "the restart stays pending until done")
+	require.Equal(t, []string{containerd.Unit}, rep.Restart.Units, "the restart stays pending until done")
 	require.NoError(t, h.root.ClearRestarts())
-	require.Empty(t, h.sync(set, nil).Restart)
+	require.Empty(t, h.sync(set, nil).Restart.Units)
 
 	// The operator adds a line: it stays, and so does nodetrust's edit.
 	hostfstest.WriteFile(t, h.dir, configFile, edited+"# operator\n")
@@ -64,7 +64,7 @@ func TestSyncManagesContainerdConfig(t *testing.T) {
 	rep = h.sync(source.Set{}, nil)
 	require.Contains(t, rep.Removed, configFile)
 	require.Equal(t, original+"# operator\n", h.read(configFile), "the original, with the operator's line")
-	require.Empty(t, rep.Restart)
+	require.Empty(t, rep.Restart.Units)
 	_, err := os.Stat(filepath.Join(h.dir, "var/lib/nodetrust/state.json"))
 	require.ErrorIs(t, err, os.ErrNotExist, "nothing owned, nothing recorded")
 }
@@ -157,10 +157,10 @@ func TestSyncManagedContainerdConfigCases(t *testing.T) {
 			}
 			if tc.edited == "" {
 				require.Empty(t, changed)
-				require.Empty(t, rep.Restart)
+				require.Empty(t, rep.Restart.Units)
 			} else {
 				require.Equal(t, []string{tc.edited}, changed)
-				require.Equal(t, []string{containerd.Unit}, rep.Restart)
+				require.Equal(t, []string{containerd.Unit}, rep.Restart.Units)
 			}
 
 			h.sync(source.Set{}, nil)
@@ -197,7 +197,7 @@ func TestSyncManagedConfigTakenOutWhenMirrorsAppear(t *testing.T) {
 	require.Len(t, rep.Failed, 1)
 	require.ErrorContains(t, rep.Failed[0], "registry.mirrors is set")
 	require.Equal(t, original+mirrors, h.read(configFile), "the operator's file without nodetrust's line")
-	require.Empty(t, rep.Restart, "nothing to load: containerd keeps running as it is")
+	require.Empty(t, rep.Restart.Units, "nothing to load: containerd keeps running as it is")
 	require.Contains(t, strings.Join(rep.NodeProblems, "\n"), "cannot be set as it is")
 }
 
@@ -213,7 +213,7 @@ func TestSyncCreatedConfigReplacedByAPackage(t *testing.T) {
 	rep := h.sync(set, nil)
 	require.Empty(t, rep.NodeProblems)
 	require.Contains(t, h.read(configFile), "#nodetrust-original# config_path = \"\"", "the package's file, edited")
-	require.Equal(t, []string{containerd.Unit}, rep.Restart)
+	require.Equal(t, []string{containerd.Unit}, rep.Restart.Units)
 
 	h.sync(source.Set{}, nil)
 	require.Equal(t, pkg, h.read(configFile), "the package's file survives, byte for byte")

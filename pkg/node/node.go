@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"io/fs"
 	"strings"
-	"time"
 
 	"k8s.io/apimachinery/pkg/labels"
 
@@ -41,56 +40,6 @@ type Options struct {
 	// file (a path on the node).
 	ContainerdConfig string
 }
-
-// Report says what a Sync found and did.
-type Report struct {
-	// Applied are the sources that apply on this node, including those kept
-	// from the last apply because they are now rejected or unreadable.
-	Applied     []source.Source
-	Kept        []source.ID // of Applied, those kept from the last apply
-	NotSelected int
-	Rejected    []*source.Rejection
-	InputErrors []error
-	Warnings    []plan.Warning
-	Written     []string
-	Removed     []string
-	// Recreated are the written files that someone else had deleted.
-	Recreated  []string
-	Failed     []error
-	Refreshed  bool
-	RefreshErr error
-	Hash       string
-	// NodeProblems keep the node from using what was applied, such as a
-	// containerd that reads no hosts.toml. They make an agent's node
-	// Degraded; they are not failed writes.
-	NodeProblems []string
-	// NodeWarnings are about the node and change nothing.
-	NodeWarnings []string
-	// RestartPending: the OS trust store changed and the container
-	// runtimes, which load it once per process, were not restarted since.
-	RestartPending bool
-	// Restart lists units whose config changed since their last restart
-	// by nodetrust (containerd.service after a config_path edit).
-	Restart []string
-	// RestartSince is when the last change awaiting a restart was made.
-	RestartSince time.Time
-	// Runtimes: a container runtime's config directory exists on the node.
-	Runtimes bool
-	// Containerd says which containerd layout and hosts directory were
-	// found, when containerd is present.
-	Containerd *ContainerdInfo
-	// Owned lists every file nodetrust owns on the node after the sync.
-	Owned []string
-}
-
-// OK reports whether everything applied: no rejection, no unreadable
-// input, no failed target and no failed refresh.
-func (r Report) OK() bool {
-	return len(r.Rejected) == 0 && len(r.InputErrors) == 0 && len(r.Failed) == 0 && r.RefreshErr == nil
-}
-
-// Changed reports whether the sync wrote or removed anything.
-func (r Report) Changed() bool { return len(r.Written)+len(r.Removed) > 0 }
 
 // Sync makes root match set. The error is for a sync that could not run at
 // all (unreadable ownership record), with an empty Report, or whose record
@@ -151,7 +100,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	})
 	rep.Written, rep.Removed, rep.Failed, rep.Recreated = res.Written, res.Removed, res.Failed, res.Recreated
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
-	rep.RestartPending, rep.Restart, rep.RestartSince = res.RestartPending, res.Restart, res.RestartSince
+	rep.Restart = res.Pending
 	if err != nil { // the record was not saved: say what was done anyway
 		return rep, err
 	}
