@@ -12,15 +12,16 @@ import (
 	"io/fs"
 	"net"
 	"net/url"
-	"os"
 	"path"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/plan"
 	"github.com/nodetrust/nodetrust/pkg/probe"
 )
 
@@ -109,19 +110,18 @@ func Registry(ctx context.Context, root *hostfs.Root, reg string, opts Options) 
 	}
 	hosts, _ := root.ReadFileInRoot("etc/hosts")
 	p := &probe.Prober{Hosts: probe.ParseHosts(hosts)}
-	fsys := rootFS{root}
+	fsys := node.ConfigFS(root)
 	var runtimes []Runtime
 	if reading, ok := node.ContainerdLookup(root, opts.ContainerdVersion, opts.ContainerdConfig); ok {
 		runtimes = append(runtimes, containerdCheck(root, fsys, reg, reading))
 	}
-	if root.IsDir("etc/docker") {
-		rt := certsDirCheck("docker", fsys, reg, []string{"etc/docker/certs.d"})
+	if root.IsDir(plan.DockerDir) {
+		rt := certsDirCheck("docker", fsys, reg, []string{certsd.Docker})
 		dockerInsecure(&rt, reg, p.Hosts)
 		runtimes = append(runtimes, rt)
 	}
-	if root.IsDir("etc/containers") {
-		runtimes = append(runtimes, certsDirCheck("containers/image", fsys, reg,
-			[]string{"etc/containers/certs.rootful.d", "etc/containers/certs.d", "etc/docker/certs.d"}))
+	if root.IsDir(plan.ContainersDir) {
+		runtimes = append(runtimes, certsDirCheck("containers/image", fsys, reg, certsd.ContainersOrder()))
 	}
 	if len(runtimes) == 0 {
 		rep.OK = false
@@ -175,7 +175,7 @@ func containerdHostsDir(root *hostfs.Root, reading containerd.Reading, reg strin
 	return ""
 }
 
-func containerdCheck(root *hostfs.Root, fsys rootFS, reg string, reading containerd.Reading) Runtime {
+func containerdCheck(root *hostfs.Root, fsys fs.FS, reg string, reading containerd.Reading) Runtime {
 	rt := Runtime{Runtime: "containerd", Warnings: []string{}}
 	dir := ""
 	if reading.Problem != "" {
@@ -202,9 +202,10 @@ func containerdCheck(root *hostfs.Root, fsys rootFS, reg string, reading contain
 }
 
 // certsDirCheck models Docker and containers/image: the first existing
-// <dir>/<registry> of dirs, its *.crt files added to the system roots, and
-// https://<registry> (Docker Hub's registry-1.docker.io for docker.io).
-func certsDirCheck(name string, fsys rootFS, reg string, dirs []string) Runtime {
+// <dir>/<registry> of dirs (host paths), its *.crt files added to the
+// system roots, and https://<registry> (Docker Hub's registry-1.docker.io
+// for docker.io).
+func certsDirCheck(name string, fsys fs.FS, reg string, dirs []string) Runtime {
 	rt := Runtime{Runtime: name, From: "defaults", Warnings: []string{}}
 	host := reg
 	if reg == "docker.io" { // certs.d/docker.io is read for Docker Hub's endpoint
@@ -212,7 +213,7 @@ func certsDirCheck(name string, fsys rootFS, reg string, dirs []string) Runtime 
 	}
 	ep := Endpoint{URL: "https://" + host, CAFiles: []string{}}
 	for _, d := range dirs {
-		dir := path.Join(d, reg)
+		dir := path.Join(certsd.Rel(d), reg)
 		entries, err := fs.ReadDir(fsys, dir)
 		if err != nil {
 			continue
@@ -311,7 +312,7 @@ func (r Report) LeafNotAfter() time.Time {
 }
 
 // probeAll probes every endpoint, a few at a time.
-func probeAll(ctx context.Context, p *probe.Prober, fsys rootFS, system []byte, runtimes []Runtime) {
+func probeAll(ctx context.Context, p *probe.Prober, fsys fs.FS, system []byte, runtimes []Runtime) {
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 4)
 	for i := range runtimes {
@@ -336,7 +337,7 @@ func probeAll(ctx context.Context, p *probe.Prober, fsys rootFS, system []byte, 
 }
 
 // target is the probe of e: its address, name and CA files' contents.
-func target(fsys rootFS, e Endpoint, system []byte) (probe.Target, string) {
+func target(fsys fs.FS, e Endpoint, system []byte) (probe.Target, string) {
 	u, err := url.Parse(e.URL)
 	if err != nil {
 		return probe.Target{}, fmt.Sprintf("bad endpoint %s: %v", e.URL, err)
@@ -353,7 +354,7 @@ func target(fsys rootFS, e Endpoint, system []byte) (probe.Target, string) {
 		SkipVerify: e.SkipVerify, PlainHTTP: u.Scheme == "http",
 	}
 	for _, f := range e.CAFiles {
-		data, err := fsys.ReadFile(strings.TrimPrefix(f, "/"))
+		data, err := fs.ReadFile(fsys, strings.TrimPrefix(f, "/"))
 		if err != nil {
 			return t, fmt.Sprintf("unable to read CA cert %s (%v): the pull fails before connecting", f, err)
 		}
@@ -367,18 +368,6 @@ func hostPath(rel string) string {
 		return ""
 	}
 	return "/" + rel
-}
-
-// rootFS is the host root as an fs.FS for containerd.ResolveHosts: files
-// are read as a chroot would (symlinks resolved inside the root).
-type rootFS struct{ root *hostfs.Root }
-
-func (r rootFS) Open(name string) (fs.File, error) { return os.DirFS(r.root.Dir()).Open(name) }
-
-func (r rootFS) ReadFile(name string) ([]byte, error) { return r.root.ReadFileInRoot(name) }
-
-func (r rootFS) ReadDir(name string) ([]fs.DirEntry, error) {
-	return fs.ReadDir(os.DirFS(r.root.Dir()), name)
 }
 
 // WriteText prints one block per runtime, verdict first, for humans.

@@ -6,8 +6,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
+	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/probe"
 )
 
@@ -89,7 +91,8 @@ func TestCertsDirCheck(t *testing.T) {
 	root, err := hostfs.Open(dir)
 	require.NoError(t, err)
 	defer root.Close()
-	dirs := []string{"etc/containers/certs.rootful.d", "etc/containers/certs.d", "etc/docker/certs.d"}
+	dirs := certsd.ContainersOrder()
+	require.Equal(t, []string{"/etc/containers/certs.rootful.d", "/etc/containers/certs.d", "/etc/docker/certs.d"}, dirs)
 	for _, tt := range []struct {
 		reg, dir, url string
 		cas           []string
@@ -100,7 +103,7 @@ func TestCertsDirCheck(t *testing.T) {
 			cas: []string{"/etc/docker/certs.d/docker.io/hub.crt"}},
 		{reg: "none.example", url: "https://none.example", cas: []string{}},
 	} {
-		rt := certsDirCheck("containers/image", rootFS{root}, tt.reg, dirs)
+		rt := certsDirCheck("containers/image", node.ConfigFS(root), tt.reg, dirs)
 		require.Equal(t, tt.dir, rt.Dir, tt.reg)
 		require.Len(t, rt.Endpoints, 1)
 		require.Equal(t, tt.url, rt.Endpoints[0].URL)

@@ -2,17 +2,21 @@ package containerd
 
 import (
 	"fmt"
+	"io/fs"
 	"path"
 	"strings"
 
 	toml "github.com/pelletier/go-toml/v2"
+
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 )
 
 // ConfigFile is containerd's main configuration, relative to the host root.
 const ConfigFile = "etc/containerd/config.toml"
 
-// CertsDir is the hosts directory nodetrust writes, as containerd sees it.
-const CertsDir = "/etc/containerd/certs.d"
+// CertsDir is the hosts directory of containerd's default layout, as
+// containerd sees it.
+const CertsDir = certsd.Containerd
 
 // Registry is what containerd's effective configuration says about where
 // its CRI plugin reads hosts.toml files, and how it pulls.
@@ -52,22 +56,18 @@ type Registry struct {
 	v2Runtimes   bool
 }
 
-// FS reads files and expands glob patterns, both in host paths
-// ("/etc/containerd/conf.d/*.toml") resolved inside the host root.
-type FS interface {
-	ReadFile(hostPath string) ([]byte, error)
-	Glob(pattern string) ([]string, error)
-}
-
 // maxImports bounds the import graph (imports may import).
 const maxImports = 64
 
 // ReadRegistry reads /etc/containerd/config.toml and its imports.
-func ReadRegistry(fsys FS) (Registry, error) { return ReadConfig(fsys, "/"+ConfigFile) }
+func ReadRegistry(fsys fs.FS) (Registry, error) { return ReadConfig(fsys, "/"+ConfigFile) }
 
 // ReadConfig reads the containerd config at main (a host path) and its
 // imports, later files overriding earlier ones as containerd merges them.
-func ReadConfig(fsys FS, main string) (Registry, error) {
+// fsys is the host root; its symlinks should resolve inside it, as
+// containerd's would on the node. Files keep host paths
+// ("/etc/containerd/conf.d/*.toml") in Registry and in errors.
+func ReadConfig(fsys fs.FS, main string) (Registry, error) {
 	var reg Registry
 	queue := []string{main}
 	seen := map[string]bool{}
@@ -80,7 +80,7 @@ func ReadConfig(fsys FS, main string) (Registry, error) {
 		if seen[file] = true; len(seen) > maxImports {
 			return reg, fmt.Errorf("containerd config: more than %d imported files", maxImports)
 		}
-		data, err := fsys.ReadFile(file)
+		data, err := fs.ReadFile(fsys, fsName(file))
 		if err != nil {
 			return reg, fmt.Errorf("containerd config %s: %w", file, err)
 		}
@@ -92,11 +92,13 @@ func ReadConfig(fsys FS, main string) (Registry, error) {
 			if !path.IsAbs(imp) {
 				imp = path.Join(path.Dir(file), imp)
 			}
-			matches, err := fsys.Glob(imp)
+			matches, err := fs.Glob(fsys, fsName(imp))
 			if err != nil {
 				return reg, fmt.Errorf("containerd config %s: imports %q: %w", file, imp, err)
 			}
-			queue = append(queue, matches...)
+			for _, m := range matches {
+				queue = append(queue, "/"+m)
+			}
 		}
 	}
 	if reg.v2Runtimes {
@@ -106,6 +108,14 @@ func ReadConfig(fsys FS, main string) (Registry, error) {
 	}
 	reg.LocalPull = reg.localPull()
 	return reg, nil
+}
+
+// fsName is hostPath as an fs.FS names it: relative to the host root.
+func fsName(hostPath string) string {
+	if name := strings.TrimPrefix(path.Clean("/"+hostPath), "/"); name != "" {
+		return name
+	}
+	return "."
 }
 
 // configFile holds the parts of a containerd config nodetrust reads.

@@ -3,31 +3,24 @@ package containerd
 import (
 	"io/fs"
 	"os"
-	"path"
 	"path/filepath"
+	"strings"
 	"testing"
+	"testing/fstest"
 
 	"github.com/stretchr/testify/require"
 )
 
-// mapFS serves host paths from a map.
+// mapFS is a host root holding files by host path.
 type mapFS map[string]string
 
-func (m mapFS) ReadFile(p string) ([]byte, error) {
-	if s, ok := m[p]; ok {
-		return []byte(s), nil
+// Open opens name in the fstest.MapFS of m.
+func (m mapFS) Open(name string) (fs.File, error) {
+	fsys := fstest.MapFS{}
+	for p, s := range m {
+		fsys[strings.TrimPrefix(p, "/")] = &fstest.MapFile{Data: []byte(s)}
 	}
-	return nil, fs.ErrNotExist
-}
-
-func (m mapFS) Glob(pattern string) ([]string, error) {
-	var out []string
-	for p := range m {
-		if ok, _ := path.Match(pattern, p); ok {
-			out = append(out, p)
-		}
-	}
-	return out, nil
+	return fsys.Open(name)
 }
 
 func fixture(t *testing.T, name string) string {

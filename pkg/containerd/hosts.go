@@ -1,6 +1,3 @@
-// Package containerd renders containerd's registry host configuration
-// (certs.d/<registry>/hosts.toml) and merges nodetrust's CA files into a
-// hosts.toml that somebody else wrote.
 package containerd
 
 import (

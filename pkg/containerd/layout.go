@@ -2,8 +2,11 @@ package containerd
 
 import (
 	"fmt"
+	"io/fs"
 	"path"
 	"strings"
+
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 )
 
 // Layout says where a node's containerd keeps its configuration: kubeadm and
@@ -29,35 +32,29 @@ var (
 	K3s = Layout{Name: "k3s",
 		Config:   "/var/lib/rancher/k3s/agent/etc/containerd/config.toml",
 		Template: "/var/lib/rancher/k3s/agent/etc/containerd/config.toml.tmpl",
-		HostsDir: "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"}
+		HostsDir: certsd.K3s}
 	RKE2 = Layout{Name: "rke2",
 		Config:   "/var/lib/rancher/rke2/agent/etc/containerd/config.toml",
 		Template: "/var/lib/rancher/rke2/agent/etc/containerd/config.toml.tmpl",
-		HostsDir: "/var/lib/rancher/rke2/agent/etc/containerd/certs.d"}
+		HostsDir: certsd.RKE2}
 	// MicroK8s renders args/containerd.toml from containerd-template.toml
 	// at start, with config_path "${SNAP_DATA}/args/certs.d".
 	MicroK8s = Layout{Name: "microk8s",
 		Config:   microk8sCurrent + "/args/containerd.toml",
 		Template: microk8sCurrent + "/args/containerd-template.toml",
-		HostsDir: microk8sCurrent + "/args/certs.d"}
+		HostsDir: certsd.MicroK8s}
 	Default = Layout{Name: "containerd", Config: "/" + ConfigFile, HostsDir: CertsDir}
 )
 
 const microk8sCurrent = "/var/snap/microk8s/current"
 
-// LayoutFS is what layout discovery reads: files and symlinks by host path,
-// resolved inside the host root.
-type LayoutFS interface {
-	FS
-	// Readlink returns the target of the symlink at hostPath.
-	Readlink(hostPath string) (string, error)
-}
-
 // DiscoverLayout finds the containerd configuration in effect on the node:
 // override (--containerd-config) when set, else the first layout whose main
 // config exists. present is false when no containerd is found at all: no
-// config file and no /etc/containerd directory (hasEtc).
-func DiscoverLayout(fsys LayoutFS, override string, hasEtc bool) (l Layout, present bool, err error) {
+// config file and no /etc/containerd directory (hasEtc). fsys is the host
+// root (see ReadConfig); a MicroK8s snap's "current" link is read with
+// fs.ReadLink.
+func DiscoverLayout(fsys fs.FS, override string, hasEtc bool) (l Layout, present bool, err error) {
 	if override != "" {
 		if !path.IsAbs(override) {
 			return Layout{}, false, fmt.Errorf("--containerd-config %q: want an absolute path on the node", override)
@@ -76,15 +73,15 @@ func DiscoverLayout(fsys LayoutFS, override string, hasEtc bool) (l Layout, pres
 	return Default, hasEtc || exists(fsys, Default.Config), nil
 }
 
-func exists(fsys FS, hostPath string) bool {
-	_, err := fsys.ReadFile(hostPath)
+func exists(fsys fs.FS, hostPath string) bool {
+	_, err := fs.ReadFile(fsys, fsName(hostPath))
 	return err == nil
 }
 
 // resolveMicroK8s replaces the "current" symlink of the snap by the
 // revision it points at: nodetrust writes through no symlink.
-func resolveMicroK8s(fsys LayoutFS) (Layout, error) {
-	target, err := fsys.Readlink(microk8sCurrent)
+func resolveMicroK8s(fsys fs.FS) (Layout, error) {
+	target, err := fs.ReadLink(fsys, fsName(microk8sCurrent))
 	if err != nil {
 		return MicroK8s, fmt.Errorf("microk8s: resolve %s: %w", microk8sCurrent, err)
 	}

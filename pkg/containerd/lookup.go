@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 )
 
 // Version is a containerd release, as far as it matters here.
@@ -51,7 +53,7 @@ func (v Version) String() string {
 
 // DefaultConfigPath is the config_path containerd 2.2 and later use when
 // none is set and no registry.mirrors are.
-const DefaultConfigPath = "/etc/containerd/certs.d:/etc/docker/certs.d"
+const DefaultConfigPath = certsd.Containerd + ":" + certsd.Docker
 
 // Reading is where a node's containerd reads hosts.toml files, and so where
 // nodetrust writes them.
@@ -160,7 +162,7 @@ func (r Registry) Reading(v Version, l Layout) Reading {
 
 // snapRevision is the revision directory a resolved MicroK8s layout uses.
 func snapRevision(l Layout) string {
-	if rest, ok := strings.CutSuffix(l.HostsDir, "/args/certs.d"); ok {
+	if rest, ok := strings.CutSuffix(l.HostsDir, strings.TrimPrefix(certsd.MicroK8s, microk8sCurrent)); ok {
 		return rest
 	}
 	return microk8sCurrent

@@ -1,6 +1,7 @@
 package containerd
 
 import (
+	"io/fs"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -116,12 +117,14 @@ type layoutFS struct {
 	links map[string]string
 }
 
-func (l layoutFS) Readlink(p string) (string, error) {
-	if t, ok := l.links[p]; ok {
+func (l layoutFS) ReadLink(name string) (string, error) {
+	if t, ok := l.links["/"+name]; ok {
 		return t, nil
 	}
 	return "", errNotLink
 }
+
+func (l layoutFS) Lstat(name string) (fs.FileInfo, error) { return fs.Stat(l.mapFS, name) }
 
 var errNotLink = &pathError{"not a symlink"}
 

@@ -1,8 +1,11 @@
-// Package node makes one host root match a desired set of sources: it reads
-// facts about the node (present runtimes, OS trust store), keeps the last
-// applied version of sources that are now rejected or unreadable, plans the
-// file tree and applies it through hostfs. Both `nodetrust apply` and the
-// agent sync through Sync.
+// Package node makes one host root match a desired set of sources, and
+// only orchestrates: it reads facts about the node (present runtimes, OS
+// trust store, its containerd through package containerd), keeps the last
+// applied version of sources that are now rejected or unreadable, plans
+// the file tree (package plan), applies it through hostfs and reports what
+// keeps the runtimes from using it. Both `nodetrust apply` and the agent
+// sync through Sync. ConfigFS is the host root as an fs.FS for reading
+// configuration, as the runtimes would.
 package node
 
 import (
@@ -56,15 +59,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 		return Report{}, err
 	}
 	rep.Kept = kept
-	facts := Detect(root)
-	facts.NodeLabels = opts.NodeLabels
-	cd, err := detectContainerd(root, &facts, opts, st)
-	if err != nil {
-		return Report{}, err
-	}
-	if facts.Talos {
-		facts.Containerd, facts.Docker, facts.Containers = false, false, false
-	}
+	facts, cd := detect(root, opts, st)
 	p := plan.Build(effective, facts.Facts)
 	rep.Applied, rep.NotSelected, rep.Warnings, rep.Hash = p.Sources, p.NotSelected, p.Warnings, p.Hash
 	rep.Runtimes = facts.Containerd || facts.Docker || facts.Containers
@@ -72,25 +67,47 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	if facts.Talos && len(p.Sources) > 0 {
 		rep.NodeProblems = append(rep.NodeProblems, containerd.TalosProblem(firstRegistry(p.Sources)))
 	}
-
 	applied, err := json.Marshal(storeAll(p.Sources))
 	if err != nil {
 		return Report{}, err
 	}
-	files := p.Files
-	uses := usesContainerdHosts(p)
+	files, uses := p.Files, usesContainerdHosts(p)
 	if cd != nil {
-		rep.Containerd = &cd.info
+		info := cd.node.Info()
+		rep.Containerd = &info
 		if opts.ManageContainerdConfig && uses {
-			f, problem := cd.configEdit(st)
-			if problem != "" {
+			var problem string
+			if files, problem = cd.configEdit(st, files); problem != "" {
 				rep.NodeProblems = append(rep.NodeProblems, problem)
-			}
-			if f != nil {
-				files = append(files[:len(files):len(files)], *f)
 			}
 		}
 	}
+	if err := apply(ctx, root, st, files, applied, facts, opts, &rep); err != nil {
+		return rep, err // the record was not saved: say what was done anyway
+	}
+	if cd != nil && uses {
+		cd.check(&rep, p)
+	}
+	if facts.Containers {
+		rep.checkContainersOrder(root, p)
+	}
+	return rep, nil
+}
+
+// detect reads the facts of the node under root, with its containerd (nil
+// when it has none).
+func detect(root *hostfs.Root, opts Options, st hostfs.State) (Facts, *containerdSync) {
+	facts := Detect(root)
+	facts.NodeLabels = opts.NodeLabels
+	cd := detectContainerd(root, &facts, opts, st)
+	if facts.Talos {
+		facts.Containerd, facts.Docker, facts.Containers = false, false, false
+	}
+	return facts, cd
+}
+
+// apply applies files and says in rep what it did.
+func apply(ctx context.Context, root *hostfs.Root, st hostfs.State, files []hostfs.File, applied []byte, facts Facts, opts Options, rep *Report) error {
 	res, err := root.Apply(st, files, applied, hostfs.Options{
 		Mergers: map[string]hostfs.Merger{
 			containerd.MergerName:       containerd.HostsMerger{},
@@ -101,16 +118,7 @@ func Sync(ctx context.Context, root *hostfs.Root, set source.Set, opts Options) 
 	rep.Written, rep.Removed, rep.Failed, rep.Recreated = res.Written, res.Removed, res.Failed, res.Recreated
 	rep.Refreshed, rep.RefreshErr, rep.Owned = res.Refreshed, res.RefreshErr, res.Owned
 	rep.Restart = res.Pending
-	if err != nil { // the record was not saved: say what was done anyway
-		return rep, err
-	}
-	if cd != nil && uses {
-		cd.check(&rep, root, p)
-	}
-	if facts.Containers {
-		rep.checkContainersOrder(root, p)
-	}
-	return rep, nil
+	return err
 }
 
 func firstRegistry(ss []source.Source) string {

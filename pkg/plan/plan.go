@@ -1,7 +1,9 @@
 // Package plan turns validated sources and facts about a node into the
 // desired file tree, without touching the host: one CA file per source and
-// registry for each present runtime, a containerd hosts.toml per registry,
-// trust anchors for host-trust sources, and a short hash of what applies.
+// registry for each present runtime (in the directories package certsd
+// names), a containerd hosts.toml per registry plus the CA entries added to
+// foreign ones, trust anchors for host-trust sources, and a short hash of
+// what applies.
 package plan
 
 import (
@@ -15,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 
 	"github.com/nodetrust/nodetrust/pkg/certs"
+	"github.com/nodetrust/nodetrust/pkg/certsd"
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/registry"
@@ -35,8 +38,7 @@ type Facts struct {
 	// Which runtimes are present: their config directories exist.
 	Containerd, Docker, Containers bool
 	// ContainerdHosts is the hosts directory containerd reads (relative to
-	// the host root); its parent must exist. Empty means ContainerdDir's
-	// certs.d.
+	// the host root); its parent must exist. Empty means certsd.Containerd.
 	ContainerdHosts string
 	// HostsFiles lists, by path relative to the host root, the hosts.toml
 	// files in ContainerdHosts that nodetrust did not generate, with their
@@ -80,51 +82,76 @@ type Warning struct {
 // Build computes the plan. It is pure and deterministic.
 func Build(sources []source.Source, f Facts) Plan {
 	var p Plan
-	for _, s := range sources {
-		if f.NodeLabels != nil && !s.Matches(f.NodeLabels) {
-			p.NotSelected++
-			continue
-		}
-		p.Sources = append(p.Sources, s)
-	}
-	sort.Slice(p.Sources, func(i, j int) bool { return p.Sources[i].ID.Less(p.Sources[j].ID) })
-
+	p.Sources, p.NotSelected = selected(sources, f.NodeLabels)
 	hosts := f.ContainerdHosts
 	if hosts == "" {
-		hosts = path.Join(ContainerdDir, "certs.d")
+		hosts = certsd.Rel(certsd.Containerd)
 	}
-	dockerBase, containersBase := or(f.DockerBase, DockerDir), or(f.ContainersBase, ContainersDir)
-	adds := map[string]*containerd.Additions{} // by hosts.toml path
-	addFor := func(file string) *containerd.Additions {
-		if adds[file] == nil {
-			adds[file] = &containerd.Additions{}
-		}
-		return adds[file]
-	}
+	adds := additions{}
 	for _, s := range p.Sources {
 		for _, w := range s.Warnings {
 			p.Warnings = append(p.Warnings, Warning{s.ID, w})
 		}
-		bundle := certs.EncodePEM(s.Certs)
-		name := FileName(s.ID)
-		for _, r := range s.Registries {
-			if f.Containerd {
-				p.add(path.Dir(hosts), path.Join(hosts, string(r), name), bundle)
-				a := addFor(path.Join(hosts, string(r), containerd.HostsFile))
-				a.CA = append(a.CA, name)
-				p.mirrors(f.HostsFiles, hosts, r, name, addFor)
-			}
-			if f.Docker {
-				p.add(dockerBase, path.Join(DockerDir, "certs.d", string(r), name), bundle)
-			}
-			if f.Containers {
-				p.add(containersBase, path.Join(ContainersDir, "certs.d", string(r), name), bundle)
-			}
-		}
+		p.caFiles(s, f, hosts, adds)
 		if s.HostTrust {
 			p.anchors(s, f)
 		}
 	}
+	p.hostsFiles(adds, hosts)
+	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
+	p.Hash = Hash(p.Sources)
+	return p
+}
+
+// selected are the sources whose node selector matches nodeLabels (all of
+// them when nil), sorted by ID, and the number of the others.
+func selected(sources []source.Source, nodeLabels labels.Set) ([]source.Source, int) {
+	var out []source.Source
+	for _, s := range sources {
+		if nodeLabels == nil || s.Matches(nodeLabels) {
+			out = append(out, s)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID.Less(out[j].ID) })
+	return out, len(sources) - len(out)
+}
+
+// additions are the CA files added to each hosts.toml, by its path.
+type additions map[string]*containerd.Additions
+
+func (a additions) of(file string) *containerd.Additions {
+	if a[file] == nil {
+		a[file] = &containerd.Additions{}
+	}
+	return a[file]
+}
+
+// caFiles adds the CA file of s for each of its registries and each
+// present runtime, and notes for containerd which hosts.toml files name
+// it: its registry's own in hosts, and the foreign ones with a [host]
+// entry pointing at the registry.
+func (p *Plan) caFiles(s source.Source, f Facts, hosts string, adds additions) {
+	bundle := certs.EncodePEM(s.Certs)
+	name := FileName(s.ID)
+	for _, r := range s.Registries {
+		if f.Containerd {
+			p.add(path.Dir(hosts), path.Join(hosts, string(r), name), bundle)
+			a := adds.of(path.Join(hosts, string(r), containerd.HostsFile))
+			a.CA = append(a.CA, name)
+			p.mirrors(f.HostsFiles, hosts, r, name, adds)
+		}
+		if f.Docker {
+			p.add(or(f.DockerBase, DockerDir), path.Join(certsd.Rel(certsd.Docker), string(r), name), bundle)
+		}
+		if f.Containers {
+			p.add(or(f.ContainersBase, ContainersDir), path.Join(certsd.Rel(certsd.Containers), string(r), name), bundle)
+		}
+	}
+}
+
+// hostsFiles adds the hosts.toml files of adds, each merged into a file
+// someone else wrote and naming only the CA files in place.
+func (p *Plan) hostsFiles(adds additions, hosts string) {
 	for file, a := range adds {
 		sort.Strings(a.CA)
 		for _, cas := range a.Hosts {
@@ -140,14 +167,11 @@ func Build(sources []source.Source, f Facts) Plan {
 			Needs:         a.Files(path.Dir(file)), // hostfs names only those written
 		})
 	}
-	sort.Slice(p.Files, func(i, j int) bool { return p.Files[i].Path < p.Files[j].Path })
-	p.Hash = Hash(p.Sources)
-	return p
 }
 
 // mirrors adds the CA file name of registry r to every [host] entry of a
 // foreign hosts.toml that points at r, by a path relative to that file.
-func (p *Plan) mirrors(files map[string][]string, hosts string, r registry.Host, name string, addFor func(string) *containerd.Additions) {
+func (p *Plan) mirrors(files map[string][]string, hosts string, r registry.Host, name string, adds additions) {
 	for file, urls := range files {
 		for _, u := range urls {
 			if containerd.HostOf(u) != string(r) {
@@ -157,7 +181,7 @@ func (p *Plan) mirrors(files map[string][]string, hosts string, r registry.Host,
 			if err != nil {
 				continue
 			}
-			a := addFor(file)
+			a := adds.of(file)
 			if a.Hosts == nil {
 				a.Hosts = map[string][]string{}
 			}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"iter"
 	"os"
 	"os/exec"
@@ -439,10 +440,13 @@ func TestContainerdConfigImportHidesSectionOn1x(t *testing.T) {
 // every other path (the imports, absolute here) as is.
 type dirFS struct{ main string }
 
-func (d dirFS) ReadFile(p string) ([]byte, error) {
-	if p == "/"+nodetrustcd.ConfigFile {
-		p = d.main
+func (d dirFS) Open(name string) (fs.File, error) { return os.DirFS("/").Open(name) }
+
+func (d dirFS) ReadFile(name string) ([]byte, error) {
+	if name == nodetrustcd.ConfigFile {
+		return os.ReadFile(d.main)
 	}
-	return os.ReadFile(p)
+	return os.ReadFile("/" + name)
 }
-func (dirFS) Glob(pattern string) ([]string, error) { return filepath.Glob(pattern) }
+
+func (dirFS) Glob(pattern string) ([]string, error) { return fs.Glob(os.DirFS("/"), pattern) }
