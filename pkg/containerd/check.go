@@ -106,19 +106,39 @@ func (n *Node) Check(p Planned, foreign Foreign) Findings {
 // because a directory in the older host_port_ naming comes first.
 func (n *Node) shadows(files []string) []string {
 	var out []string
+	dirs := map[string]map[string]bool{} // the directories in each hosts directory
 	for _, file := range files {
 		dir := path.Dir(file)
-		reg := path.Base(dir)
+		reg, hosts := path.Base(dir), path.Dir(dir)
 		shadow := ShadowDir(reg)
 		if shadow == "" {
 			continue
 		}
-		if fi, err := fs.Stat(n.root.Tree, path.Join(path.Dir(dir), shadow)); err != nil || !fi.IsDir() {
+		if dirs[hosts] == nil {
+			dirs[hosts] = n.subdirs(hosts)
+		}
+		if !dirs[hosts][shadow] {
 			continue
 		}
 		out = append(out, fmt.Sprintf(
 			"containerd reads /%s before /%s (the older host_port_ naming comes first), so nodetrust's CA for %s is not used; move what that directory holds into /%s/%s and remove it",
-			path.Join(path.Dir(dir), shadow), dir, reg, dir, HostsFile))
+			path.Join(hosts, shadow), dir, reg, dir, HostsFile))
+	}
+	return out
+}
+
+// subdirs are the names of the directories in dir, itself a directory of
+// the tree: one listing for every registry of a hosts directory.
+func (n *Node) subdirs(dir string) map[string]bool {
+	out := map[string]bool{}
+	if fi, err := fs.Stat(n.root.Tree, dir); err != nil || !fi.IsDir() {
+		return out
+	}
+	entries, _ := fs.ReadDir(n.root.Tree, dir)
+	for _, e := range entries {
+		if e.IsDir() {
+			out[e.Name()] = true
+		}
 	}
 	return out
 }

@@ -44,6 +44,9 @@ func RenderHosts(caFiles []string) []byte {
 // (RenderHosts), recognisable by its first line even without a record.
 func Generated(data []byte) bool { return bytes.HasPrefix(data, []byte(header)) }
 
+// noCA is the generated hosts.toml without CA files, which is not created.
+var noCA = RenderHosts(nil)
+
 // Additions are the CA files nodetrust adds to one hosts.toml: to the
 // top-level ca (the upstream server) and to the ca of [host."URL"] entries.
 type Additions struct {
@@ -144,6 +147,9 @@ type HostsMerger struct{}
 // generated hosts.toml when it has top-level entries, else nil (a mirror's
 // entries only ever go into an existing file).
 func (HostsMerger) Create(ours []byte) ([]byte, error) {
+	if Generated(ours) && !bytes.Equal(ours, noCA) { // RenderHosts of its CA already
+		return ours, nil
+	}
 	a, err := parseAdditions(ours)
 	if err != nil {
 		return nil, err

@@ -85,6 +85,9 @@ func (c *containerdSync) check(r *Report, p plan.Plan) {
 // skopeo) reads before nodetrust's: the first existing <dir>/<registry>
 // wins and nothing is merged.
 func (r *Report) checkContainersOrder(root *hostfs.Root, p plan.Plan) {
+	if !root.IsDir(certsd.Rel(certsd.ContainersRootful)) {
+		return // nothing is read before nodetrust's
+	}
 	seen := map[string]bool{}
 	prefix := certsd.Rel(certsd.Containers) + "/"
 	for _, f := range p.Files {
