@@ -181,6 +181,49 @@ type kvPos struct{ start, value, end int }
 func locate(data []byte, table []string) (location, error) {
 	loc := location{headerEnd: -1}
 	want := append(append([]string(nil), table...), "config_path")
+	err := walkTOML(data, "does not parse", func(h tomlHeader) {
+		if !h.array && equal(h.key, table) {
+			loc.indent, loc.headerEnd = h.indent, h.end
+		}
+	}, func(full []string, _ int, e *unstable.Node) error {
+		switch {
+		case equal(full, want):
+			v := e.Value()
+			if v.Kind != unstable.String {
+				return fmt.Errorf("config_path is a %s, not a string", v.Kind)
+			}
+			kv := kvPos{start: int(e.Raw.Offset), value: int(v.Raw.Offset), end: int(e.Raw.Offset + e.Raw.Length)}
+			if bytes.IndexByte(data[kv.start:kv.end], '\n') >= 0 {
+				return errors.New("config_path spans several lines; set it by hand")
+			}
+			loc.keyValue = &kv
+		case len(full) < len(want) && equal(full, want[:len(full)]):
+			return fmt.Errorf("%s is an inline table; nodetrust edits only [table] layouts, set config_path by hand", strings.Join(full, "."))
+		}
+		return nil
+	})
+	return loc, err
+}
+
+// tomlHeader is a table header of a TOML document.
+type tomlHeader struct {
+	key   []string
+	array bool // an array of tables, [[key]]
+	// lineStart and end are the offsets of its line's start and after its
+	// newline; indent is the blank space before it.
+	lineStart, end int
+	indent         string
+}
+
+// arrayKey starts the key of what is below an array of tables: nothing
+// nodetrust looks for lives there.
+const arrayKey = "\x00array"
+
+// walkTOML parses data and calls header for each table header and
+// keyValue for each key/value with its full key (its table's, tableLen
+// long, and its own), stopping at the first error keyValue returns. A
+// document that does not parse is an error starting with notParsed.
+func walkTOML(data []byte, notParsed string, header func(tomlHeader), keyValue func(full []string, tableLen int, e *unstable.Node) error) error {
 	var p unstable.Parser
 	p.Reset(data)
 	var current []string
@@ -189,39 +232,26 @@ func locate(data []byte, table []string) (location, error) {
 		switch e.Kind {
 		case unstable.Table, unstable.ArrayTable:
 			key, first := keyOf(e.Key())
+			start := int(first.Raw.Offset)
+			lineStart := bytes.LastIndexByte(data[:start], '\n') + 1
+			h := tomlHeader{key: key, array: e.Kind == unstable.ArrayTable, lineStart: lineStart,
+				end: lineEnd(data, start), indent: leadingSpace(data[lineStart:start])}
 			current = key
-			if e.Kind == unstable.ArrayTable {
-				current = nil // nothing nodetrust looks for lives in an array of tables
+			if h.array {
+				current = []string{arrayKey}
 			}
-			if e.Kind == unstable.Table && equal(key, table) {
-				start := int(first.Raw.Offset)
-				lineStart := bytes.LastIndexByte(data[:start], '\n') + 1
-				loc.indent = leadingSpace(data[lineStart:start])
-				loc.headerEnd = lineEnd(data, start)
-			}
+			header(h)
 		case unstable.KeyValue:
 			key, _ := keyOf(e.Key())
-			full := append(append([]string(nil), current...), key...)
-			switch {
-			case equal(full, want):
-				v := e.Value()
-				if v.Kind != unstable.String {
-					return loc, fmt.Errorf("config_path is a %s, not a string", v.Kind)
-				}
-				kv := kvPos{start: int(e.Raw.Offset), value: int(v.Raw.Offset), end: int(e.Raw.Offset + e.Raw.Length)}
-				if bytes.IndexByte(data[kv.start:kv.end], '\n') >= 0 {
-					return loc, errors.New("config_path spans several lines; set it by hand")
-				}
-				loc.keyValue = &kv
-			case len(full) < len(want) && equal(full, want[:len(full)]):
-				return loc, fmt.Errorf("%s is an inline table; nodetrust edits only [table] layouts, set config_path by hand", strings.Join(full, "."))
+			if err := keyValue(append(append([]string(nil), current...), key...), len(current), e); err != nil {
+				return err
 			}
 		}
 	}
 	if err := p.Error(); err != nil {
-		return loc, fmt.Errorf("does not parse: %w", err)
+		return fmt.Errorf("%s: %w", notParsed, err)
 	}
-	return loc, nil
+	return nil
 }
 
 func keyOf(it unstable.Iterator) ([]string, *unstable.Node) {

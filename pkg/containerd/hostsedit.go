@@ -62,81 +62,87 @@ type elem struct {
 // scanHosts parses data and records the positions edits need.
 func scanHosts(data []byte) (*hostsDoc, error) {
 	doc := &hostsDoc{cas: map[string]*caValue{}, hosts: map[string]hostPos{}, firstTable: len(data), hostTable: -1}
-	var p unstable.Parser
-	p.Reset(data)
-	var current []string
-	for p.NextExpression() {
-		e := p.Expression()
-		switch e.Kind {
-		case unstable.Table, unstable.ArrayTable:
-			key, first := keyOf(e.Key())
-			start := int(first.Raw.Offset)
-			lineStart := bytes.LastIndexByte(data[:start], '\n') + 1
-			if lineStart < doc.firstTable {
-				doc.firstTable = beforeBlankLines(data, lineStart)
-			}
-			current = key
-			if e.Kind == unstable.ArrayTable {
-				current = []string{"\x00array"}
-				continue
-			}
-			if len(key) > 0 && key[0] == "host" {
-				doc.hasHost = true
-			}
-			switch {
-			case len(key) == 1 && key[0] == "host":
-				doc.hostTable = lineEnd(data, start)
-			case len(key) == 2 && key[0] == "host":
-				doc.addHost(key[1], hostPos{kind: kindTable, headerEnd: lineEnd(data, start), indent: leadingSpace(data[lineStart:start])})
-			}
-		case unstable.KeyValue:
-			key, _ := keyOf(e.Key())
-			full := append(append([]string(nil), current...), key...)
-			if len(full) == 0 || full[0] != "host" {
-				if len(full) == 1 && full[0] == "ca" {
-					cv, err := caOf(data, e, "top-level ca")
-					if err != nil {
-						return nil, err
-					}
-					doc.cas[""] = cv
-				}
-				continue
-			}
-			doc.hasHost = true
-			v := e.Value()
-			switch {
-			case len(full) == 1: // host = { … }
-				return nil, errors.New("hosts.toml: host is an inline table; nodetrust merges only [host.\"…\"] layouts")
-			case len(full) == 2 && v.Kind == unstable.InlineTable:
-				doc.addHost(full[1], hostPos{kind: kindInline})
-			case len(full) == 2:
-			default:
-				kind := kindDotted
-				if len(current) == 1 {
-					kind = kindInHost
-				}
-				if len(current) < 2 {
-					doc.addHost(full[1], hostPos{kind: kind})
-					pos := doc.hosts[full[1]]
-					if pos.kind == kind { // its keys stay together: ca goes after the last
-						pos.lastEnd = lineEnd(data, int(e.Raw.Offset+e.Raw.Length))
-						doc.hosts[full[1]] = pos
-					}
-				}
-				if len(full) == 3 && full[2] == "ca" {
-					cv, err := caOf(data, e, fmt.Sprintf("ca of [host.%q]", full[1]))
-					if err != nil {
-						return nil, err
-					}
-					doc.cas[full[1]] = cv
-				}
-			}
-		}
-	}
-	if err := p.Error(); err != nil {
-		return nil, fmt.Errorf("hosts.toml does not parse: %w", err)
+	err := walkTOML(data, "hosts.toml does not parse",
+		func(h tomlHeader) { doc.header(data, h) },
+		func(full []string, tableLen int, e *unstable.Node) error {
+			return doc.keyValue(data, full, tableLen, e)
+		})
+	if err != nil {
+		return nil, err
 	}
 	return doc, nil
+}
+
+// header records a table header: where top-level keys go, and the [host]
+// tables.
+func (d *hostsDoc) header(data []byte, h tomlHeader) {
+	if h.lineStart < d.firstTable {
+		d.firstTable = beforeBlankLines(data, h.lineStart)
+	}
+	if h.array {
+		return
+	}
+	key := h.key
+	if len(key) > 0 && key[0] == "host" {
+		d.hasHost = true
+	}
+	switch {
+	case len(key) == 1 && key[0] == "host":
+		d.hostTable = h.end
+	case len(key) == 2 && key[0] == "host":
+		d.addHost(key[1], hostPos{kind: kindTable, headerEnd: h.end, indent: h.indent})
+	}
+}
+
+// keyValue records a key of the top level or of a [host] entry; full is
+// its whole key, tableLen how much of it its table's header gives.
+func (d *hostsDoc) keyValue(data []byte, full []string, tableLen int, e *unstable.Node) error {
+	if len(full) == 0 || full[0] != "host" {
+		if len(full) == 1 && full[0] == "ca" {
+			cv, err := caOf(data, e, "top-level ca")
+			if err != nil {
+				return err
+			}
+			d.cas[""] = cv
+		}
+		return nil
+	}
+	d.hasHost = true
+	switch {
+	case len(full) == 1: // host = { … }
+		return errors.New("hosts.toml: host is an inline table; nodetrust merges only [host.\"…\"] layouts")
+	case len(full) == 2 && e.Value().Kind == unstable.InlineTable:
+		d.addHost(full[1], hostPos{kind: kindInline})
+	case len(full) == 2:
+	default:
+		return d.hostKey(data, full, tableLen, e)
+	}
+	return nil
+}
+
+// hostKey records a key of the [host] entry full[1] written as a dotted
+// key (host."URL".key at the top level, "URL".key below [host]).
+func (d *hostsDoc) hostKey(data []byte, full []string, tableLen int, e *unstable.Node) error {
+	kind := kindDotted
+	if tableLen == 1 {
+		kind = kindInHost
+	}
+	if tableLen < 2 {
+		d.addHost(full[1], hostPos{kind: kind})
+		pos := d.hosts[full[1]]
+		if pos.kind == kind { // its keys stay together: ca goes after the last
+			pos.lastEnd = lineEnd(data, int(e.Raw.Offset+e.Raw.Length))
+			d.hosts[full[1]] = pos
+		}
+	}
+	if len(full) == 3 && full[2] == "ca" {
+		cv, err := caOf(data, e, fmt.Sprintf("ca of [host.%q]", full[1]))
+		if err != nil {
+			return err
+		}
+		d.cas[full[1]] = cv
+	}
+	return nil
 }
 
 func (d *hostsDoc) addHost(url string, pos hostPos) {
@@ -380,25 +386,8 @@ func checkMerge(base, merged []byte, a Additions) error {
 	if err := toml.Unmarshal(merged, &after); err != nil {
 		return fmt.Errorf("merging would make hosts.toml unparsable (%v); left as is", err)
 	}
-	addTo := func(m map[string]any, files []string) {
-		var list []any
-		switch ca := m["ca"].(type) {
-		case string:
-			list = []any{ca}
-		case []any:
-			list = ca
-		}
-		for _, f := range files {
-			if !containsAny(list, f) {
-				list = append(list, f)
-			}
-		}
-		if len(list) > 0 {
-			m["ca"] = list
-		}
-	}
 	if len(a.CA) > 0 {
-		addTo(before, a.CA)
+		addCAs(before, a.CA)
 		if _, ok := before["host"]; !ok {
 			before["host"] = map[string]any{}
 		}
@@ -406,7 +395,7 @@ func checkMerge(base, merged []byte, a Additions) error {
 	hosts, _ := before["host"].(map[string]any)
 	for url, files := range a.Hosts {
 		if h, ok := hosts[url].(map[string]any); ok {
-			addTo(h, files)
+			addCAs(h, files)
 		}
 	}
 	if !reflect.DeepEqual(before, after) {
@@ -424,6 +413,25 @@ func checkMerge(base, merged []byte, a Additions) error {
 		return errors.New("merging would reorder the [host] entries of hosts.toml; left as is")
 	}
 	return nil
+}
+
+// addCAs adds files to the decoded ca of table m, as a merge would.
+func addCAs(m map[string]any, files []string) {
+	var list []any
+	switch ca := m["ca"].(type) {
+	case string:
+		list = []any{ca}
+	case []any:
+		list = ca
+	}
+	for _, f := range files {
+		if !containsAny(list, f) {
+			list = append(list, f)
+		}
+	}
+	if len(list) > 0 {
+		m["ca"] = list
+	}
 }
 
 func containsAny(list []any, s string) bool {

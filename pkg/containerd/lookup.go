@@ -94,13 +94,7 @@ type Reading struct {
 func (r Registry) Reading(v Version, l Layout) Reading {
 	out := Reading{Version: v}
 	if !v.Known {
-		if r.Version >= 3 {
-			out.Version = Version{Major: 2, Minor: 2}
-			out.Note = fmt.Sprintf("containerd's version is unknown: judged as 2.2 or later from the version %d config format", r.Version)
-		} else {
-			out.Version = Version{Major: 1, Minor: 7}
-			out.Note = fmt.Sprintf("containerd's version is unknown: judged as 1.x from the version %d config format (with containerd 2.x, give its version)", r.Version)
-		}
+		out.Version, out.Note = judgeVersion(r.Version)
 	}
 	v = out.Version
 	configPath, unsetHow := r.ConfigPath, "unset"
@@ -116,28 +110,25 @@ func (r Registry) Reading(v Version, l Layout) Reading {
 	out.Transfer = v.atLeast(2, 1) && r.LocalPull == ""
 	out.Roots = filepath.SplitList(configPath)
 	out.Dir = l.HostsDir
-	where := fmt.Sprintf("%s in %s", r.Section(), strings.Join(r.Files, ", "))
-	if len(r.Files) == 0 {
-		where = fmt.Sprintf("%s (%s does not exist: containerd runs on its defaults)", r.Section(), l.Config)
-	}
-	restart := "and restart containerd"
-	if l.Template != "" {
-		where = fmt.Sprintf("%s (rendered by %s at every start from %s)", where, l.Name, l.Template)
-		restart = fmt.Sprintf("in %s and restart %s", l.Template, l.Name)
-	}
+	where, restart := r.where(l)
 	switch {
 	case r.Conflict != "" && r.ConfigPath == "":
 		out.Problem = fmt.Sprintf("containerd reads no hosts.toml: config_path is unset under %s, and cannot be set as it is: %s", where, r.Conflict)
-		return out
 	case configPath == "":
 		out.Problem = fmt.Sprintf("%s reads no hosts.toml: config_path is %s under %s; set config_path = %q %s", name(out), unsetHow, where, l.HostsDir, restart)
 		out.Fixable = l.Template == ""
-		return out
-	}
-	if !validRoot(out.Roots[0]) {
+	case !validRoot(out.Roots[0]):
 		out.Problem = fmt.Sprintf("containerd config_path %q under %s does not start with an absolute directory nodetrust can write; set config_path = %q %s", configPath, where, l.HostsDir, restart)
-		return out
+	default:
+		r.readsRoots(&out, l, configPath, where, restart)
 	}
+	return out
+}
+
+// readsRoots judges a config_path whose first root nodetrust can write:
+// out.Dir is that root, and the transfer service of 2.1 and later reads
+// none of several roots.
+func (r Registry) readsRoots(out *Reading, l Layout, configPath, where, restart string) {
 	if l.Name == "microk8s" {
 		out.Dir = ResolveSnap(path.Clean(out.Roots[0]), snapRevision(l))
 	} else {
@@ -149,15 +140,38 @@ func (r Registry) Reading(v Version, l Layout) Reading {
 			how = fmt.Sprintf("config_path is unset, so it defaults to %q", DefaultConfigPath)
 		}
 		out.Problem = fmt.Sprintf("%s reads no hosts.toml: it pulls through its transfer service, which takes config_path as one directory, and %s under %s (containerd issue 12808); set config_path = %q, or use_local_image_pull = true under [plugins.%q], %s",
-			name(out), how, where, out.Dir, criImagesPlugin(3), restart)
+			name(*out), how, where, out.Dir, criImagesPlugin(3), restart)
 		out.Fixable = l.Template == ""
-		return out
+		return
 	}
-	if out.Note != "" && v.Major < 2 && r.LastSection != "" && path.Clean(r.LastSectionPath) != path.Clean(r.ConfigPath) {
+	if out.Note != "" && out.Version.Major < 2 && r.LastSection != "" && path.Clean(r.LastSectionPath) != path.Clean(r.ConfigPath) {
 		out.Warning = fmt.Sprintf("containerd 1.x reads no hosts.toml with this config: it replaces a whole plugin section with each imported file's, and %s, the last file with [plugins.%q], does not set config_path (containerd 2.x merges them and is not affected); set config_path = %q there too",
 			r.LastSection, criImagesPlugin(r.Version), out.Dir)
 	}
-	return out
+}
+
+// judgeVersion is the containerd version a config of format version
+// format implies (3: 2.2 or later; 1 or 2: 1.7), and the note saying so.
+func judgeVersion(format int) (Version, string) {
+	if format >= 3 {
+		return Version{Major: 2, Minor: 2}, fmt.Sprintf("containerd's version is unknown: judged as 2.2 or later from the version %d config format", format)
+	}
+	return Version{Major: 1, Minor: 7}, fmt.Sprintf("containerd's version is unknown: judged as 1.x from the version %d config format (with containerd 2.x, give its version)", format)
+}
+
+// where names the config section and files that set config_path, for
+// messages, and restart how to load a change.
+func (r Registry) where(l Layout) (where, restart string) {
+	where = fmt.Sprintf("%s in %s", r.Section(), strings.Join(r.Files, ", "))
+	if len(r.Files) == 0 {
+		where = fmt.Sprintf("%s (%s does not exist: containerd runs on its defaults)", r.Section(), l.Config)
+	}
+	restart = "and restart containerd"
+	if l.Template != "" {
+		where = fmt.Sprintf("%s (rendered by %s at every start from %s)", where, l.Name, l.Template)
+		restart = fmt.Sprintf("in %s and restart %s", l.Template, l.Name)
+	}
+	return where, restart
 }
 
 // snapRevision is the revision directory a resolved MicroK8s layout uses.

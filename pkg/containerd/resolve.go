@@ -196,22 +196,8 @@ func sortedHosts(b []byte) []string {
 func parseHostConfig(server, dir string, cfg hostFileConfig) (Endpoint, error) {
 	var e Endpoint
 	if server != "" {
-		if !strings.HasPrefix(server, "http") {
-			server = "https://" + server
-		}
-		u, err := url.Parse(server)
-		if err != nil {
-			return Endpoint{}, fmt.Errorf("unable to parse server %v: %w", server, err)
-		}
-		e.Scheme, e.Host = u.Scheme, u.Host
-		switch {
-		case u.Path != "":
-			e.Path = path.Clean(u.Path)
-			if !strings.HasSuffix(e.Path, "/v2") && !cfg.OverridePath {
-				e.Path += "/v2"
-			}
-		case !cfg.OverridePath:
-			e.Path = "/v2"
+		if err := e.setServer(server, cfg.OverridePath); err != nil {
+			return Endpoint{}, err
 		}
 	}
 	if cfg.SkipVerify != nil {
@@ -228,22 +214,55 @@ func parseHostConfig(server, dir string, cfg hostFileConfig) (Endpoint, error) {
 			e.Capabilities = append(e.Capabilities, c)
 		}
 	}
-	switch ca := cfg.CACert.(type) {
+	var err error
+	if e.CAFiles, err = caFiles(cfg.CACert, dir); err != nil {
+		return Endpoint{}, err
+	}
+	return e, nil
+}
+
+// setServer sets the scheme, host and API path of e from a server URL.
+func (e *Endpoint) setServer(server string, overridePath bool) error {
+	if !strings.HasPrefix(server, "http") {
+		server = "https://" + server
+	}
+	u, err := url.Parse(server)
+	if err != nil {
+		return fmt.Errorf("unable to parse server %v: %w", server, err)
+	}
+	e.Scheme, e.Host = u.Scheme, u.Host
+	switch {
+	case u.Path != "":
+		e.Path = path.Clean(u.Path)
+		if !strings.HasSuffix(e.Path, "/v2") && !overridePath {
+			e.Path += "/v2"
+		}
+	case !overridePath:
+		e.Path = "/v2"
+	}
+	return nil
+}
+
+// caFiles are the host paths of a ca value, a string or a list of them.
+func caFiles(ca any, dir string) ([]string, error) {
+	switch ca := ca.(type) {
 	case nil:
+		return nil, nil
 	case string:
-		e.CAFiles = []string{absPath(ca, dir)}
+		return []string{absPath(ca, dir)}, nil
 	case []any:
+		var out []string
 		for _, v := range ca {
 			s, ok := v.(string)
 			if !ok {
-				return Endpoint{}, fmt.Errorf("unable to cast %v to string", v)
+				return nil, fmt.Errorf("unable to cast %v to string", v)
 			}
-			e.CAFiles = append(e.CAFiles, absPath(s, dir))
+			out = append(out, absPath(s, dir))
 		}
+		return out, nil
 	default:
-		return Endpoint{}, fmt.Errorf("invalid type %v for \"ca\"", ca)
+		return nil, fmt.Errorf("invalid type %v for \"ca\"", ca)
 	}
-	return e, nil
 }
 
 // absPath is p as the host sees it: absolute as written, else relative to
