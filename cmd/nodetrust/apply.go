@@ -105,37 +105,26 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	return nil
 }
 
+// writeRejections writes the report's rejections, one a line.
 func writeRejections(w io.Writer, rep node.Report) {
-	for _, r := range rep.Rejected {
-		fmt.Fprintf(w, "rejected %s\n", r.Error())
+	for _, p := range rep.Problems() {
+		if p.Kind == node.ProblemRejected {
+			fmt.Fprintln(w, p.Line())
+		}
 	}
 }
 
+// writeText writes the report as apply's text: its problems, warnings and
+// pending restarts, then what was found and done.
 func writeText(w io.Writer, rep node.Report) error {
-	writeRejections(w, rep)
-	for _, e := range rep.InputErrors {
-		fmt.Fprintf(w, "unreadable %v (nothing is removed while input is unreadable)\n", e)
+	for _, p := range rep.Problems() {
+		fmt.Fprintln(w, p.Line())
 	}
-	for _, f := range rep.Failed {
-		fmt.Fprintf(w, "failed %v\n", f)
+	for _, m := range rep.WarningMessages() {
+		fmt.Fprintln(w, "warning "+m)
 	}
-	if rep.RefreshErr != nil {
-		fmt.Fprintf(w, "failed trust store refresh: %v\n", rep.RefreshErr)
-	}
-	for _, p := range rep.NodeProblems {
-		fmt.Fprintf(w, "degraded node: %s\n", p)
-	}
-	for _, warn := range rep.Warnings {
-		fmt.Fprintf(w, "warning %s: %s\n", warn.ID, warn.Message)
-	}
-	for _, nw := range rep.NodeWarnings {
-		fmt.Fprintf(w, "warning node: %s\n", nw)
-	}
-	if rep.Restart.TrustStore {
-		fmt.Fprintln(w, "restart pending: the OS trust store changed; restart the container runtimes to load it")
-	}
-	for _, u := range rep.Restart.Units {
-		fmt.Fprintf(w, "restart pending: the config of %s changed; restart it to load it\n", u)
+	for _, why := range rep.RestartReasons() {
+		fmt.Fprintln(w, "restart pending: "+why)
 	}
 	for _, id := range rep.Kept {
 		fmt.Fprintf(w, "kept %s as last applied\n", id)

@@ -249,7 +249,7 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	if rep.Restart.Any() {
 		retry = a.restart(ctx, &st, rep)
 	}
-	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
+	applied := rep.Converged()
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")
 	}
@@ -284,11 +284,8 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 // logWarnings logs each warning once while it lasts.
 func (a *Agent) logWarnings(rep node.Report) {
 	current := map[string]bool{}
-	for _, w := range rep.Warnings {
-		current[w.ID.String()+": "+w.Message] = true
-	}
-	for _, w := range rep.NodeWarnings {
-		current["node: "+w] = true
+	for _, w := range rep.WarningMessages() {
+		current[w] = true
 	}
 	for w := range current {
 		if !a.warnings[w] {
@@ -301,30 +298,17 @@ func (a *Agent) logWarnings(rep node.Report) {
 // maxMessage bounds nodetrust.io/message.
 const maxMessage = 512
 
-// StatusOf derives the node's status from a sync report.
+// StatusOf derives the node's status from a sync report: Degraded, with the
+// report's problems as the message, when it has any.
 func StatusOf(rep node.Report) Status {
-	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.Warnings) + len(rep.NodeWarnings)}
-	var parts []string
-	for _, r := range rep.Rejected {
-		parts = append(parts, "rejected "+r.Error())
-	}
-	for _, e := range rep.InputErrors {
-		parts = append(parts, "unreadable input: "+e.Error())
-	}
-	for _, f := range rep.Failed {
-		parts = append(parts, "failed "+f.Error())
-	}
-	if rep.RefreshErr != nil {
-		parts = append(parts, "trust store refresh failed: "+rep.RefreshErr.Error())
-	}
-	parts = append(parts, rep.NodeProblems...)
-	if len(parts) > 0 {
-		st.State = StateDegraded
-		st.Message = oneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))
+	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.WarningMessages())}
+	if msg := rep.ProblemSummary(); msg != "" {
+		st.State, st.Message = StateDegraded, oneLine(msg)
 	}
 	return st
 }
 
+// oneLine makes s one line of at most maxMessage bytes, for an annotation.
 func oneLine(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > maxMessage {

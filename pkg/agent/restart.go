@@ -48,18 +48,6 @@ type Slots interface {
 	Release(ctx context.Context, slot string) error
 }
 
-// restartReason says why rep awaits a restart, and what to restart.
-func restartReason(rep node.Report) string {
-	var why []string
-	if rep.Restart.TrustStore {
-		why = append(why, "the OS trust store changed; restart the container runtimes to load it")
-	}
-	if len(rep.Restart.Units) > 0 {
-		why = append(why, fmt.Sprintf("the config of %s changed; restart it to load it", strings.Join(rep.Restart.Units, ", ")))
-	}
-	return strings.Join(why, "; ")
-}
-
 // restartUnits are the units a pending restart covers, in order: every
 // runtime after a trust store change, and each unit whose config changed.
 func (r *Restarts) restartUnits(rep node.Report) []string {
@@ -114,7 +102,7 @@ func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry
 		return 0
 	}
 	off := func() time.Duration {
-		pending(st, "restart pending: "+restartReason(rep)+" (restarts are off)")
+		pending(st, "restart pending: "+rep.RestartReason()+" (restarts are off)")
 		if r == nil {
 			return 0
 		}

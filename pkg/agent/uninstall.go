@@ -65,7 +65,7 @@ func (a *Agent) uninstall(ctx context.Context) error {
 		// Removed host-trust anchors stay trusted by running runtimes until
 		// they restart: restart them as after any trust store change.
 		if r := a.opts.Restarts; r == nil || r.Never {
-			a.log.Warn("restart pending: " + restartReason(rep) + " (restarts are off)")
+			a.log.Warn("restart pending: " + rep.RestartReason() + " (restarts are off)")
 			if err := a.opts.Root.ClearRestarts(); err != nil {
 				return err
 			}
