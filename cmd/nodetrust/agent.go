@@ -22,6 +22,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/lease"
+	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
 
@@ -52,7 +53,7 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	fl.StringVar(&f.restart, "restart", "auto", "auto: restart container runtimes after an OS trust store change; never: report \"restart pending\" instead")
 	fl.IntVar(&f.maxRestarts, "max-concurrent-restarts", 1, "at most this many nodes restart their runtimes at once (coordination.k8s.io Leases)")
-	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(agent.DefaultRestartUnits, ","), "systemd units restarted, those loaded on the node")
+	fl.StringVar(&f.restartUnits, "restart-units", strings.Join(restart.DefaultUnits, ","), "systemd units restarted, those loaded on the node")
 	fl.StringVar(&f.startupTaint, "startup-taint", "", "a taint key (such as nodetrust.io/agent-not-ready) removed from the Node after the first complete sync, so pods land on a new node only once its CAs are in place; register the node with it (kubelet --register-with-taints, Karpenter startupTaints)")
 	fl.StringVar(&f.containerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	fl.BoolVar(&f.manageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit, original restored on uninstall) and restart containerd under the restart limit")
@@ -207,7 +208,7 @@ func agentNamespaces(flagValue string) ([]string, error) {
 }
 
 // restarts configures runtime restarts through the host's systemd.
-func restarts(f agentFlags) *agent.Restarts {
+func restarts(f agentFlags) *restart.Options {
 	addr := f.systemdAddress
 	if addr == "" {
 		addr = "unix:path=" + filepath.Join(f.hostRoot, "run/dbus/system_bus_socket")
@@ -218,7 +219,7 @@ func restarts(f agentFlags) *agent.Restarts {
 			units = append(units, u)
 		}
 	}
-	return &agent.Restarts{
+	return &restart.Options{
 		Never:         f.restart == "never",
 		Units:         units,
 		MaxConcurrent: f.maxRestarts,

@@ -16,54 +16,71 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
-func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+// applyFlags are the command line of `nodetrust apply`.
+type applyFlags struct {
+	path, hostRoot, output string
+	noWait                 bool
+	node                   node.Options
+}
+
+// parseApply parses and checks apply's command line.
+func parseApply(args []string, stderr io.Writer) (applyFlags, error) {
 	fl := flag.NewFlagSet("apply", flag.ContinueOnError)
 	fl.SetOutput(stderr)
-	path := fl.String("f", "", "manifest file or directory holding the complete desired set of sources")
-	hostRoot := fl.String("host-root", "/", "root of the host filesystem to write into")
+	var f applyFlags
+	fl.StringVar(&f.path, "f", "", "manifest file or directory holding the complete desired set of sources")
+	fl.StringVar(&f.hostRoot, "host-root", "/", "root of the host filesystem to write into")
 	nodeLabels := fl.String("node-labels", "", "labels of this node (k=v,...); without it, node selectors are ignored")
-	output := fl.String("output", "text", "text or json")
-	noWait := fl.Bool("no-wait", false, "when another nodetrust holds the lock on HOST-ROOT/var/lib/nodetrust, exit 1 naming it instead of waiting")
-	manage := fl.Bool("manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
-	cdVersion := fl.String("containerd-version", "", "the running containerd's version (containerd --version), which decides how it reads config_path; unset: judged from the config's format")
-	cdConfig := fl.String("containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
+	fl.StringVar(&f.output, "output", "text", "text or json")
+	fl.BoolVar(&f.noWait, "no-wait", false, "when another nodetrust holds the lock on HOST-ROOT/var/lib/nodetrust, exit 1 naming it instead of waiting")
+	fl.BoolVar(&f.node.ManageContainerdConfig, "manage-containerd-config", false, "set containerd's CRI registry config_path when it reads no hosts.toml (minimal edit; an apply without this flag, or with no sources, restores the original); restarting containerd is left to you")
+	fl.StringVar(&f.node.ContainerdVersion, "containerd-version", "", "the running containerd's version (containerd --version), which decides how it reads config_path; unset: judged from the config's format")
+	fl.StringVar(&f.node.ContainerdConfig, "containerd-config", "", "containerd's main config file on the node (default: found from the layout: /etc/containerd/config.toml, k3s, RKE2, MicroK8s)")
 	if err := parseFlags(fl, args); err != nil {
-		return err
+		return f, err
 	}
-	if _, err := containerd.ParseVersion(*cdVersion); err != nil {
-		return usageError{fmt.Errorf("apply: --containerd-version: %w", err)}
+	if _, err := containerd.ParseVersion(f.node.ContainerdVersion); err != nil {
+		return f, usageError{fmt.Errorf("apply: --containerd-version: %w", err)}
 	}
 	switch {
-	case *path == "":
-		return usageError{errors.New("apply: -f PATH is required")}
-	case *output != "text" && *output != "json":
-		return usageError{fmt.Errorf("apply: --output must be text or json, not %q", *output)}
+	case f.path == "":
+		return f, usageError{errors.New("apply: -f PATH is required")}
+	case f.output != "text" && f.output != "json":
+		return f, usageError{fmt.Errorf("apply: --output must be text or json, not %q", f.output)}
 	}
-	opts := node.Options{ManageContainerdConfig: *manage, ContainerdVersion: *cdVersion, ContainerdConfig: *cdConfig}
 	if *nodeLabels != "" {
 		set, err := labels.ConvertSelectorToLabelsMap(*nodeLabels)
 		if err != nil {
-			return usageError{fmt.Errorf("apply: --node-labels: %w", err)}
+			return f, usageError{fmt.Errorf("apply: --node-labels: %w", err)}
 		}
-		opts.NodeLabels = set
+		f.node.NodeLabels = set
 	}
-	set, err := source.ReadPath(ctx, *path, time.Now())
+	return f, nil
+}
+
+func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
+	f, err := parseApply(args, stderr)
+	if err != nil {
+		return err
+	}
+	set, err := source.ReadPath(ctx, f.path, time.Now())
 	if errors.Is(err, fs.ErrNotExist) {
-		return usageError{fmt.Errorf("apply: -f %s: %w", *path, err)}
+		return usageError{fmt.Errorf("apply: -f %s: %w", f.path, err)}
 	}
 	if err != nil {
-		return fmt.Errorf("apply: read %s: %w", *path, err)
+		return fmt.Errorf("apply: read %s: %w", f.path, err)
 	}
-	root, err := hostfs.Open(*hostRoot)
+	root, err := hostfs.Open(f.hostRoot)
 	if err != nil {
 		return usageError{fmt.Errorf("apply: --host-root: %w", err)}
 	}
 	defer root.Close()
-	lock, err := root.Lock(ctx, !*noWait, func(holder string) {
-		fmt.Fprintf(stderr, "waiting for the lock on %s held by %s\n", filepath.Join(*hostRoot, filepath.Dir(hostfs.LockPath)), holder)
+	lock, err := root.Lock(ctx, !f.noWait, func(holder string) {
+		fmt.Fprintf(stderr, "waiting for the lock on %s held by %s\n", filepath.Join(f.hostRoot, filepath.Dir(hostfs.LockPath)), holder)
 	})
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
@@ -73,14 +90,21 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 			err = fmt.Errorf("apply: %w", uerr)
 		}
 	}()
-	rep, syncErr := node.Sync(ctx, root, set, opts)
+	rep, syncErr := node.Sync(ctx, root, set, f.node)
 	if syncErr != nil && !errors.Is(syncErr, hostfs.ErrNotRecorded) {
 		return fmt.Errorf("apply: %w", syncErr)
 	}
+	return reportApply(root, rep, syncErr, f.output, stdout, stderr)
+}
+
+// reportApply writes what the apply did, then hands a pending restart over
+// to the operator who read it. syncErr is an apply that was not recorded.
+func reportApply(root restart.Record, rep node.Report, syncErr error, output string, stdout, stderr io.Writer) error {
 	if syncErr != nil { // the report still says what was done; it says this too
 		rep.Failed = append(rep.Failed, syncErr)
 	}
-	if *output == "json" {
+	var err error
+	if output == "json" {
 		err = writeJSON(stdout, rep)
 		writeRejections(stderr, rep)
 	} else {
@@ -95,7 +119,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	if rep.Restart.Any() {
 		// Reported above: restarting is the operator's, so a later apply or
 		// agent does not report or restart it again.
-		if err := root.ClearRestarts(); err != nil {
+		if err := restart.HandOver(root); err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
 	}
@@ -105,37 +129,26 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 	return nil
 }
 
+// writeRejections writes the report's rejections, one a line.
 func writeRejections(w io.Writer, rep node.Report) {
-	for _, r := range rep.Rejected {
-		fmt.Fprintf(w, "rejected %s\n", r.Error())
+	for _, p := range rep.Problems() {
+		if p.Kind == node.ProblemRejected {
+			fmt.Fprintln(w, p.Line())
+		}
 	}
 }
 
+// writeText writes the report as apply's text: its problems, warnings and
+// pending restarts, then what was found and done.
 func writeText(w io.Writer, rep node.Report) error {
-	writeRejections(w, rep)
-	for _, e := range rep.InputErrors {
-		fmt.Fprintf(w, "unreadable %v (nothing is removed while input is unreadable)\n", e)
+	for _, p := range rep.Problems() {
+		fmt.Fprintln(w, p.Line())
 	}
-	for _, f := range rep.Failed {
-		fmt.Fprintf(w, "failed %v\n", f)
+	for _, m := range rep.WarningMessages() {
+		fmt.Fprintln(w, "warning "+m)
 	}
-	if rep.RefreshErr != nil {
-		fmt.Fprintf(w, "failed trust store refresh: %v\n", rep.RefreshErr)
-	}
-	for _, p := range rep.NodeProblems {
-		fmt.Fprintf(w, "degraded node: %s\n", p)
-	}
-	for _, warn := range rep.Warnings {
-		fmt.Fprintf(w, "warning %s: %s\n", warn.ID, warn.Message)
-	}
-	for _, nw := range rep.NodeWarnings {
-		fmt.Fprintf(w, "warning node: %s\n", nw)
-	}
-	if rep.Restart.TrustStore {
-		fmt.Fprintln(w, "restart pending: the OS trust store changed; restart the container runtimes to load it")
-	}
-	for _, u := range rep.Restart.Units {
-		fmt.Fprintf(w, "restart pending: the config of %s changed; restart it to load it\n", u)
+	for _, why := range rep.RestartReasons() {
+		fmt.Fprintln(w, "restart pending: "+why)
 	}
 	for _, id := range rep.Kept {
 		fmt.Fprintf(w, "kept %s as last applied\n", id)

@@ -4,7 +4,9 @@
 // periodic resync — requests one sync, and a single worker recomputes the
 // whole desired state and applies it with the same code as `nodetrust
 // apply`. It never syncs before its caches are complete, so an empty cache
-// can never read as "remove every CA".
+// can never read as "remove every CA". The status message is the sync
+// report's own wording (node.Report); what awaits a restart goes to a
+// restart.Policy, whose outcome joins the status.
 package agent
 
 import (
@@ -21,6 +23,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/source"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
 )
@@ -87,7 +90,7 @@ type Options struct {
 	NoDrift bool
 	// Restarts restarts container runtimes after a trust store change; nil
 	// only reports "restart pending".
-	Restarts *Restarts
+	Restarts *restart.Options
 	// ManageContainerdConfig: see node.Options.
 	ManageContainerdConfig bool
 	// ContainerdConfig: see node.Options.
@@ -105,18 +108,16 @@ type Options struct {
 
 // Agent runs the sync loop.
 type Agent struct {
-	opts Options
-	// restartErr is the last failed restart, at restartFailedAt.
-	restartErr      string
-	restartFailedAt time.Time
-	warnings        map[string]bool // logged already, so a resync does not repeat them
-	log             *slog.Logger
-	kick            chan struct{}
-	ready           atomic.Bool
-	metrics         *Metrics
-	writers         writers
-	untainted       bool // the startup taint is off the Node
-	verified        verified
+	opts      Options
+	restarts  *restart.Policy // handles pending restarts; keeps their failure backoff
+	warnings  map[string]bool // logged already, so a resync does not repeat them
+	log       *slog.Logger
+	kick      chan struct{}
+	ready     atomic.Bool
+	metrics   *Metrics
+	writers   writers
+	untainted bool // the startup taint is off the Node
+	verified  verified
 }
 
 // New returns an agent; call Run.
@@ -133,7 +134,8 @@ func New(opts Options) *Agent {
 	if opts.VerifyInterval == 0 {
 		opts.VerifyInterval = DefaultVerifyInterval
 	}
-	return &Agent{opts: opts, log: opts.Logger, kick: make(chan struct{}, 1), metrics: newMetrics()}
+	return &Agent{opts: opts, log: opts.Logger, kick: make(chan struct{}, 1), metrics: newMetrics(),
+		restarts: restart.New(opts.Restarts, opts.Root, opts.Retry, opts.Logger)}
 }
 
 // Trigger requests a sync. Requests made while one is pending collapse into it.
@@ -247,27 +249,14 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	}
 	var retry time.Duration
 	if rep.Restart.Any() {
-		retry = a.restart(ctx, &st, rep)
+		retry = a.restart(&st, a.restarts.Handle(ctx, due(rep)))
 	}
-	applied := len(rep.Failed) == 0 && rep.RefreshErr == nil && len(rep.InputErrors) == 0
+	applied := rep.Converged()
 	if applied && !a.ready.Swap(true) {
 		a.log.Info("first sync complete: ready")
 	}
 	a.metrics.synced(rep, applied, time.Now())
-	published := true
-	if a.opts.Publisher != nil {
-		pub, err := a.opts.Publisher.Publish(ctx, st, rep)
-		if err != nil {
-			a.log.Warn("publish node status", "err", err)
-			published = false
-		}
-		a.metrics.published(pub)
-		if vp, ok := a.opts.Publisher.(verificationPublisher); ok && verified != nil {
-			if _, err := vp.PublishVerification(ctx, rep, verified); err != nil {
-				a.log.Warn("publish verification events", "err", err)
-			}
-		}
-	}
+	published := a.publish(ctx, st, rep, verified)
 	if applied && !a.removeStartupTaint(ctx) {
 		published = false // retried like a failed publish
 	}
@@ -281,14 +270,31 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	return retry, rep.Owned
 }
 
+// publish reports a sync through the Publisher, if any, and the registries
+// that do not verify. It returns false when the status did not get through
+// and must be published again.
+func (a *Agent) publish(ctx context.Context, st Status, rep node.Report, verified []Verification) bool {
+	if a.opts.Publisher == nil {
+		return true
+	}
+	pub, err := a.opts.Publisher.Publish(ctx, st, rep)
+	if err != nil {
+		a.log.Warn("publish node status", "err", err)
+	}
+	a.metrics.published(pub)
+	if vp, ok := a.opts.Publisher.(verificationPublisher); ok && verified != nil {
+		if _, err := vp.PublishVerification(ctx, rep, verified); err != nil {
+			a.log.Warn("publish verification events", "err", err)
+		}
+	}
+	return err == nil
+}
+
 // logWarnings logs each warning once while it lasts.
 func (a *Agent) logWarnings(rep node.Report) {
 	current := map[string]bool{}
-	for _, w := range rep.Warnings {
-		current[w.ID.String()+": "+w.Message] = true
-	}
-	for _, w := range rep.NodeWarnings {
-		current["node: "+w] = true
+	for _, w := range rep.WarningMessages() {
+		current[w] = true
 	}
 	for w := range current {
 		if !a.warnings[w] {
@@ -301,30 +307,17 @@ func (a *Agent) logWarnings(rep node.Report) {
 // maxMessage bounds nodetrust.io/message.
 const maxMessage = 512
 
-// StatusOf derives the node's status from a sync report.
+// StatusOf derives the node's status from a sync report: Degraded, with the
+// report's problems as the message, when it has any.
 func StatusOf(rep node.Report) Status {
-	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.Warnings) + len(rep.NodeWarnings)}
-	var parts []string
-	for _, r := range rep.Rejected {
-		parts = append(parts, "rejected "+r.Error())
-	}
-	for _, e := range rep.InputErrors {
-		parts = append(parts, "unreadable input: "+e.Error())
-	}
-	for _, f := range rep.Failed {
-		parts = append(parts, "failed "+f.Error())
-	}
-	if rep.RefreshErr != nil {
-		parts = append(parts, "trust store refresh failed: "+rep.RefreshErr.Error())
-	}
-	parts = append(parts, rep.NodeProblems...)
-	if len(parts) > 0 {
-		st.State = StateDegraded
-		st.Message = oneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))
+	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.WarningMessages())}
+	if msg := rep.ProblemSummary(); msg != "" {
+		st.State, st.Message = StateDegraded, oneLine(msg)
 	}
 	return st
 }
 
+// oneLine makes s one line of at most maxMessage bytes, for an annotation.
 func oneLine(s string) string {
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) > maxMessage {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
+	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
@@ -29,7 +30,7 @@ func runtimes() map[string]systemdtest.Unit {
 
 // managedNode is a node with containerd and docker loaded, a containerd
 // config that reads no hosts.toml, and --manage-containerd-config.
-func managedNode(r agent.Restarts) nodeSetup {
+func managedNode(r restart.Options) nodeSetup {
 	return nodeSetup{
 		units:    runtimes(),
 		restarts: r,
@@ -40,7 +41,7 @@ func managedNode(r agent.Restarts) nodeSetup {
 }
 
 func TestConfigEditRestartsContainerdOnly(t *testing.T) {
-	e := startNode(t, managedNode(agent.Restarts{Units: agent.DefaultRestartUnits}))
+	e := startNode(t, managedNode(restart.Options{Units: restart.DefaultUnits}))
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "a config change restarts containerd, not docker")
@@ -63,7 +64,7 @@ func TestConfigEditRestartsContainerdOnly(t *testing.T) {
 }
 
 func TestConfigEditWithRestartsOff(t *testing.T) {
-	e := startNode(t, managedNode(agent.Restarts{Never: true}))
+	e := startNode(t, managedNode(restart.Options{Never: true}))
 	e.source("registry-only", false)
 	st := e.waitState(agent.StatePending)
 	require.Equal(t, "restart pending: the config of containerd.service changed; restart it to load it (restarts are off)", st.Message)
@@ -99,7 +100,7 @@ func (u *unpublishLog) Unpublish(context.Context) error {
 }
 
 func TestUninstall(t *testing.T) {
-	n := managedNode(agent.Restarts{Units: agent.DefaultRestartUnits})
+	n := managedNode(restart.Options{Units: restart.DefaultUnits})
 	n.dirs = append(n.dirs, "var/lib") // /var/lib exists on every host
 	n.files["etc/docker/daemon.json"] = "{}\n"
 	e := startNode(t, n)
@@ -115,7 +116,7 @@ func TestUninstall(t *testing.T) {
 	// on the same root uninstalls.
 	pub := &unpublishLog{}
 	u := agent.New(agent.Options{Root: e.root, Publisher: pub, Retry: 20 * time.Millisecond,
-		Restarts: &agent.Restarts{Units: agent.DefaultRestartUnits,
+		Restarts: &restart.Options{Units: restart.DefaultUnits,
 			Systemd: func(context.Context) (systemd.Conn, error) { return e.unit, nil }},
 		Refresh: func(context.Context, truststore.Store, string) error { return nil },
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil))})
@@ -136,7 +137,7 @@ func TestUninstall(t *testing.T) {
 // With --restart=never, a runtime restarted by someone else after the
 // change ends "restart pending"; the agent restarts nothing itself.
 func TestRestartByHandIsSeen(t *testing.T) {
-	e := startNode(t, managedNode(agent.Restarts{Never: true}))
+	e := startNode(t, managedNode(restart.Options{Never: true}))
 	e.source("registry-only", false)
 	e.waitState(agent.StatePending)
 
@@ -162,7 +163,7 @@ func TestRestartSkipsUnitsStartedSinceTheChange(t *testing.T) {
 	units["docker.service"] = systemdtest.Unit{MainPID: 200, StartedAt: since.Add(-time.Second)} // before it
 	e := startNode(t, nodeSetup{
 		units:    units,
-		restarts: agent.Restarts{Units: agent.DefaultRestartUnits},
+		restarts: restart.Options{Units: restart.DefaultUnits},
 		files: map[string]string{"var/lib/nodetrust/state.json": `{"version": 1, "restartPending": true, "restartSince": "` +
 			since.Format(time.RFC3339Nano) + `"}`},
 	})

@@ -22,6 +22,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/lease"
 	"github.com/nodetrust/nodetrust/pkg/lease/leasetest"
 	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
@@ -59,14 +60,14 @@ type restartEnv struct {
 
 // startRestarts runs an agent on a Debian-like root whose trust store
 // refresh is faked, reading sources from a directory.
-func startRestarts(t *testing.T, unit systemdtest.Unit, r agent.Restarts) *restartEnv {
+func startRestarts(t *testing.T, unit systemdtest.Unit, r restart.Options) *restartEnv {
 	return startNode(t, nodeSetup{units: map[string]systemdtest.Unit{"containerd.service": unit}, restarts: r})
 }
 
 // nodeSetup describes the node an agent under test runs on.
 type nodeSetup struct {
 	units    map[string]systemdtest.Unit // loaded systemd units
-	restarts agent.Restarts
+	restarts restart.Options
 	dirs     []string          // besides etc/docker and the anchor dir
 	files    map[string]string // relative to the host root
 	manage   bool              // --manage-containerd-config
@@ -121,7 +122,7 @@ func (e *restartEnv) waitState(state string) agent.Status {
 }
 
 func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
-	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, restart.Options{})
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return e.status.get().Sources == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Empty(t, e.unit.Restarts(), "hosts.toml and certs.d need no restart")
@@ -140,7 +141,7 @@ func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
 }
 
 func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
-	e := startRestarts(t, systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, agent.Restarts{})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, restart.Options{})
 	e.source("corp", true)
 	st := e.waitState(agent.StateDegraded)
 	require.Contains(t, st.Message, `restart containerd.service: job result "failed"`)
@@ -158,7 +159,7 @@ func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
 }
 
 func TestRestartNeverReportsPending(t *testing.T) {
-	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{Never: true})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, restart.Options{Never: true})
 	e.source("corp", true)
 	st := e.waitState(agent.StatePending)
 	require.Contains(t, st.Message, "restart pending")
@@ -173,7 +174,7 @@ func TestRestartWaitsForASlot(t *testing.T) {
 		Spec:       coordinationv1.LeaseSpec{HolderIdentity: &other, LeaseDurationSeconds: &duration, RenewTime: &now, AcquireTime: &now},
 	})
 	slots := &lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: "me"}
-	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, agent.Restarts{Slots: slots, MaxConcurrent: 1})
+	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, restart.Options{Slots: slots, MaxConcurrent: 1})
 	e.source("corp", true)
 	st := e.waitState(agent.StatePending)
 	require.Contains(t, st.Message, "waiting for a restart slot (at most 1 nodes restart at once)")
@@ -197,7 +198,7 @@ func TestNoRestartWithoutRuntimes(t *testing.T) {
 	src, status := t.TempDir(), &statusLog{}
 	dialed := false
 	a := agent.New(agent.Options{Root: root, Inputs: agent.NewDir(src, nil), Publisher: status, Resync: time.Hour,
-		Restarts: &agent.Restarts{Units: agent.DefaultRestartUnits, Systemd: func(context.Context) (systemd.Conn, error) {
+		Restarts: &restart.Options{Units: restart.DefaultUnits, Systemd: func(context.Context) (systemd.Conn, error) {
 			dialed = true
 			return nil, fmt.Errorf("no systemd here")
 		}},

@@ -64,16 +64,9 @@ func (a *Agent) uninstall(ctx context.Context) error {
 	if rep.Restart.Any() {
 		// Removed host-trust anchors stay trusted by running runtimes until
 		// they restart: restart them as after any trust store change.
-		if r := a.opts.Restarts; r == nil || r.Never {
-			a.log.Warn("restart pending: " + restartReason(rep) + " (restarts are off)")
-			if err := a.opts.Root.ClearRestarts(); err != nil {
-				return err
-			}
-		} else {
-			st := Status{State: StateReady}
-			if retry := a.restart(ctx, &st, rep); retry > 0 || st.State != StateReady {
-				return errors.New(st.Message)
-			}
+		st := Status{State: StateReady}
+		if retry := a.restart(&st, a.restarts.Leave(ctx, due(rep))); retry > 0 || st.State != StateReady {
+			return errors.New(st.Message)
 		}
 	}
 	if u, ok := a.opts.Publisher.(Unpublisher); ok {
