@@ -136,13 +136,10 @@ func (a *applier) planCreated(f File) ([]byte, *MergeState, bool) {
 // edited file is the edit without nodetrust's entries.
 func (a *applier) planRemerge(f File, cur []byte, at attrs, own ownership) ([]byte, *MergeState, bool) {
 	owned := a.old.Files[f.Path]
-	base := owned.Merge.Base
-	if own == mergedEdited {
-		var err error
-		if base, err = a.unmerge(owned.Merge, cur); err != nil {
-			a.fail(f.Path, err)
-			return nil, nil, false
-		}
+	base, err := a.baseOf(f.Path, cur, own)
+	if err != nil {
+		a.fail(f.Path, err)
+		return nil, nil, false
 	}
 	content, err := a.merge(f, base)
 	if err != nil {
@@ -201,28 +198,42 @@ func (a *applier) planRemoval(p string) {
 	if owned.Merge != nil {
 		merger = owned.Merge.Merger
 	}
-	own := a.ownershipOf(p, merger, cur)
-	if own == deleted {
+	switch own := a.ownershipOf(p, merger, cur); own {
+	case deleted:
 		delete(a.next.Files, p)
-		return
-	}
-	a.refreshNeeded = a.refreshNeeded || owned.Refresh
-	if own == ownFile || own == createdMerge {
+	case ownFile, createdMerge:
+		a.refreshNeeded = a.refreshNeeded || owned.Refresh
 		a.removes = append(a.removes, removeOp{path: p, owned: owned, undo: unlink})
+	case mergedIntact, mergedEdited:
+		a.refreshNeeded = a.refreshNeeded || owned.Refresh
+		a.planRestore(p, cur, at, own)
+	}
+}
+
+// planRestore plans giving a file nodetrust merged into, holding cur, its
+// base back: for an edited file, the edit without nodetrust's entries.
+func (a *applier) planRestore(p string, cur []byte, at attrs, own ownership) {
+	base, err := a.baseOf(p, cur, own)
+	if err != nil {
+		a.fail(p, err)
 		return
 	}
-	base := owned.Merge.Base
-	if own == mergedEdited {
-		if base, err = a.unmerge(owned.Merge, cur); err != nil {
-			a.fail(p, err)
-			return
-		}
-	}
-	rm := removeOp{path: p, owned: owned, undo: restoreBase, base: base, at: at}
+	rm := removeOp{path: p, owned: a.old.Files[p], undo: restoreBase, base: base, at: at}
 	if bytes.Equal(cur, base) {
 		rm.undo = baseInPlace
 	}
 	a.removes = append(a.removes, rm)
+}
+
+// baseOf is the content without nodetrust's entries of the file p that
+// nodetrust merged into, holding cur: the recorded base, or for an edited
+// file the edit with nodetrust's entries taken out.
+func (a *applier) baseOf(p string, cur []byte, own ownership) ([]byte, error) {
+	ms := a.old.Files[p].Merge
+	if own == mergedEdited {
+		return a.unmerge(ms, cur)
+	}
+	return ms.Base, nil
 }
 
 // create is what nodetrust writes for f where it owns the file outright:
