@@ -70,6 +70,8 @@ type Renderer interface {
 // nil result writes nothing (additions that only ever go into someone
 // else's file). Without it, File.Data is written.
 type Creator interface {
+	// Create returns what to write for ours where no file exists, or nil
+	// to write nothing.
 	Create(ours []byte) ([]byte, error)
 }
 
