@@ -24,6 +24,28 @@
 // recorded files, and the record's own). Created directories are 0755 and
 // files 0644 whatever the umask; a file written over someone's keeps its
 // owner and mode.
+//
+// The package is laid out by what each part does:
+//
+//   - hostfs.go: Root, opening and reading below it without symlinks.
+//   - ops.go: the system calls that change the host: mkdir, remove, the
+//     sweep of temporary files, and staged writes committed in batches.
+//   - lock.go: Root.Lock, the one-writer lock.
+//   - state.go: the ownership record (State, Owned, MergeState, Pending),
+//     LoadState, ClearRestarts and saving it.
+//   - apply.go: the API of an Apply (File, Merger, Creator, Renderer,
+//     Options, Result) and Apply itself, which plans and executes in
+//     phases: plain files, the intent, their writes, Late files and
+//     removals, the intent, their writes, removals, refresh, the record.
+//   - ownership.go: what a path is to nodetrust (an ownership: absent,
+//     deleted, ownFile, lostRecord, createdMerge, mergedIntact,
+//     mergedEdited, foreignMergeable, foreign), each case documented with
+//     what nodetrust does about it.
+//   - plan.go: the planner, which dispatches on the ownership of each
+//     desired path (planFile) and each one no longer desired (planRemoval)
+//     to writeOps and removeOps.
+//   - execute.go: carrying the plan out: the sweep, the intent, the writes
+//     and removals, empty directories, the refresh.
 package hostfs
 
 import (
