@@ -19,17 +19,11 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
-)
-
-// Node states reported in the nodetrust.io/state annotation.
-const (
-	StateReady    = "Ready"
-	StateDegraded = "Degraded"
-	StatePending  = "Pending"
 )
 
 // Inputs supplies the desired sources and the node's labels. Collect is only
@@ -47,26 +41,13 @@ type Inputs interface {
 // Events). It returns an error when the report did not get through, so the
 // agent retries it.
 type Publisher interface {
-	Publish(ctx context.Context, st Status, rep node.Report) (Published, error)
+	Publish(ctx context.Context, st annotation.Status, rep node.Report) (Published, error)
 }
 
 // Published says what a Publish call changed outside the node.
 type Published struct {
 	Patched bool // the Node's annotations
 	Events  int  // Kubernetes Events created
-}
-
-// Status is the node's state as reported by the agent.
-type Status struct {
-	State    string
-	Applied  string // short hash of the applied desired state
-	Sources  int
-	Message  string
-	Warnings int // warnings about sources or the node; they do not degrade it
-	// Verified and Unverified list, comma-separated and sorted, the
-	// registries whose pulls were checked (--verify) and do, or do not,
-	// verify; both "" when nothing was checked.
-	Verified, Unverified string
 }
 
 // Options configure an Agent.
@@ -298,12 +279,9 @@ func (a *Agent) logWarnings(rep node.Report) {
 	a.warnings = current
 }
 
-// maxMessage bounds nodetrust.io/message.
-const maxMessage = 512
-
 // StatusOf derives the node's status from a sync report.
-func StatusOf(rep node.Report) Status {
-	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.Warnings) + len(rep.NodeWarnings)}
+func StatusOf(rep node.Report) annotation.Status {
+	st := annotation.Status{State: annotation.StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.Warnings) + len(rep.NodeWarnings)}
 	var parts []string
 	for _, r := range rep.Rejected {
 		parts = append(parts, "rejected "+r.Error())
@@ -319,18 +297,10 @@ func StatusOf(rep node.Report) Status {
 	}
 	parts = append(parts, rep.NodeProblems...)
 	if len(parts) > 0 {
-		st.State = StateDegraded
-		st.Message = oneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))
+		st.State = annotation.StateDegraded
+		st.Message = annotation.OneLine(fmt.Sprintf("%d problem(s): %s", len(parts), strings.Join(parts, "; ")))
 	}
 	return st
-}
-
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > maxMessage {
-		s = s[:maxMessage-3] + "..."
-	}
-	return s
 }
 
 // runtimeVersioner is an Inputs that knows the node's container runtime

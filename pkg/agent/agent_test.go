@@ -27,6 +27,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
@@ -146,12 +147,12 @@ func TestAgentAppliesUpdatesAndRemoves(t *testing.T) {
 	_, err := e.client.CoreV1().Secrets(ns).Create(ctx, a, metav1.CreateOptions{})
 	require.NoError(t, err)
 	e.eventually(func() bool { return e.file(dockerFile) == string(a.Data["tls.crt"]) }, "applied")
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "1" }, "annotated")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "1" }, "annotated")
 	ann := e.annotations()
-	require.Equal(t, agent.StateReady, ann[agent.AnnotationState])
-	require.Equal(t, "", ann[agent.AnnotationMessage])
-	require.Len(t, ann[agent.AnnotationApplied], 12)
-	_, err = time.Parse(time.RFC3339, ann[agent.AnnotationSyncedAt])
+	require.Equal(t, annotation.StateReady, ann[annotation.KeyState])
+	require.Equal(t, "", ann[annotation.KeyMessage])
+	require.Len(t, ann[annotation.KeyApplied], 12)
+	_, err = time.Parse(time.RFC3339, ann[annotation.KeySyncedAt])
 	require.NoError(t, err)
 	require.True(t, e.agent.Ready())
 	require.NotContains(t, e.file("etc/containerd/certs.d/r.example:5000/hosts.toml"), "PRIVATE")
@@ -168,15 +169,15 @@ func TestAgentAppliesUpdatesAndRemoves(t *testing.T) {
 	// The fake clientset does not filter watches by label selector as the API
 	// server does; the agent's own label check must drop the source.
 	e.eventually(func() bool { return e.file(dockerFile) == "" }, "removed when unlabelled")
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "0" }, "count updated")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "0" }, "count updated")
 }
 
 func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	good := caSecret(t, "a", "r.example:5000", nil)
 	bad := caSecret(t, "bad", "r.example/../x", nil)
 	e := start(t, testNode(nil), good, bad)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateDegraded }, "degraded")
-	require.Contains(t, e.annotations()[agent.AnnotationMessage], "Secret nodetrust-system/bad: annotation nodetrust.io/registries")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] == annotation.StateDegraded }, "degraded")
+	require.Contains(t, e.annotations()[annotation.KeyMessage], "Secret nodetrust-system/bad: annotation nodetrust.io/registries")
 	require.Equal(t, string(good.Data["tls.crt"]), e.file(dockerFile), "the good source still applies")
 	require.True(t, e.agent.Ready(), "a rejected source does not hold back readiness")
 
@@ -237,7 +238,7 @@ func TestAgentNodeSelector(t *testing.T) {
 func TestAgentRestartIsQuiet(t *testing.T) {
 	a := caSecret(t, "a", "r.example:5000", nil)
 	e := start(t, testNode(nil), a)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "1" }, "applied")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "1" }, "applied")
 	e.stop()
 	mtimes := hostfstest.ModTimes(t, e.dir)
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
@@ -298,10 +299,10 @@ func TestReadyzBeforeFirstSync(t *testing.T) {
 }
 
 func TestStatusOf(t *testing.T) {
-	require.Equal(t, agent.Status{State: agent.StateReady, Applied: "h"}, agent.StatusOf(node.Report{Hash: "h"}))
+	require.Equal(t, annotation.Status{State: annotation.StateReady, Applied: "h"}, agent.StatusOf(node.Report{Hash: "h"}))
 	long := strings.Repeat("x ", 600)
 	st := agent.StatusOf(node.Report{Rejected: []*source.Rejection{{ID: source.ID{Kind: "Secret", Namespace: "a", Name: "b"}, Reason: "bad\nthing " + long}}})
-	require.Equal(t, agent.StateDegraded, st.State)
+	require.Equal(t, annotation.StateDegraded, st.State)
 	require.True(t, strings.HasPrefix(st.Message, "1 problem(s): rejected Secret a/b: bad thing x x"))
 	require.NotContains(t, st.Message, "\n")
 	require.LessOrEqual(t, len(st.Message), 512)
@@ -375,9 +376,9 @@ func TestAgentCountsWarnings(t *testing.T) {
 	s.Data["tls.crt"] = expired.CertPEM()
 	e := start(t, testNode(nil), s)
 	// The expired CA, and no containerd config.toml to check config_path in.
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationWarnings] == "2" }, "warnings counted in the Node's status")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyWarnings] == "2" }, "warnings counted in the Node's status")
 	ann := e.annotations()
-	require.Equal(t, agent.StateReady, ann[agent.AnnotationState], "a warning does not degrade")
-	require.Empty(t, ann[agent.AnnotationMessage])
+	require.Equal(t, annotation.StateReady, ann[annotation.KeyState], "a warning does not degrade")
+	require.Empty(t, ann[annotation.KeyMessage])
 	require.Equal(t, 2.0, metricValue(t, e.agent, "nodetrust_warnings"))
 }

@@ -21,28 +21,13 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
-// Node annotations of the external contract.
-const (
-	AnnotationState    = "nodetrust.io/state"
-	AnnotationApplied  = "nodetrust.io/applied"
-	AnnotationSources  = "nodetrust.io/sources"
-	AnnotationMessage  = "nodetrust.io/message"
-	AnnotationSyncedAt = "nodetrust.io/synced-at"
-	// AnnotationWarnings counts warnings (expired or mismatched
-	// certificates, unsupported host trust, an unverifiable containerd
-	// config); an extension of the contract, for `nodetrust status`.
-	AnnotationWarnings = "nodetrust.io/warnings"
-	// AnnotationVerified and AnnotationUnverified list, comma-separated,
-	// the registries of the applied sources whose pulls verify, or do not
-	// (--verify; an unreachable registry is unverified without degrading
-	// the node). Extensions, for `nodetrust status --registry`.
-	AnnotationVerified   = "nodetrust.io/verified"
-	AnnotationUnverified = "nodetrust.io/unverified"
-)
+// ConditionType is annotation.ConditionType, as a Node condition type.
+const ConditionType corev1.NodeConditionType = annotation.ConditionType
 
 // EventReason is the reason of the Event emitted for a rejected source.
 const EventReason = "Rejected"
@@ -69,10 +54,10 @@ type Cluster struct {
 	nodes     corelisters.NodeLister
 
 	objects     map[source.ID]corev1.ObjectReference // of the last Collect, for Events
-	lastPatched Status
-	lastCond    corev1.NodeCondition // last NodeTrustReady patched
-	emitted     map[source.ID]string // rejection reason already reported
-	verifyEv    map[string]bool      // verification Events already created, by name
+	lastPatched map[string]string                    // the annotations last patched, without synced-at
+	lastCond    corev1.NodeCondition                 // last NodeTrustReady patched
+	emitted     map[source.ID]string                 // rejection reason already reported
+	verifyEv    map[string]bool                      // verification Events already created, by name
 
 	// While Wait blocks: when it started and the informers' last error.
 	waitMu    sync.Mutex
@@ -276,7 +261,7 @@ func ref(kind string, m *metav1.ObjectMeta) corev1.ObjectReference {
 
 // Publish patches the Node's annotations when a value changed and creates
 // one Event per rejection, shared by every node.
-func (c *Cluster) Publish(ctx context.Context, st Status, rep node.Report) (Published, error) {
+func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep node.Report) (Published, error) {
 	var pub Published
 	events, evErr := c.emitEvents(ctx, rep.Rejected)
 	pub.Events = events
@@ -292,27 +277,12 @@ func (c *Cluster) Publish(ctx context.Context, st Status, rep node.Report) (Publ
 	return pub, err
 }
 
-// ConditionType is the Node condition nodetrust sets (SPEC §4).
-const ConditionType corev1.NodeConditionType = "NodeTrustReady"
-
-// Condition reasons, by state.
-const (
-	ReasonApplied        = "Applied"
-	ReasonDegraded       = "Degraded"
-	ReasonRestartPending = "RestartPending"
-)
-
 // condition is the NodeTrustReady condition for st, without times.
-func condition(st Status) corev1.NodeCondition {
-	c := corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionFalse, Message: st.Message}
-	switch st.State {
-	case StateReady:
-		c.Status, c.Reason = corev1.ConditionTrue, ReasonApplied
-		c.Message = fmt.Sprintf("%d sources applied (state %s)", st.Sources, st.Applied)
-	case StatePending:
-		c.Reason = ReasonRestartPending
-	default:
-		c.Reason = ReasonDegraded
+func condition(st annotation.Status) corev1.NodeCondition {
+	want := st.Condition()
+	c := corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionFalse, Reason: want.Reason, Message: want.Message}
+	if want.True {
+		c.Status = corev1.ConditionTrue
 	}
 	return c
 }
@@ -320,7 +290,7 @@ func condition(st Status) corev1.NodeCondition {
 // patchCondition sets the NodeTrustReady condition through nodes/status when
 // its status, reason or message changed; the transition time moves only with
 // the status.
-func (c *Cluster) patchCondition(ctx context.Context, st Status) (bool, error) {
+func (c *Cluster) patchCondition(ctx context.Context, st annotation.Status) (bool, error) {
 	want := condition(st)
 	same := func(a corev1.NodeCondition) bool {
 		return a.Status == want.Status && a.Reason == want.Reason && a.Message == want.Message
@@ -386,28 +356,16 @@ func (c *Cluster) RemoveTaint(ctx context.Context, key string) (bool, error) {
 	return true, nil
 }
 
-func annotations(st Status) map[string]string {
-	return map[string]string{
-		AnnotationState:      st.State,
-		AnnotationApplied:    st.Applied,
-		AnnotationSources:    fmt.Sprint(st.Sources),
-		AnnotationMessage:    st.Message,
-		AnnotationWarnings:   fmt.Sprint(st.Warnings),
-		AnnotationVerified:   st.Verified,
-		AnnotationUnverified: st.Unverified,
-	}
-}
-
-func (c *Cluster) patchNode(ctx context.Context, st Status) (bool, error) {
-	want := annotations(st)
-	if st == c.lastPatched {
+func (c *Cluster) patchNode(ctx context.Context, st annotation.Status) (bool, error) {
+	want := annotation.Encode(st, time.Time{})
+	if maps.Equal(want, c.lastPatched) {
 		return false, nil
 	}
 	if n, err := c.nodes.Get(c.nodeName); err == nil && hasAnnotations(n.Annotations, want) {
-		c.lastPatched = st
+		c.lastPatched = want
 		return false, nil
 	}
-	patch := map[string]any{"metadata": map[string]any{"annotations": withSyncedAt(want, c.now())}}
+	patch := map[string]any{"metadata": map[string]any{"annotations": annotation.Encode(st, c.now())}}
 	data, err := json.Marshal(patch)
 	if err != nil {
 		return false, err
@@ -415,14 +373,8 @@ func (c *Cluster) patchNode(ctx context.Context, st Status) (bool, error) {
 	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
 		return false, fmt.Errorf("patch node %s: %w", c.nodeName, err)
 	}
-	c.lastPatched = st
+	c.lastPatched = want
 	return true, nil
-}
-
-func withSyncedAt(m map[string]string, now time.Time) map[string]string {
-	out := maps.Clone(m)
-	out[AnnotationSyncedAt] = now.UTC().Format(time.RFC3339)
-	return out
 }
 
 func hasAnnotations(have, want map[string]string) bool {
@@ -483,7 +435,7 @@ func (c *Cluster) event(id source.ID, reason, message string) *corev1.Event {
 		ObjectMeta:          metav1.ObjectMeta{Name: name + ".nodetrust-" + hex.EncodeToString(sum[:])[:10], Namespace: id.Namespace},
 		InvolvedObject:      obj,
 		Reason:              reason,
-		Message:             oneLine(message),
+		Message:             annotation.OneLine(message),
 		Type:                corev1.EventTypeWarning,
 		Source:              corev1.EventSource{Component: "nodetrust", Host: c.nodeName},
 		FirstTimestamp:      now,

@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
@@ -52,7 +53,7 @@ func TestAgentNodeTrustReadyCondition(t *testing.T) {
 	e := start(t, node, caSecret(t, "a", "r.example:5000", nil))
 	e.eventually(func() bool { c := e.condition(); return c != nil && c.Status == corev1.ConditionTrue }, "NodeTrustReady True")
 	c := e.condition()
-	require.Equal(t, agent.ReasonApplied, c.Reason)
+	require.Equal(t, annotation.ReasonApplied, c.Reason)
 	require.Contains(t, c.Message, "1 sources applied")
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	require.NoError(t, err)
@@ -68,8 +69,8 @@ func TestAgentNodeTrustReadyCondition(t *testing.T) {
 	require.NoError(t, err)
 	e.eventually(func() bool { c := e.condition(); return c != nil && c.Status == corev1.ConditionFalse }, "NodeTrustReady False")
 	c = e.condition()
-	require.Equal(t, agent.ReasonDegraded, c.Reason)
-	require.Equal(t, e.annotations()[agent.AnnotationMessage], c.Message)
+	require.Equal(t, annotation.ReasonDegraded, c.Reason)
+	require.Equal(t, e.annotations()[annotation.KeyMessage], c.Message)
 }
 
 // --startup-taint: the taint goes after the first complete sync, and

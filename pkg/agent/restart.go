@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 )
@@ -104,7 +105,7 @@ func (a *Agent) notRestartedSince(ctx context.Context, rs *systemd.Restarter, un
 // restart handles a pending restart and adjusts the status. It returns
 // when to try again (waiting for a slot, systemd unreachable, a failed
 // restart backing off), or 0.
-func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry time.Duration) {
+func (a *Agent) restart(ctx context.Context, st *annotation.Status, rep node.Report) (retry time.Duration) {
 	r := a.opts.Restarts
 	if !rep.Runtimes { // no runtime on the node caches the old trust store
 		if err := a.opts.Root.ClearRestarts(); err != nil {
@@ -189,21 +190,21 @@ func (a *Agent) restart(ctx context.Context, st *Status, rep node.Report) (retry
 	return 0
 }
 
-func pending(st *Status, msg string) {
-	if st.State == StateReady {
-		st.State = StatePending
+func pending(st *annotation.Status, msg string) {
+	if st.State == annotation.StateReady {
+		st.State = annotation.StatePending
 	}
 	st.Message = joinMessage(st.Message, msg)
 }
 
-func degrade(st *Status, msg string) {
-	st.State = StateDegraded
+func degrade(st *annotation.Status, msg string) {
+	st.State = annotation.StateDegraded
 	st.Message = joinMessage(st.Message, msg)
 }
 
 func joinMessage(a, b string) string {
 	if a == "" {
-		return oneLine(b)
+		return annotation.OneLine(b)
 	}
-	return oneLine(strings.Join([]string{a, b}, "; "))
+	return annotation.OneLine(strings.Join([]string{a, b}, "; "))
 }

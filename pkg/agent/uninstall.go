@@ -9,6 +9,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/types"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
@@ -70,8 +71,8 @@ func (a *Agent) uninstall(ctx context.Context) error {
 				return err
 			}
 		} else {
-			st := Status{State: StateReady}
-			if retry := a.restart(ctx, &st, rep); retry > 0 || st.State != StateReady {
+			st := annotation.Status{State: annotation.StateReady}
+			if retry := a.restart(ctx, &st, rep); retry > 0 || st.State != annotation.StateReady {
 				return errors.New(st.Message)
 			}
 		}
@@ -86,7 +87,7 @@ func (a *Agent) uninstall(ctx context.Context) error {
 // condition from the Node.
 func (c *Cluster) Unpublish(ctx context.Context) error {
 	gone := map[string]any{}
-	for k := range withSyncedAt(annotations(Status{}), time.Time{}) {
+	for _, k := range annotation.Keys() {
 		gone[k] = nil
 	}
 	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": gone}})

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 )
 
@@ -140,7 +141,7 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 // withVerification degrades a Ready status when a registry does not verify
 // and adds each failure to the message; an unreachable registry does not
 // degrade it.
-func withVerification(st Status, results []Verification) Status {
+func withVerification(st annotation.Status, results []Verification) annotation.Status {
 	var parts, ok, bad []string
 	for _, r := range results {
 		if r.OK {
@@ -152,17 +153,17 @@ func withVerification(st Status, results []Verification) Status {
 			parts = append(parts, fmt.Sprintf("registry %s not verified: %s", r.Registry, r.Reason))
 		}
 	}
-	st.Verified, st.Unverified = strings.Join(ok, ","), strings.Join(bad, ",")
+	st.Verified, st.Unverified = ok, bad
 	if len(parts) == 0 {
 		return st
 	}
-	if st.State == StateReady {
-		st.State = StateDegraded
+	if st.State == annotation.StateReady {
+		st.State = annotation.StateDegraded
 	}
 	msg := strings.Join(parts, "; ")
 	if st.Message != "" {
 		msg = st.Message + "; " + msg
 	}
-	st.Message = oneLine(msg)
+	st.Message = annotation.OneLine(msg)
 	return st
 }
