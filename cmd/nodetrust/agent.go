@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/check"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/lease"
@@ -139,8 +140,8 @@ func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 		if err != nil {
 			return opts, err
 		}
-		cluster := agent.NewCluster(client, f.nodeName, namespaces)
-		opts.Inputs, opts.Publisher = cluster, cluster
+		k := cluster.New(client, f.nodeName, namespaces)
+		opts.Inputs, opts.Publisher = k, k
 		slotsNS := os.Getenv("POD_NAMESPACE")
 		if slotsNS == "" {
 			slotsNS = namespaces[0]

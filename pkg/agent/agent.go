@@ -3,8 +3,15 @@
 // triggered: every event — a source or Node change, a file drifting, a
 // periodic resync — requests one sync, and a single worker recomputes the
 // whole desired state and applies it with the same code as `nodetrust
-// apply`. It never syncs before its caches are complete, so an empty cache
+// apply`. It never syncs before its Inputs are complete, so an empty cache
 // can never read as "remove every CA".
+//
+// The package is the loop and its policies: drift watching, the restart of
+// container runtimes after a trust store change, registry verification,
+// health and metrics, uninstall. It knows no Kubernetes API types: it
+// defines what it needs from outside (Inputs, Publisher, TaintRemover,
+// Unpublisher), which pkg/cluster implements over the API and Dir over a
+// manifest directory, and it reports a pkg/annotation Status.
 package agent
 
 import (
@@ -322,7 +329,8 @@ func (a *Agent) nodeOptions(nodeLabels labels.Set) node.Options {
 	return opts
 }
 
-// TaintRemover removes a taint from the agent's Node; Cluster implements it.
+// TaintRemover removes a taint from the agent's Node; cluster.Cluster
+// implements it.
 type TaintRemover interface {
 	RemoveTaint(ctx context.Context, key string) (bool, error)
 }
@@ -349,7 +357,7 @@ func (a *Agent) removeStartupTaint(ctx context.Context) bool {
 	return done
 }
 
-// waiter is an Inputs that can say why Wait has not returned yet (Cluster:
+// waiter is an Inputs that can say why Wait has not returned yet (cluster:
 // the API server cannot be reached or refuses the agent).
 type waiter interface{ Waiting() string }
 
@@ -384,7 +392,7 @@ func (a *Agent) logWaiting() (stop func()) {
 	return sync.OnceFunc(func() { close(done) })
 }
 
-// verificationPublisher reports registries that do not verify (Cluster:
+// verificationPublisher reports registries that do not verify (cluster:
 // Events on the sources that name them).
 type verificationPublisher interface {
 	PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error)

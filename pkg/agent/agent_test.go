@@ -16,19 +16,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
+	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/node"
@@ -82,8 +79,8 @@ func startWith(t *testing.T, dir string, opts func(*agent.Options), objs ...runt
 	root, err := hostfs.Open(e.dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	cluster := agent.NewCluster(fakeAPI{e.client}, "n1", []string{ns})
-	o := agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour, Retry: 50 * time.Millisecond,
+	k := cluster.New(clustertest.API{Client: e.client}, "n1", []string{ns})
+	o := agent.Options{Root: root, Inputs: k, Publisher: k, Resync: time.Hour, Retry: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if opts != nil {
 		opts(&o)
@@ -185,7 +182,7 @@ func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, events.Items, 1)
 	ev := events.Items[0]
-	require.Equal(t, agent.EventReason, ev.Reason)
+	require.Equal(t, cluster.EventReason, ev.Reason)
 	require.Equal(t, corev1.EventTypeWarning, ev.Type)
 	require.Equal(t, "Secret", ev.InvolvedObject.Kind)
 	require.Equal(t, "bad", ev.InvolvedObject.Name)
@@ -202,26 +199,6 @@ func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	e.eventually(func() bool { return metricValue(t, e.agent, "nodetrust_syncs_total") > syncs }, "another sync")
 	require.Equal(t, 1, e.actions("create", "events"))
 	require.Equal(t, patches, e.actions("patch", "nodes"))
-}
-
-func TestAgentEventAlreadyCreatedByAnotherNode(t *testing.T) {
-	bad := caSecret(t, "bad", "a b", nil)
-	client := fake.NewClientset(testNode(nil), bad)
-	client.PrependReactor("create", "events", func(k8stesting.Action) (bool, runtime.Object, error) {
-		return true, nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "events"}, "x")
-	})
-	cluster := agent.NewCluster(fakeAPI{client}, "n1", []string{ns})
-	ctx := context.Background()
-	require.NoError(t, cluster.Wait(ctx, func() {}))
-	set, _ := cluster.Collect()
-	rep := node.Report{Rejected: set.Rejected}
-	pub, err := cluster.Publish(ctx, agent.StatusOf(rep), rep)
-	require.NoError(t, err)
-	require.Equal(t, 0, pub.Events)
-	require.True(t, pub.Patched)
-	pub, err = cluster.Publish(ctx, agent.StatusOf(rep), rep)
-	require.NoError(t, err)
-	require.Equal(t, agent.Published{}, pub, "nothing new to publish")
 }
 
 func TestAgentNodeSelector(t *testing.T) {
@@ -326,48 +303,6 @@ func metricValue(t *testing.T, a *agent.Agent, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
-}
-
-// fakeAPI adapts the fake clientset to agent.API; the real one, kube.Client,
-// is tested against a real API server in test/cluster.
-type fakeAPI struct{ c *fake.Clientset }
-
-func (f fakeAPI) ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher {
-	ctx := context.Background()
-	return &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-			tweak(&o)
-			switch resource {
-			case "secrets":
-				return f.c.CoreV1().Secrets(namespace).List(ctx, o)
-			case "configmaps":
-				return f.c.CoreV1().ConfigMaps(namespace).List(ctx, o)
-			default:
-				return f.c.CoreV1().Nodes().List(ctx, o)
-			}
-		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-			tweak(&o)
-			switch resource {
-			case "secrets":
-				return f.c.CoreV1().Secrets(namespace).Watch(ctx, o)
-			case "configmaps":
-				return f.c.CoreV1().ConfigMaps(namespace).Watch(ctx, o)
-			default:
-				return f.c.CoreV1().Nodes().Watch(ctx, o)
-			}
-		},
-	}
-}
-
-func (f fakeAPI) PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error {
-	_, err := f.c.CoreV1().Nodes().Patch(ctx, name, pt, patch, metav1.PatchOptions{}, subresources...)
-	return err
-}
-
-func (f fakeAPI) CreateEvent(ctx context.Context, ev *corev1.Event) error {
-	_, err := f.c.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
-	return err
 }
 
 func TestAgentCountsWarnings(t *testing.T) {

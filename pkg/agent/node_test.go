@@ -20,6 +20,8 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
+	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
@@ -28,7 +30,7 @@ func (e *env) condition() *corev1.NodeCondition {
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	require.NoError(e.t, err)
 	for _, c := range n.Status.Conditions {
-		if c.Type == agent.ConditionType {
+		if c.Type == cluster.ConditionType {
 			return &c
 		}
 	}
@@ -96,7 +98,7 @@ func TestAgentRemovesStartupTaint(t *testing.T) {
 }
 
 // downAPI fails every list, as an unreachable API server does.
-type downAPI struct{ fakeAPI }
+type downAPI struct{ clustertest.API }
 
 func (downAPI) ListWatch(string, string, func(*metav1.ListOptions)) cache.ListerWatcher {
 	return &cache.ListWatch{
@@ -113,15 +115,15 @@ func TestAgentSaysWhileAPIServerIsDown(t *testing.T) {
 	root, err := hostfs.Open(t.TempDir())
 	require.NoError(t, err)
 	defer root.Close()
-	cluster := agent.NewCluster(downAPI{}, "n1", []string{ns})
-	a := agent.New(agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour,
+	k := cluster.New(downAPI{}, "n1", []string{ns})
+	a := agent.New(agent.Options{Root: root, Inputs: k, Publisher: k, Resync: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	require.Eventually(t, func() bool { return strings.Contains(cluster.Waiting(), "connection refused") }, 5*time.Second, 20*time.Millisecond)
-	require.Contains(t, cluster.Waiting(), "waiting for the API server for ")
+	require.Eventually(t, func() bool { return strings.Contains(k.Waiting(), "connection refused") }, 5*time.Second, 20*time.Millisecond)
+	require.Contains(t, k.Waiting(), "waiting for the API server for ")
 
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
 
@@ -66,7 +67,7 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	evs, err := e.client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
 	require.NoError(t, err)
 	require.Len(t, evs.Items, 1, "on the one source that names bad.example")
-	require.Equal(t, agent.EventReasonNotVerified, evs.Items[0].Reason)
+	require.Equal(t, cluster.EventReasonNotVerified, evs.Items[0].Reason)
 	require.Equal(t, "a", evs.Items[0].InvolvedObject.Name)
 	require.Contains(t, evs.Items[0].Message, "registry bad.example does not verify: containerd: unknown-authority")
 

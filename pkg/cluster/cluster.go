@@ -1,4 +1,12 @@
-package agent
+// Package cluster is the agent's Kubernetes adapter. A Cluster reads the
+// labelled CA sources and the agent's own Node through informers (caches
+// that hold only certificate keys, never a private key), and publishes each
+// sync's outcome: the pkg/annotation Status as Node annotations and the
+// NodeTrustReady condition, Events on rejected sources and on registries
+// that do not verify, and the removal of the startup taint. It implements
+// the interfaces pkg/agent defines (Inputs, Publisher, TaintRemover,
+// Unpublisher); it talks to the API through API, which pkg/kube implements.
+package cluster
 
 import (
 	"cmp"
@@ -21,6 +29,7 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
+	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
@@ -32,8 +41,8 @@ const ConditionType corev1.NodeConditionType = annotation.ConditionType
 // EventReason is the reason of the Event emitted for a rejected source.
 const EventReason = "Rejected"
 
-// API is what the agent needs from the Kubernetes API; kube.Client
-// implements it.
+// API is what a Cluster needs from the Kubernetes API; kube.Client
+// implements it (clustertest.API fakes it).
 type API interface {
 	ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher
 	PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error
@@ -66,8 +75,8 @@ type Cluster struct {
 	synced    bool
 }
 
-// NewCluster watches labelled sources in namespaces and the Node nodeName.
-func NewCluster(api API, nodeName string, namespaces []string) *Cluster {
+// New watches labelled sources in namespaces and the Node nodeName.
+func New(api API, nodeName string, namespaces []string) *Cluster {
 	return &Cluster{api: api, nodeName: nodeName, namespaces: namespaces, now: time.Now, emitted: map[source.ID]string{}}
 }
 
@@ -261,8 +270,8 @@ func ref(kind string, m *metav1.ObjectMeta) corev1.ObjectReference {
 
 // Publish patches the Node's annotations when a value changed and creates
 // one Event per rejection, shared by every node.
-func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep node.Report) (Published, error) {
-	var pub Published
+func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep node.Report) (agent.Published, error) {
+	var pub agent.Published
 	events, evErr := c.emitEvents(ctx, rep.Rejected)
 	pub.Events = events
 	patched, err := c.patchNode(ctx, st)
@@ -453,7 +462,7 @@ const EventReasonNotVerified = "RegistryNotVerified"
 // PublishVerification creates one Event per source and failure reason for
 // each registry that does not verify (a TLS failure: unreachable registries
 // make none). Nodes that find the same share the Event.
-func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error) {
+func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, results []agent.Verification) (int, error) {
 	if c.verifyEv == nil {
 		c.verifyEv = map[string]bool{}
 	}
@@ -505,4 +514,28 @@ func (c *Cluster) createEvent(ctx context.Context, ev *corev1.Event) (int, error
 		return 0, nil
 	}
 	return 0, fmt.Errorf("create event for %s %s/%s: %w", ev.InvolvedObject.Kind, ev.InvolvedObject.Namespace, ev.InvolvedObject.Name, err)
+}
+
+// Unpublish removes nodetrust's annotations and its NodeTrustReady
+// condition from the Node.
+func (c *Cluster) Unpublish(ctx context.Context) error {
+	gone := map[string]any{}
+	for _, k := range annotation.Keys() {
+		gone[k] = nil
+	}
+	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": gone}})
+	if err != nil {
+		return err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
+		return fmt.Errorf("remove annotations of node %s: %w", c.nodeName, err)
+	}
+	cond, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []map[string]any{{"type": ConditionType, "$patch": "delete"}}}})
+	if err != nil {
+		return err
+	}
+	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, cond, "status"); err != nil {
+		return fmt.Errorf("remove the %s condition of node %s: %w", ConditionType, c.nodeName, err)
+	}
+	return nil
 }
