@@ -147,16 +147,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("wait for inputs: %w", err)
 	}
-	var drift *driftWatch
-	if !a.opts.NoDrift {
-		var err error
-		if drift, err = newDriftWatch(a.opts.Root, a.Trigger, a.log); err != nil {
-			// e.g. the node's inotify instance limit: the resync still repairs drift.
-			a.log.Warn("file watch unavailable; drift is repaired on resync only", "err", err, "resync", a.opts.Resync)
-			drift = nil
-		} else {
-			defer drift.close()
-		}
+	drift := a.watchDrift()
+	if drift != nil {
+		defer drift.close()
 	}
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
@@ -178,23 +171,49 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.verified.due = true
 		}
 		retry = nil
-		var delay time.Duration
-		var owned []string
-		if err := a.locked(ctx, func() { delay, owned = a.sync(ctx) }); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			a.metrics.syncFailed()
-			a.log.Error("sync failed", "err", err)
-			delay = a.opts.Retry
+		delay, ok := a.syncLocked(ctx, drift)
+		if !ok {
+			return nil
 		}
 		if delay > 0 {
 			retry = time.After(delay)
 		}
-		if drift != nil && owned != nil {
-			drift.update(owned)
-		}
 	}
+}
+
+// watchDrift starts the file notifications, or returns nil when they are
+// off or unavailable.
+func (a *Agent) watchDrift() *driftWatch {
+	if a.opts.NoDrift {
+		return nil
+	}
+	drift, err := newDriftWatch(a.opts.Root, a.Trigger, a.log)
+	if err != nil {
+		// e.g. the node's inotify instance limit: the resync still repairs drift.
+		a.log.Warn("file watch unavailable; drift is repaired on resync only", "err", err, "resync", a.opts.Resync)
+		return nil
+	}
+	return drift
+}
+
+// syncLocked runs one sync under the lock and points drift (when not nil)
+// at the files owned afterwards. It returns when to sync again (0: on the
+// next event), and false when ctx ended while it waited for the lock.
+func (a *Agent) syncLocked(ctx context.Context, drift *driftWatch) (time.Duration, bool) {
+	var delay time.Duration
+	var owned []string
+	if err := a.locked(ctx, func() { delay, owned = a.sync(ctx) }); err != nil {
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		a.metrics.syncFailed()
+		a.log.Error("sync failed", "err", err)
+		delay = a.opts.Retry
+	}
+	if drift != nil && owned != nil {
+		drift.update(owned)
+	}
+	return delay, true
 }
 
 // locked runs fn holding the host root's lock, so that no `nodetrust

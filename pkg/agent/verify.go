@@ -103,6 +103,24 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 			}
 		}
 	}
+	results, checked := a.verifyAll(ctx, regs, last)
+	*v = verified{hash: rep.Hash, at: now, results: results, keys: keys}
+	failed := 0
+	for _, r := range results {
+		if !r.OK {
+			failed++
+			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
+		}
+	}
+	a.log.Info("registries verified", "registries", len(results), "checked", checked, "failed", failed, "duration", time.Since(now))
+	a.metrics.verifiedRegistries(results)
+	return results
+}
+
+// verifyAll returns the results of regs: those in last stand, the others
+// are verified, verifyConcurrency at a time. It also returns how many it
+// verified.
+func (a *Agent) verifyAll(ctx context.Context, regs []string, last map[string]Verification) ([]Verification, int) {
 	results := make([]Verification, len(regs))
 	sem := make(chan struct{}, verifyConcurrency)
 	var wg sync.WaitGroup
@@ -125,17 +143,7 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 		}()
 	}
 	wg.Wait()
-	*v = verified{hash: rep.Hash, at: now, results: results, keys: keys}
-	failed := 0
-	for _, r := range results {
-		if !r.OK {
-			failed++
-			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
-		}
-	}
-	a.log.Info("registries verified", "registries", len(results), "checked", checked, "failed", failed, "duration", time.Since(now))
-	a.metrics.verifiedRegistries(results)
-	return results
+	return results, checked
 }
 
 // withVerification degrades a Ready status when a registry does not verify

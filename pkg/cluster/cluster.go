@@ -104,6 +104,29 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 	c.waitMu.Lock()
 	c.waitSince = c.now()
 	c.waitMu.Unlock()
+	if err := c.informSources(notify); err != nil {
+		return err
+	}
+	if err := c.informNode(notify); err != nil {
+		return err
+	}
+	synced := make([]cache.InformerSynced, len(c.informers))
+	for i, inf := range c.informers {
+		go inf.RunWithContext(ctx)
+		synced[i] = inf.HasSynced
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+		return fmt.Errorf("caches did not sync: %w", ctx.Err())
+	}
+	c.waitMu.Lock()
+	c.synced = true
+	c.waitMu.Unlock()
+	return nil
+}
+
+// informSources makes the informers of the labelled Secrets and ConfigMaps
+// of every namespace; any change of theirs calls notify.
+func (c *Cluster) informSources(notify func()) error {
 	onChange := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { notify() },
 		UpdateFunc: func(any, any) { notify() },
@@ -122,6 +145,12 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 		c.secrets = append(c.secrets, corelisters.NewSecretLister(si.GetIndexer()))
 		c.configMap = append(c.configMap, corelisters.NewConfigMapLister(ci.GetIndexer()))
 	}
+	return nil
+}
+
+// informNode makes the informer of the agent's own Node; its creation,
+// deletion and a change of its labels call notify.
+func (c *Cluster) informNode(notify func()) error {
 	ownNode := func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", c.nodeName).String()
 	}
@@ -139,17 +168,6 @@ func (c *Cluster) Wait(ctx context.Context, notify func()) error {
 		return err
 	}
 	c.nodes = corelisters.NewNodeLister(ni.GetIndexer())
-	synced := make([]cache.InformerSynced, len(c.informers))
-	for i, inf := range c.informers {
-		go inf.RunWithContext(ctx)
-		synced[i] = inf.HasSynced
-	}
-	if !cache.WaitForCacheSync(ctx.Done(), synced...) {
-		return fmt.Errorf("caches did not sync: %w", ctx.Err())
-	}
-	c.waitMu.Lock()
-	c.synced = true
-	c.waitMu.Unlock()
 	return nil
 }
 
