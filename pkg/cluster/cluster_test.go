@@ -17,11 +17,23 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
+	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
 const ns = "nodetrust-system"
+
+// The agent finds what a Cluster does through these interfaces, some by a
+// type assertion: a signature drifting apart must not compile.
+var (
+	_ cluster.API        = (*kube.Client)(nil)
+	_ cluster.API        = clustertest.API{}
+	_ agent.Inputs       = (*cluster.Cluster)(nil)
+	_ agent.Publisher    = (*cluster.Cluster)(nil)
+	_ agent.TaintRemover = (*cluster.Cluster)(nil)
+	_ agent.Unpublisher  = (*cluster.Cluster)(nil)
+)
 
 // rejectedSecret is a labelled CA Secret whose registries do not parse.
 func rejectedSecret(t *testing.T, name string) *corev1.Secret {
