@@ -6,21 +6,20 @@
 // that do not verify, and the removal of the startup taint. It implements
 // the interfaces pkg/agent defines (Inputs, Publisher, TaintRemover,
 // Unpublisher); it talks to the API through API, which pkg/kube implements.
+//
+// cluster.go reads (informers, Collect), node.go writes the Node
+// (annotations, condition, taint, Unpublish) and events.go creates the
+// Events.
 package cluster
 
 import (
-	"cmp"
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/labels"
@@ -29,17 +28,8 @@ import (
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 
-	"github.com/nodetrust/nodetrust/pkg/agent"
-	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
-
-// ConditionType is annotation.ConditionType, as a Node condition type.
-const ConditionType corev1.NodeConditionType = annotation.ConditionType
-
-// EventReason is the reason of the Event emitted for a rejected source.
-const EventReason = "Rejected"
 
 // API is what a Cluster needs from the Kubernetes API; kube.Client
 // implements it (clustertest.API fakes it).
@@ -284,276 +274,4 @@ func rejection(id source.ID, err error) *source.Rejection {
 
 func ref(kind string, m *metav1.ObjectMeta) corev1.ObjectReference {
 	return corev1.ObjectReference{Kind: kind, APIVersion: "v1", Namespace: m.Namespace, Name: m.Name, UID: m.UID, ResourceVersion: m.ResourceVersion}
-}
-
-// Publish patches the Node's annotations when a value changed and creates
-// one Event per rejection, shared by every node.
-func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep node.Report) (agent.Published, error) {
-	var pub agent.Published
-	events, evErr := c.emitEvents(ctx, rep.Rejected)
-	pub.Events = events
-	patched, err := c.patchNode(ctx, st)
-	pub.Patched = patched
-	if err == nil {
-		pub.Patched, err = c.patchCondition(ctx, st)
-		pub.Patched = pub.Patched || patched
-	}
-	if err == nil {
-		err = evErr
-	}
-	return pub, err
-}
-
-// condition is the NodeTrustReady condition for st, without times.
-func condition(st annotation.Status) corev1.NodeCondition {
-	want := st.Condition()
-	c := corev1.NodeCondition{Type: ConditionType, Status: corev1.ConditionFalse, Reason: want.Reason, Message: want.Message}
-	if want.True {
-		c.Status = corev1.ConditionTrue
-	}
-	return c
-}
-
-// patchCondition sets the NodeTrustReady condition through nodes/status when
-// its status, reason or message changed; the transition time moves only with
-// the status.
-func (c *Cluster) patchCondition(ctx context.Context, st annotation.Status) (bool, error) {
-	want := condition(st)
-	same := func(a corev1.NodeCondition) bool {
-		return a.Status == want.Status && a.Reason == want.Reason && a.Message == want.Message
-	}
-	if c.lastCond.Type != "" && same(c.lastCond) {
-		return false, nil
-	}
-	now := metav1.NewTime(c.now().UTC().Truncate(time.Second))
-	want.LastHeartbeatTime, want.LastTransitionTime = now, now
-	if n, err := c.nodes.Get(c.nodeName); err == nil {
-		for _, have := range n.Status.Conditions {
-			if have.Type != ConditionType {
-				continue
-			}
-			if same(have) {
-				c.lastCond = have
-				return false, nil
-			}
-			if have.Status == want.Status {
-				want.LastTransitionTime = have.LastTransitionTime
-			}
-		}
-	}
-	data, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []corev1.NodeCondition{want}}})
-	if err != nil {
-		return false, err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, data, "status"); err != nil {
-		return false, fmt.Errorf("patch node %s status: %w", c.nodeName, err)
-	}
-	c.lastCond = want
-	return true, nil
-}
-
-// RemoveTaint removes every taint with key from the Node (the startup
-// taint a kubelet or provisioner registers it with). It reports whether the
-// Node is free of it; a concurrent change of the taints fails the patch's
-// test and is retried on the next sync.
-func (c *Cluster) RemoveTaint(ctx context.Context, key string) (bool, error) {
-	n, err := c.nodes.Get(c.nodeName)
-	if err != nil {
-		return false, fmt.Errorf("node %s: %w", c.nodeName, err)
-	}
-	kept := make([]corev1.Taint, 0, len(n.Spec.Taints))
-	for _, t := range n.Spec.Taints {
-		if t.Key != key {
-			kept = append(kept, t)
-		}
-	}
-	if len(kept) == len(n.Spec.Taints) {
-		return true, nil
-	}
-	patch, err := json.Marshal([]map[string]any{
-		{"op": "test", "path": "/spec/taints", "value": n.Spec.Taints},
-		{"op": "replace", "path": "/spec/taints", "value": kept},
-	})
-	if err != nil {
-		return false, err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.JSONPatchType, patch); err != nil {
-		return false, fmt.Errorf("remove taint %s from node %s: %w", key, c.nodeName, err)
-	}
-	return true, nil
-}
-
-func (c *Cluster) patchNode(ctx context.Context, st annotation.Status) (bool, error) {
-	want := annotation.Encode(st, time.Time{})
-	if maps.Equal(want, c.lastPatched) {
-		return false, nil
-	}
-	if n, err := c.nodes.Get(c.nodeName); err == nil && hasAnnotations(n.Annotations, want) {
-		c.lastPatched = want
-		return false, nil
-	}
-	patch := map[string]any{"metadata": map[string]any{"annotations": annotation.Encode(st, c.now())}}
-	data, err := json.Marshal(patch)
-	if err != nil {
-		return false, err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
-		return false, fmt.Errorf("patch node %s: %w", c.nodeName, err)
-	}
-	c.lastPatched = want
-	return true, nil
-}
-
-func hasAnnotations(have, want map[string]string) bool {
-	for k, v := range want {
-		if got, ok := have[k]; !ok || got != v {
-			return false
-		}
-	}
-	return true
-}
-
-// emitEvents creates an Event for each new rejection. Its name is derived
-// from the source and the reason, so when many nodes reject the same source
-// the first creates it and the others find it there.
-func (c *Cluster) emitEvents(ctx context.Context, rejected []*source.Rejection) (int, error) {
-	current := map[source.ID]bool{}
-	created := 0
-	var firstErr error
-	for _, r := range rejected {
-		current[r.ID] = true
-		if c.emitted[r.ID] == r.Reason {
-			continue
-		}
-		made, err := c.createEvent(ctx, c.event(r.ID, EventReason, r.Reason))
-		if err != nil {
-			firstErr = cmp.Or(firstErr, err)
-			continue
-		}
-		created += made
-		c.emitted[r.ID] = r.Reason
-	}
-	for id := range c.emitted {
-		if !current[id] {
-			delete(c.emitted, id)
-		}
-	}
-	return created, firstErr
-}
-
-// event is the Event about source id with reason and message. Its name is
-// derived from all three, so nodes that report the same thing share it.
-func (c *Cluster) event(id source.ID, reason, message string) *corev1.Event {
-	key := id.String() + "\x00" + message
-	if reason != EventReason {
-		key = reason + "\x00" + key
-	}
-	sum := sha256.Sum256([]byte(key))
-	name := id.Name
-	if len(name) > 200 {
-		name = name[:200]
-	}
-	obj, ok := c.objects[id]
-	if !ok {
-		obj = corev1.ObjectReference{Kind: id.Kind, APIVersion: "v1", Namespace: id.Namespace, Name: id.Name}
-	}
-	now := metav1.NewTime(c.now())
-	return &corev1.Event{
-		ObjectMeta:          metav1.ObjectMeta{Name: name + ".nodetrust-" + hex.EncodeToString(sum[:])[:10], Namespace: id.Namespace},
-		InvolvedObject:      obj,
-		Reason:              reason,
-		Message:             annotation.OneLine(message),
-		Type:                corev1.EventTypeWarning,
-		Source:              corev1.EventSource{Component: "nodetrust", Host: c.nodeName},
-		FirstTimestamp:      now,
-		LastTimestamp:       now,
-		Count:               1,
-		ReportingController: "nodetrust.io/agent",
-		ReportingInstance:   c.nodeName,
-	}
-}
-
-// EventReasonNotVerified is the reason of the Event emitted on a source
-// whose registry does not verify from a node.
-const EventReasonNotVerified = "RegistryNotVerified"
-
-// PublishVerification creates one Event per source and failure reason for
-// each registry that does not verify (a TLS failure: unreachable registries
-// make none). Nodes that find the same share the Event.
-func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, results []agent.Verification) (int, error) {
-	if c.verifyEv == nil {
-		c.verifyEv = map[string]bool{}
-	}
-	failed := map[string]string{}
-	for _, r := range results {
-		if !r.OK && !r.Unreachable {
-			failed[r.Registry] = r.Reason
-		}
-	}
-	created := 0
-	var firstErr error
-	current := map[string]bool{}
-	for _, s := range rep.Applied {
-		for _, reg := range s.Registries {
-			reason, bad := failed[string(reg)]
-			if !bad {
-				continue
-			}
-			ev := c.event(s.ID, EventReasonNotVerified, fmt.Sprintf("registry %s does not verify: %s", reg, reason))
-			current[ev.Name] = true
-			if c.verifyEv[ev.Name] {
-				continue
-			}
-			made, err := c.createEvent(ctx, ev)
-			if err != nil {
-				firstErr = cmp.Or(firstErr, err)
-				continue
-			}
-			created += made
-			c.verifyEv[ev.Name] = true
-		}
-	}
-	for name := range c.verifyEv {
-		if !current[name] {
-			delete(c.verifyEv, name)
-		}
-	}
-	return created, firstErr
-}
-
-// createEvent creates ev; one that another node created already counts as
-// reported (0 created).
-func (c *Cluster) createEvent(ctx context.Context, ev *corev1.Event) (int, error) {
-	err := c.api.CreateEvent(ctx, ev)
-	switch {
-	case err == nil:
-		return 1, nil
-	case apierrors.IsAlreadyExists(err):
-		return 0, nil
-	}
-	return 0, fmt.Errorf("create event for %s %s/%s: %w", ev.InvolvedObject.Kind, ev.InvolvedObject.Namespace, ev.InvolvedObject.Name, err)
-}
-
-// Unpublish removes nodetrust's annotations and its NodeTrustReady
-// condition from the Node.
-func (c *Cluster) Unpublish(ctx context.Context) error {
-	gone := map[string]any{}
-	for _, k := range annotation.Keys() {
-		gone[k] = nil
-	}
-	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": gone}})
-	if err != nil {
-		return err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
-		return fmt.Errorf("remove annotations of node %s: %w", c.nodeName, err)
-	}
-	cond, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []map[string]any{{"type": ConditionType, "$patch": "delete"}}}})
-	if err != nil {
-		return err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, cond, "status"); err != nil {
-		return fmt.Errorf("remove the %s condition of node %s: %w", ConditionType, c.nodeName, err)
-	}
-	return nil
 }
