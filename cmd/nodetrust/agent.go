@@ -19,6 +19,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/check"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/lease"
@@ -40,6 +41,38 @@ type agentFlags struct {
 
 func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	var f agentFlags
+	if err := parseFlags(f.flagSet(stderr), args); err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		return usageError{fmt.Errorf("agent: --log-level: %w", err)}
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	klog.SetSlogLogger(log.With("component", "client-go"))
+	if err := f.check(); err != nil {
+		return err
+	}
+	opts, err := agentOptions(f, log)
+	if err != nil {
+		return err
+	}
+	defer opts.Root.Close()
+	a := agent.New(opts)
+	lis, err := net.Listen("tcp", f.healthAddr)
+	if err != nil {
+		return usageError{fmt.Errorf("agent: --health-addr: %w", err)}
+	}
+	defer serveHealth(lis, a.Handler(), log)()
+	log.Info("starting", "version", version, "commit", commit, "hostRoot", f.hostRoot, "healthAddr", lis.Addr().String(), "uninstall", f.uninstall)
+	if f.uninstall {
+		return a.Uninstall(ctx)
+	}
+	return a.Run(ctx)
+}
+
+// flagSet is the agent's flags, parsed into f.
+func (f *agentFlags) flagSet(stderr io.Writer) *flag.FlagSet {
 	fl := flag.NewFlagSet("agent", flag.ContinueOnError)
 	fl.SetOutput(stderr)
 	fl.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig file; in-cluster config when empty")
@@ -61,93 +94,49 @@ func runAgent(ctx context.Context, args []string, stderr io.Writer) error {
 	fl.BoolVar(&f.verify, "verify", true, "check each registry of the applied sources as `nodetrust check` does, after every change and every --verify-interval; a registry whose TLS does not verify degrades the node (one that cannot be reached is logged and in the metric only)")
 	fl.DurationVar(&f.verifyInterval, "verify-interval", agent.DefaultVerifyInterval, "with --verify: how often the registries are checked again when nothing changed")
 	fl.StringVar(&f.systemdAddress, "systemd-address", "", "the host's system D-Bus (default: unix:path=HOST-ROOT/run/dbus/system_bus_socket)")
-	if err := parseFlags(fl, args); err != nil {
-		return err
-	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
-		return usageError{fmt.Errorf("agent: --log-level: %w", err)}
-	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-	klog.SetSlogLogger(log.With("component", "client-go"))
+	return fl
+}
 
-	if f.restart != "auto" && f.restart != "never" {
+// check rejects flag values out of range, as usage errors.
+func (f agentFlags) check() error {
+	switch {
+	case f.restart != "auto" && f.restart != "never":
 		return usageError{fmt.Errorf("agent: --restart must be auto or never, not %q", f.restart)}
-	}
-	if f.maxRestarts < 1 {
+	case f.maxRestarts < 1:
 		return usageError{errors.New("agent: --max-concurrent-restarts must be at least 1")}
-	}
-	if f.verifyInterval <= 0 {
+	case f.verifyInterval <= 0:
 		return usageError{errors.New("agent: --verify-interval must be positive")}
 	}
-	opts, err := agentOptions(f, log)
-	if err != nil {
-		return err
-	}
-	defer opts.Root.Close()
-	a := agent.New(opts)
-	lis, err := net.Listen("tcp", f.healthAddr)
-	if err != nil {
-		return usageError{fmt.Errorf("agent: --health-addr: %w", err)}
-	}
-	srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 5 * time.Second}
+	return nil
+}
+
+// serveHealth serves h on lis until the returned stop is called, which
+// shuts the server down within 5 s.
+func serveHealth(lis net.Listener, h http.Handler, log *slog.Logger) (stop func()) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("health server", "err", err)
 		}
 	}()
-	defer func() {
+	return func() {
 		shutdown, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = srv.Shutdown(shutdown)
-	}()
-	log.Info("starting", "version", version, "commit", commit, "hostRoot", f.hostRoot, "healthAddr", lis.Addr().String(), "uninstall", f.uninstall)
-	if f.uninstall {
-		return a.Uninstall(ctx)
 	}
-	return a.Run(ctx)
 }
 
 // agentOptions builds the agent's inputs: a manifest directory, or the API.
 func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 	opts := agent.Options{Logger: log, Resync: f.resync, ManageContainerdConfig: f.manageContainerdConfig, ContainerdConfig: f.containerdConfig, StartupTaint: f.startupTaint}
+	var err error
 	if f.sourceDir != "" {
-		var nodeLabels labels.Set
-		if f.nodeLabels != "" {
-			set, err := labels.ConvertSelectorToLabelsMap(f.nodeLabels)
-			if err != nil {
-				return opts, usageError{fmt.Errorf("agent: --node-labels: %w", err)}
-			}
-			nodeLabels = set
-		}
-		opts.Inputs = agent.NewDir(f.sourceDir, nodeLabels)
+		opts.Inputs, err = dirInputs(f)
 	} else {
-		if f.nodeLabels != "" {
-			return opts, usageError{errors.New("agent: --node-labels goes with --source-dir; with the API, the Node's labels apply")}
-		}
-		if f.nodeName == "" {
-			return opts, usageError{errors.New("agent: --node-name or $NODE_NAME is required")}
-		}
-		namespaces, err := agentNamespaces(f.namespaces)
-		if err != nil {
-			return opts, err
-		}
-		cfg, err := kube.Config(f.kubeconfig)
-		if err != nil {
-			return opts, usageError{fmt.Errorf("agent: kubernetes client config: %w", err)}
-		}
-		client, err := kube.New(cfg, "nodetrust/"+version)
-		if err != nil {
-			return opts, err
-		}
-		cluster := agent.NewCluster(client, f.nodeName, namespaces)
-		opts.Inputs, opts.Publisher = cluster, cluster
-		slotsNS := os.Getenv("POD_NAMESPACE")
-		if slotsNS == "" {
-			slotsNS = namespaces[0]
-		}
-		opts.Restarts = restarts(f)
-		opts.Restarts.Slots = &lease.Slots{API: client, Namespace: slotsNS, Count: f.maxRestarts, Holder: f.nodeName}
+		err = clusterOptions(f, &opts)
+	}
+	if err != nil {
+		return opts, err
 	}
 	if opts.Restarts == nil {
 		opts.Restarts = restarts(f)
@@ -165,6 +154,51 @@ func agentOptions(f agentFlags, log *slog.Logger) (agent.Options, error) {
 		opts.Verifier, opts.VerifyInterval = v, f.verifyInterval
 	}
 	return opts, nil
+}
+
+// dirInputs reads the sources from --source-dir, with --node-labels.
+func dirInputs(f agentFlags) (*agent.Dir, error) {
+	var nodeLabels labels.Set
+	if f.nodeLabels != "" {
+		set, err := labels.ConvertSelectorToLabelsMap(f.nodeLabels)
+		if err != nil {
+			return nil, usageError{fmt.Errorf("agent: --node-labels: %w", err)}
+		}
+		nodeLabels = set
+	}
+	return agent.NewDir(f.sourceDir, nodeLabels), nil
+}
+
+// clusterOptions sets the agent's inputs, publisher and restart slots to
+// the Kubernetes API's.
+func clusterOptions(f agentFlags, opts *agent.Options) error {
+	if f.nodeLabels != "" {
+		return usageError{errors.New("agent: --node-labels goes with --source-dir; with the API, the Node's labels apply")}
+	}
+	if f.nodeName == "" {
+		return usageError{errors.New("agent: --node-name or $NODE_NAME is required")}
+	}
+	namespaces, err := agentNamespaces(f.namespaces)
+	if err != nil {
+		return err
+	}
+	cfg, err := kube.Config(f.kubeconfig)
+	if err != nil {
+		return usageError{fmt.Errorf("agent: kubernetes client config: %w", err)}
+	}
+	client, err := kube.New(cfg, "nodetrust/"+version)
+	if err != nil {
+		return err
+	}
+	k := cluster.New(client, f.nodeName, namespaces)
+	opts.Inputs, opts.Publisher = k, k
+	slotsNS := os.Getenv("POD_NAMESPACE")
+	if slotsNS == "" {
+		slotsNS = namespaces[0]
+	}
+	opts.Restarts = restarts(f)
+	opts.Restarts.Slots = &lease.Slots{API: client, Namespace: slotsNS, Count: f.maxRestarts, Holder: f.nodeName}
+	return nil
 }
 
 // registryVerifier verifies a registry with pkg/check on the host root.

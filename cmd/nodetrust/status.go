@@ -45,26 +45,40 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(*wait)
-	var s status.Summary
+	s, err := pollStatus(ctx, client, *selector, *wait)
+	if err != nil {
+		return err
+	}
+	return writeStatus(stdout, *output, *reg, s)
+}
+
+// pollStatus reads the nodes matching selector until they are all Ready
+// with the same applied state, or wait is over (0: once).
+func pollStatus(ctx context.Context, client *kube.Client, selector string, wait time.Duration) (status.Summary, error) {
+	deadline := time.Now().Add(wait)
 	for {
-		nodes, err := client.ListNodes(ctx, *selector)
+		nodes, err := client.ListNodes(ctx, selector)
 		if err != nil {
-			return fmt.Errorf("status: %w", err)
+			return status.Summary{}, fmt.Errorf("status: %w", err)
 		}
-		s = status.Summarize(nodes)
+		s := status.Summarize(nodes)
 		if s.OK() || !time.Now().Add(statusPoll).Before(deadline) {
-			break
+			return s, nil
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return status.Summary{}, ctx.Err()
 		case <-time.After(statusPoll):
 		}
 	}
-	if *reg != "" {
-		v := s.Registry(*reg)
-		if err := writeOutput(stdout, *output, v, v.WriteTable); err != nil {
+}
+
+// writeStatus prints s, or its view of registry reg when not "", and
+// returns errProblem when that is not OK.
+func writeStatus(stdout io.Writer, output, reg string, s status.Summary) error {
+	if reg != "" {
+		v := s.Registry(reg)
+		if err := writeOutput(stdout, output, v, v.WriteTable); err != nil {
 			return err
 		}
 		if !v.OK() {
@@ -72,7 +86,7 @@ func runStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return nil
 	}
-	if err := writeOutput(stdout, *output, s, s.WriteTable); err != nil {
+	if err := writeOutput(stdout, output, s, s.WriteTable); err != nil {
 		return err
 	}
 	if !s.OK() {

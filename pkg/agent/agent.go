@@ -3,10 +3,17 @@
 // triggered: every event — a source or Node change, a file drifting, a
 // periodic resync — requests one sync, and a single worker recomputes the
 // whole desired state and applies it with the same code as `nodetrust
-// apply`. It never syncs before its caches are complete, so an empty cache
-// can never read as "remove every CA". The status message is the sync
-// report's own wording (node.Report); what awaits a restart goes to a
-// restart.Policy, whose outcome joins the status.
+// apply`. It never syncs before its Inputs are complete, so an empty cache
+// can never read as "remove every CA".
+//
+// The package is the loop and its policies: drift watching, the restart of
+// container runtimes after a trust store change, registry verification,
+// health and metrics, uninstall. It knows no Kubernetes API types: it
+// defines what it needs from outside (Inputs, Publisher, TaintRemover,
+// Unpublisher), which pkg/cluster implements over the API and Dir over a
+// manifest directory, and it reports a pkg/annotation Status. The status
+// message is the sync report's own wording (node.Report); what awaits a
+// restart goes to a restart.Policy, whose outcome joins the status.
 package agent
 
 import (
@@ -21,18 +28,12 @@ import (
 
 	"k8s.io/apimachinery/pkg/labels"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/source"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
-)
-
-// Node states reported in the nodetrust.io/state annotation.
-const (
-	StateReady    = "Ready"
-	StateDegraded = "Degraded"
-	StatePending  = "Pending"
 )
 
 // Inputs supplies the desired sources and the node's labels. Collect is only
@@ -50,26 +51,13 @@ type Inputs interface {
 // Events). It returns an error when the report did not get through, so the
 // agent retries it.
 type Publisher interface {
-	Publish(ctx context.Context, st Status, rep node.Report) (Published, error)
+	Publish(ctx context.Context, st annotation.Status, rep node.Report) (Published, error)
 }
 
 // Published says what a Publish call changed outside the node.
 type Published struct {
 	Patched bool // the Node's annotations
 	Events  int  // Kubernetes Events created
-}
-
-// Status is the node's state as reported by the agent.
-type Status struct {
-	State    string
-	Applied  string // short hash of the applied desired state
-	Sources  int
-	Message  string
-	Warnings int // warnings about sources or the node; they do not degrade it
-	// Verified and Unverified list, comma-separated and sorted, the
-	// registries whose pulls were checked (--verify) and do, or do not,
-	// verify; both "" when nothing was checked.
-	Verified, Unverified string
 }
 
 // Options configure an Agent.
@@ -161,16 +149,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("wait for inputs: %w", err)
 	}
-	var drift *driftWatch
-	if !a.opts.NoDrift {
-		var err error
-		if drift, err = newDriftWatch(a.opts.Root, a.Trigger, a.log); err != nil {
-			// e.g. the node's inotify instance limit: the resync still repairs drift.
-			a.log.Warn("file watch unavailable; drift is repaired on resync only", "err", err, "resync", a.opts.Resync)
-			drift = nil
-		} else {
-			defer drift.close()
-		}
+	drift := a.watchDrift()
+	if drift != nil {
+		defer drift.close()
 	}
 	resync := time.NewTicker(a.opts.Resync)
 	defer resync.Stop()
@@ -192,23 +173,49 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.verified.due = true
 		}
 		retry = nil
-		var delay time.Duration
-		var owned []string
-		if err := a.locked(ctx, func() { delay, owned = a.sync(ctx) }); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			a.metrics.syncFailed()
-			a.log.Error("sync failed", "err", err)
-			delay = a.opts.Retry
+		delay, ok := a.syncLocked(ctx, drift)
+		if !ok {
+			return nil
 		}
 		if delay > 0 {
 			retry = time.After(delay)
 		}
-		if drift != nil && owned != nil {
-			drift.update(owned)
-		}
 	}
+}
+
+// watchDrift starts the file notifications, or returns nil when they are
+// off or unavailable.
+func (a *Agent) watchDrift() *driftWatch {
+	if a.opts.NoDrift {
+		return nil
+	}
+	drift, err := newDriftWatch(a.opts.Root, a.Trigger, a.log)
+	if err != nil {
+		// e.g. the node's inotify instance limit: the resync still repairs drift.
+		a.log.Warn("file watch unavailable; drift is repaired on resync only", "err", err, "resync", a.opts.Resync)
+		return nil
+	}
+	return drift
+}
+
+// syncLocked runs one sync under the lock and points drift (when not nil)
+// at the files owned afterwards. It returns when to sync again (0: on the
+// next event), and false when ctx ended while it waited for the lock.
+func (a *Agent) syncLocked(ctx context.Context, drift *driftWatch) (time.Duration, bool) {
+	var delay time.Duration
+	var owned []string
+	if err := a.locked(ctx, func() { delay, owned = a.sync(ctx) }); err != nil {
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		a.metrics.syncFailed()
+		a.log.Error("sync failed", "err", err)
+		delay = a.opts.Retry
+	}
+	if drift != nil && owned != nil {
+		drift.update(owned)
+	}
+	return delay, true
 }
 
 // locked runs fn holding the host root's lock, so that no `nodetrust
@@ -273,7 +280,7 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 // publish reports a sync through the Publisher, if any, and the registries
 // that do not verify. It returns false when the status did not get through
 // and must be published again.
-func (a *Agent) publish(ctx context.Context, st Status, rep node.Report, verified []Verification) bool {
+func (a *Agent) publish(ctx context.Context, st annotation.Status, rep node.Report, verified []Verification) bool {
 	if a.opts.Publisher == nil {
 		return true
 	}
@@ -304,26 +311,14 @@ func (a *Agent) logWarnings(rep node.Report) {
 	a.warnings = current
 }
 
-// maxMessage bounds nodetrust.io/message.
-const maxMessage = 512
-
 // StatusOf derives the node's status from a sync report: Degraded, with the
 // report's problems as the message, when it has any.
-func StatusOf(rep node.Report) Status {
-	st := Status{State: StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.WarningMessages())}
+func StatusOf(rep node.Report) annotation.Status {
+	st := annotation.Status{State: annotation.StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.WarningMessages())}
 	if msg := rep.ProblemSummary(); msg != "" {
-		st.State, st.Message = StateDegraded, oneLine(msg)
+		st.State, st.Message = annotation.StateDegraded, annotation.OneLine(msg)
 	}
 	return st
-}
-
-// oneLine makes s one line of at most maxMessage bytes, for an annotation.
-func oneLine(s string) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > maxMessage {
-		s = s[:maxMessage-3] + "..."
-	}
-	return s
 }
 
 // runtimeVersioner is an Inputs that knows the node's container runtime
@@ -345,7 +340,8 @@ func (a *Agent) nodeOptions(nodeLabels labels.Set) node.Options {
 	return opts
 }
 
-// TaintRemover removes a taint from the agent's Node; Cluster implements it.
+// TaintRemover removes a taint from the agent's Node; cluster.Cluster
+// implements it.
 type TaintRemover interface {
 	RemoveTaint(ctx context.Context, key string) (bool, error)
 }
@@ -372,7 +368,7 @@ func (a *Agent) removeStartupTaint(ctx context.Context) bool {
 	return done
 }
 
-// waiter is an Inputs that can say why Wait has not returned yet (Cluster:
+// waiter is an Inputs that can say why Wait has not returned yet (cluster:
 // the API server cannot be reached or refuses the agent).
 type waiter interface{ Waiting() string }
 
@@ -407,7 +403,7 @@ func (a *Agent) logWaiting() (stop func()) {
 	return sync.OnceFunc(func() { close(done) })
 }
 
-// verificationPublisher reports registries that do not verify (Cluster:
+// verificationPublisher reports registries that do not verify (cluster:
 // Events on the sources that name them).
 type verificationPublisher interface {
 	PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error)

@@ -16,18 +16,16 @@ import (
 
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/apimachinery/pkg/watch"
 	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
-	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
+	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/node"
@@ -81,8 +79,8 @@ func startWith(t *testing.T, dir string, opts func(*agent.Options), objs ...runt
 	root, err := hostfs.Open(e.dir)
 	require.NoError(t, err)
 	t.Cleanup(func() { root.Close() })
-	cluster := agent.NewCluster(fakeAPI{e.client}, "n1", []string{ns})
-	o := agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour, Retry: 50 * time.Millisecond,
+	k := cluster.New(clustertest.API{Client: e.client}, "n1", []string{ns})
+	o := agent.Options{Root: root, Inputs: k, Publisher: k, Resync: time.Hour, Retry: 50 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	if opts != nil {
 		opts(&o)
@@ -146,12 +144,12 @@ func TestAgentAppliesUpdatesAndRemoves(t *testing.T) {
 	_, err := e.client.CoreV1().Secrets(ns).Create(ctx, a, metav1.CreateOptions{})
 	require.NoError(t, err)
 	e.eventually(func() bool { return e.file(dockerFile) == string(a.Data["tls.crt"]) }, "applied")
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "1" }, "annotated")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "1" }, "annotated")
 	ann := e.annotations()
-	require.Equal(t, agent.StateReady, ann[agent.AnnotationState])
-	require.Equal(t, "", ann[agent.AnnotationMessage])
-	require.Len(t, ann[agent.AnnotationApplied], 12)
-	_, err = time.Parse(time.RFC3339, ann[agent.AnnotationSyncedAt])
+	require.Equal(t, annotation.StateReady, ann[annotation.KeyState])
+	require.Equal(t, "", ann[annotation.KeyMessage])
+	require.Len(t, ann[annotation.KeyApplied], 12)
+	_, err = time.Parse(time.RFC3339, ann[annotation.KeySyncedAt])
 	require.NoError(t, err)
 	require.True(t, e.agent.Ready())
 	require.NotContains(t, e.file("etc/containerd/certs.d/r.example:5000/hosts.toml"), "PRIVATE")
@@ -168,15 +166,15 @@ func TestAgentAppliesUpdatesAndRemoves(t *testing.T) {
 	// The fake clientset does not filter watches by label selector as the API
 	// server does; the agent's own label check must drop the source.
 	e.eventually(func() bool { return e.file(dockerFile) == "" }, "removed when unlabelled")
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "0" }, "count updated")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "0" }, "count updated")
 }
 
 func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	good := caSecret(t, "a", "r.example:5000", nil)
 	bad := caSecret(t, "bad", "r.example/../x", nil)
 	e := start(t, testNode(nil), good, bad)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateDegraded }, "degraded")
-	require.Contains(t, e.annotations()[agent.AnnotationMessage], "Secret nodetrust-system/bad: annotation nodetrust.io/registries")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] == annotation.StateDegraded }, "degraded")
+	require.Contains(t, e.annotations()[annotation.KeyMessage], "Secret nodetrust-system/bad: annotation nodetrust.io/registries")
 	require.Equal(t, string(good.Data["tls.crt"]), e.file(dockerFile), "the good source still applies")
 	require.True(t, e.agent.Ready(), "a rejected source does not hold back readiness")
 
@@ -184,7 +182,7 @@ func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, events.Items, 1)
 	ev := events.Items[0]
-	require.Equal(t, agent.EventReason, ev.Reason)
+	require.Equal(t, cluster.EventReason, ev.Reason)
 	require.Equal(t, corev1.EventTypeWarning, ev.Type)
 	require.Equal(t, "Secret", ev.InvolvedObject.Kind)
 	require.Equal(t, "bad", ev.InvolvedObject.Name)
@@ -203,26 +201,6 @@ func TestAgentRejectedSourceDegradesAndEmitsOneEvent(t *testing.T) {
 	require.Equal(t, patches, e.actions("patch", "nodes"))
 }
 
-func TestAgentEventAlreadyCreatedByAnotherNode(t *testing.T) {
-	bad := caSecret(t, "bad", "a b", nil)
-	client := fake.NewClientset(testNode(nil), bad)
-	client.PrependReactor("create", "events", func(k8stesting.Action) (bool, runtime.Object, error) {
-		return true, nil, apierrors.NewAlreadyExists(schema.GroupResource{Resource: "events"}, "x")
-	})
-	cluster := agent.NewCluster(fakeAPI{client}, "n1", []string{ns})
-	ctx := context.Background()
-	require.NoError(t, cluster.Wait(ctx, func() {}))
-	set, _ := cluster.Collect()
-	rep := node.Report{Rejected: set.Rejected}
-	pub, err := cluster.Publish(ctx, agent.StatusOf(rep), rep)
-	require.NoError(t, err)
-	require.Equal(t, 0, pub.Events)
-	require.True(t, pub.Patched)
-	pub, err = cluster.Publish(ctx, agent.StatusOf(rep), rep)
-	require.NoError(t, err)
-	require.Equal(t, agent.Published{}, pub, "nothing new to publish")
-}
-
 func TestAgentNodeSelector(t *testing.T) {
 	gpu := caSecret(t, "a", "r.example:5000", map[string]string{source.AnnotationNodeSelector: "pool=gpu"})
 	e := start(t, testNode(map[string]string{"pool": "cpu"}), gpu)
@@ -237,7 +215,7 @@ func TestAgentNodeSelector(t *testing.T) {
 func TestAgentRestartIsQuiet(t *testing.T) {
 	a := caSecret(t, "a", "r.example:5000", nil)
 	e := start(t, testNode(nil), a)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationSources] == "1" }, "applied")
+	e.eventually(func() bool { return e.annotations()[annotation.KeySources] == "1" }, "applied")
 	e.stop()
 	mtimes := hostfstest.ModTimes(t, e.dir)
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
@@ -298,10 +276,10 @@ func TestReadyzBeforeFirstSync(t *testing.T) {
 }
 
 func TestStatusOf(t *testing.T) {
-	require.Equal(t, agent.Status{State: agent.StateReady, Applied: "h"}, agent.StatusOf(node.Report{Hash: "h"}))
+	require.Equal(t, annotation.Status{State: annotation.StateReady, Applied: "h"}, agent.StatusOf(node.Report{Hash: "h"}))
 	long := strings.Repeat("x ", 600)
 	st := agent.StatusOf(node.Report{Rejected: []*source.Rejection{{ID: source.ID{Kind: "Secret", Namespace: "a", Name: "b"}, Reason: "bad\nthing " + long}}})
-	require.Equal(t, agent.StateDegraded, st.State)
+	require.Equal(t, annotation.StateDegraded, st.State)
 	require.True(t, strings.HasPrefix(st.Message, "1 problem(s): rejected Secret a/b: bad thing x x"))
 	require.NotContains(t, st.Message, "\n")
 	require.LessOrEqual(t, len(st.Message), 512)
@@ -327,57 +305,15 @@ func metricValue(t *testing.T, a *agent.Agent, name string) float64 {
 	return 0
 }
 
-// fakeAPI adapts the fake clientset to agent.API; the real one, kube.Client,
-// is tested against a real API server in test/cluster.
-type fakeAPI struct{ c *fake.Clientset }
-
-func (f fakeAPI) ListWatch(resource, namespace string, tweak func(*metav1.ListOptions)) cache.ListerWatcher {
-	ctx := context.Background()
-	return &cache.ListWatch{
-		ListFunc: func(o metav1.ListOptions) (runtime.Object, error) {
-			tweak(&o)
-			switch resource {
-			case "secrets":
-				return f.c.CoreV1().Secrets(namespace).List(ctx, o)
-			case "configmaps":
-				return f.c.CoreV1().ConfigMaps(namespace).List(ctx, o)
-			default:
-				return f.c.CoreV1().Nodes().List(ctx, o)
-			}
-		},
-		WatchFunc: func(o metav1.ListOptions) (watch.Interface, error) {
-			tweak(&o)
-			switch resource {
-			case "secrets":
-				return f.c.CoreV1().Secrets(namespace).Watch(ctx, o)
-			case "configmaps":
-				return f.c.CoreV1().ConfigMaps(namespace).Watch(ctx, o)
-			default:
-				return f.c.CoreV1().Nodes().Watch(ctx, o)
-			}
-		},
-	}
-}
-
-func (f fakeAPI) PatchNode(ctx context.Context, name string, pt types.PatchType, patch []byte, subresources ...string) error {
-	_, err := f.c.CoreV1().Nodes().Patch(ctx, name, pt, patch, metav1.PatchOptions{}, subresources...)
-	return err
-}
-
-func (f fakeAPI) CreateEvent(ctx context.Context, ev *corev1.Event) error {
-	_, err := f.c.CoreV1().Events(ev.Namespace).Create(ctx, ev, metav1.CreateOptions{})
-	return err
-}
-
 func TestAgentCountsWarnings(t *testing.T) {
 	expired := certstest.Issue(t, certstest.Template{CommonName: "old", IsCA: true, NotBefore: time.Now().Add(-48 * time.Hour), NotAfter: time.Now().Add(-time.Hour)}, nil)
 	s := caSecret(t, "old", "r.example:5000", nil)
 	s.Data["tls.crt"] = expired.CertPEM()
 	e := start(t, testNode(nil), s)
 	// The expired CA, and no containerd config.toml to check config_path in.
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationWarnings] == "2" }, "warnings counted in the Node's status")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyWarnings] == "2" }, "warnings counted in the Node's status")
 	ann := e.annotations()
-	require.Equal(t, agent.StateReady, ann[agent.AnnotationState], "a warning does not degrade")
-	require.Empty(t, ann[agent.AnnotationMessage])
+	require.Equal(t, annotation.StateReady, ann[annotation.KeyState], "a warning does not degrade")
+	require.Empty(t, ann[annotation.KeyMessage])
 	require.Equal(t, 2.0, metricValue(t, e.agent, "nodetrust_warnings"))
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
@@ -45,7 +46,7 @@ func TestConfigEditRestartsContainerdOnly(t *testing.T) {
 	e.source("registry-only", false)
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "a config change restarts containerd, not docker")
-	st := e.waitState(agent.StateReady)
+	st := e.waitState(annotation.StateReady)
 	require.Empty(t, st.Message, "containerd now reads hosts.toml")
 	data, err := os.ReadFile(filepath.Join(e.dir, containerdConfig))
 	require.NoError(t, err)
@@ -66,7 +67,7 @@ func TestConfigEditRestartsContainerdOnly(t *testing.T) {
 func TestConfigEditWithRestartsOff(t *testing.T) {
 	e := startNode(t, managedNode(restart.Options{Never: true}))
 	e.source("registry-only", false)
-	st := e.waitState(agent.StatePending)
+	st := e.waitState(annotation.StatePending)
 	require.Equal(t, "restart pending: the config of containerd.service changed; restart it to load it (restarts are off)", st.Message)
 	require.Empty(t, e.unit.Restarts())
 }
@@ -78,7 +79,7 @@ func TestConfigWithoutManageIsDegraded(t *testing.T) {
 		files: map[string]string{containerdConfig: "version = 2\n"},
 	})
 	e.source("registry-only", false)
-	st := e.waitState(agent.StateDegraded)
+	st := e.waitState(annotation.StateDegraded)
 	require.Contains(t, st.Message, "containerd reads no hosts.toml: config_path is unset")
 	require.Empty(t, e.unit.Restarts())
 	data, err := os.ReadFile(filepath.Join(e.dir, containerdConfig))
@@ -139,11 +140,11 @@ func TestUninstall(t *testing.T) {
 func TestRestartByHandIsSeen(t *testing.T) {
 	e := startNode(t, managedNode(restart.Options{Never: true}))
 	e.source("registry-only", false)
-	e.waitState(agent.StatePending)
+	e.waitState(annotation.StatePending)
 
 	e.unit.Set("containerd.service", systemdtest.Unit{MainPID: 101, StartedAt: time.Now()})
 	e.agent.Trigger()
-	st := e.waitState(agent.StateReady)
+	st := e.waitState(annotation.StateReady)
 	require.Empty(t, st.Message)
 	require.Empty(t, e.unit.Restarts())
 	_, err := os.Stat(filepath.Join(e.dir, "var/lib/nodetrust/state.json"))
@@ -169,5 +170,5 @@ func TestRestartSkipsUnitsStartedSinceTheChange(t *testing.T) {
 	})
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []string{"docker.service"}, e.unit.Restarts())
-	e.waitState(agent.StateReady)
+	e.waitState(annotation.StateReady)
 }

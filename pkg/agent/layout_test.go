@@ -11,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
 
@@ -69,9 +68,4 @@ func TestAgentReportsWriterThatDeletesEveryPass(t *testing.T) {
 		return strings.Contains(e.annotations()["nodetrust.io/message"], "another writer deletes nodetrust's files on every pass: /"+dockerFile)
 	}, "Degraded, naming the file")
 	require.Equal(t, "Degraded", e.annotations()["nodetrust.io/state"])
-}
-
-// An uninstall runs no informers: it has no Node to read a version from.
-func TestClusterRuntimeVersionBeforeWait(t *testing.T) {
-	require.Empty(t, agent.NewCluster(nil, "n1", nil).RuntimeVersion())
 }

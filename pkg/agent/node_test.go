@@ -19,6 +19,9 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
+	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
@@ -27,7 +30,7 @@ func (e *env) condition() *corev1.NodeCondition {
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	require.NoError(e.t, err)
 	for _, c := range n.Status.Conditions {
-		if c.Type == agent.ConditionType {
+		if c.Type == cluster.ConditionType {
 			return &c
 		}
 	}
@@ -52,7 +55,7 @@ func TestAgentNodeTrustReadyCondition(t *testing.T) {
 	e := start(t, node, caSecret(t, "a", "r.example:5000", nil))
 	e.eventually(func() bool { c := e.condition(); return c != nil && c.Status == corev1.ConditionTrue }, "NodeTrustReady True")
 	c := e.condition()
-	require.Equal(t, agent.ReasonApplied, c.Reason)
+	require.Equal(t, annotation.ReasonApplied, c.Reason)
 	require.Contains(t, c.Message, "1 sources applied")
 	n, err := e.client.CoreV1().Nodes().Get(context.Background(), "n1", metav1.GetOptions{})
 	require.NoError(t, err)
@@ -68,8 +71,8 @@ func TestAgentNodeTrustReadyCondition(t *testing.T) {
 	require.NoError(t, err)
 	e.eventually(func() bool { c := e.condition(); return c != nil && c.Status == corev1.ConditionFalse }, "NodeTrustReady False")
 	c = e.condition()
-	require.Equal(t, agent.ReasonDegraded, c.Reason)
-	require.Equal(t, e.annotations()[agent.AnnotationMessage], c.Message)
+	require.Equal(t, annotation.ReasonDegraded, c.Reason)
+	require.Equal(t, e.annotations()[annotation.KeyMessage], c.Message)
 }
 
 // --startup-taint: the taint goes after the first complete sync, and
@@ -95,7 +98,7 @@ func TestAgentRemovesStartupTaint(t *testing.T) {
 }
 
 // downAPI fails every list, as an unreachable API server does.
-type downAPI struct{ fakeAPI }
+type downAPI struct{ clustertest.API }
 
 func (downAPI) ListWatch(string, string, func(*metav1.ListOptions)) cache.ListerWatcher {
 	return &cache.ListWatch{
@@ -112,15 +115,15 @@ func TestAgentSaysWhileAPIServerIsDown(t *testing.T) {
 	root, err := hostfs.Open(t.TempDir())
 	require.NoError(t, err)
 	defer root.Close()
-	cluster := agent.NewCluster(downAPI{}, "n1", []string{ns})
-	a := agent.New(agent.Options{Root: root, Inputs: cluster, Publisher: cluster, Resync: time.Hour,
+	k := cluster.New(downAPI{}, "n1", []string{ns})
+	a := agent.New(agent.Options{Root: root, Inputs: k, Publisher: k, Resync: time.Hour,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	defer func() { cancel(); <-done }()
-	require.Eventually(t, func() bool { return strings.Contains(cluster.Waiting(), "connection refused") }, 5*time.Second, 20*time.Millisecond)
-	require.Contains(t, cluster.Waiting(), "waiting for the API server for ")
+	require.Eventually(t, func() bool { return strings.Contains(k.Waiting(), "connection refused") }, 5*time.Second, 20*time.Millisecond)
+	require.Contains(t, k.Waiting(), "waiting for the API server for ")
 
 	srv := httptest.NewServer(a.Handler())
 	defer srv.Close()

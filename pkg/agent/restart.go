@@ -4,6 +4,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 )
@@ -15,7 +16,7 @@ func due(rep node.Report) restart.Due {
 
 // restart puts the outcome of the restart policy into st and the metrics.
 // It returns when to try again, or 0.
-func (a *Agent) restart(st *Status, o restart.Outcome) time.Duration {
+func (a *Agent) restart(st *annotation.Status, o restart.Outcome) time.Duration {
 	for range o.Restarted {
 		a.metrics.restarted()
 	}
@@ -28,21 +29,21 @@ func (a *Agent) restart(st *Status, o restart.Outcome) time.Duration {
 	return o.Retry
 }
 
-func pending(st *Status, msg string) {
-	if st.State == StateReady {
-		st.State = StatePending
+func pending(st *annotation.Status, msg string) {
+	if st.State == annotation.StateReady {
+		st.State = annotation.StatePending
 	}
 	st.Message = joinMessage(st.Message, msg)
 }
 
-func degrade(st *Status, msg string) {
-	st.State = StateDegraded
+func degrade(st *annotation.Status, msg string) {
+	st.State = annotation.StateDegraded
 	st.Message = joinMessage(st.Message, msg)
 }
 
 func joinMessage(a, b string) string {
 	if a == "" {
-		return oneLine(b)
+		return annotation.OneLine(b)
 	}
-	return oneLine(strings.Join([]string{a, b}, "; "))
+	return annotation.OneLine(strings.Join([]string{a, b}, "; "))
 }

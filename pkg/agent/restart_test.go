@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
@@ -31,17 +32,17 @@ import (
 // statusLog records what the agent would publish.
 type statusLog struct {
 	mu   sync.Mutex
-	last agent.Status
+	last annotation.Status
 }
 
-func (s *statusLog) Publish(_ context.Context, st agent.Status, _ node.Report) (agent.Published, error) {
+func (s *statusLog) Publish(_ context.Context, st annotation.Status, _ node.Report) (agent.Published, error) {
 	s.mu.Lock()
 	s.last = st
 	s.mu.Unlock()
 	return agent.Published{}, nil
 }
 
-func (s *statusLog) get() agent.Status {
+func (s *statusLog) get() annotation.Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.last
@@ -115,7 +116,7 @@ func (e *restartEnv) source(name string, hostTrust bool) {
 	require.NoError(e.t, os.WriteFile(filepath.Join(e.src, name+".yaml"), []byte(doc), 0o644))
 }
 
-func (e *restartEnv) waitState(state string) agent.Status {
+func (e *restartEnv) waitState(state string) annotation.Status {
 	e.t.Helper()
 	require.Eventually(e.t, func() bool { return e.status.get().State == state }, 5*time.Second, 10*time.Millisecond, "want %s, have %+v", state, e.status.get())
 	return e.status.get()
@@ -130,7 +131,7 @@ func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
 	e.source("corp", true)
 	require.Eventually(t, func() bool { return len(e.unit.Restarts()) == 1 }, 5*time.Second, 10*time.Millisecond)
 	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts(), "only loaded units")
-	st := e.waitState(agent.StateReady)
+	st := e.waitState(annotation.StateReady)
 	require.Empty(t, st.Message)
 	// Counted after the unit's restart returned, which the fake records first.
 	require.Eventually(t, func() bool { return metricValue(t, e.agent, "nodetrust_runtime_restarts_total") == 1.0 }, 5*time.Second, 10*time.Millisecond)
@@ -143,7 +144,7 @@ func TestRestartOnlyAfterTrustStoreChange(t *testing.T) {
 func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
 	e := startRestarts(t, systemdtest.Unit{MainPID: 100, Result: "failed", ServiceResult: "exit-code"}, restart.Options{})
 	e.source("corp", true)
-	st := e.waitState(agent.StateDegraded)
+	st := e.waitState(annotation.StateDegraded)
 	require.Contains(t, st.Message, `restart containerd.service: job result "failed"`)
 
 	// More syncs (a registry change, triggers) within the backoff: no new
@@ -161,7 +162,7 @@ func TestRestartFailureDegradesAndBacksOff(t *testing.T) {
 func TestRestartNeverReportsPending(t *testing.T) {
 	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, restart.Options{Never: true})
 	e.source("corp", true)
-	st := e.waitState(agent.StatePending)
+	st := e.waitState(annotation.StatePending)
 	require.Contains(t, st.Message, "restart pending")
 	require.Empty(t, e.unit.Restarts())
 }
@@ -176,13 +177,13 @@ func TestRestartWaitsForASlot(t *testing.T) {
 	slots := &lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: "me"}
 	e := startRestarts(t, systemdtest.Unit{MainPID: 100}, restart.Options{Slots: slots, MaxConcurrent: 1})
 	e.source("corp", true)
-	st := e.waitState(agent.StatePending)
+	st := e.waitState(annotation.StatePending)
 	require.Contains(t, st.Message, "waiting for a restart slot (at most 1 nodes restart at once)")
 	require.Empty(t, e.unit.Restarts())
 
 	// The other node releases its slot: the retry takes it, restarts, frees it.
 	require.NoError(t, (&lease.Slots{API: leases, Namespace: "ns", Count: 1, Holder: other}).Release(context.Background(), lease.SlotName(0)))
-	e.waitState(agent.StateReady)
+	e.waitState(annotation.StateReady)
 	require.Equal(t, []string{"containerd.service"}, e.unit.Restarts())
 	l := leases.Lease("ns", lease.SlotName(0))
 	require.True(t, l.Spec.HolderIdentity == nil || *l.Spec.HolderIdentity == "", "released after the restart")
@@ -211,7 +212,7 @@ func TestNoRestartWithoutRuntimes(t *testing.T) {
 	defer func() { cancel(); require.NoError(t, <-done) }()
 	e.source("corp", true)
 	require.Eventually(t, func() bool { return status.get().Sources == 1 }, 5*time.Second, 10*time.Millisecond)
-	require.Equal(t, agent.StateReady, status.get().State, "no runtime, nothing to restart: %+v", status.get())
+	require.Equal(t, annotation.StateReady, status.get().State, "no runtime, nothing to restart: %+v", status.get())
 	require.False(t, dialed)
 	st, err := root.LoadState()
 	require.NoError(t, err)

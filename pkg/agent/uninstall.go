@@ -2,13 +2,11 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
 
-	"k8s.io/apimachinery/pkg/types"
-
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
@@ -64,37 +62,13 @@ func (a *Agent) uninstall(ctx context.Context) error {
 	if rep.Restart.Any() {
 		// Removed host-trust anchors stay trusted by running runtimes until
 		// they restart: restart them as after any trust store change.
-		st := Status{State: StateReady}
-		if retry := a.restart(&st, a.restarts.Leave(ctx, due(rep))); retry > 0 || st.State != StateReady {
+		st := annotation.Status{State: annotation.StateReady}
+		if retry := a.restart(&st, a.restarts.Leave(ctx, due(rep))); retry > 0 || st.State != annotation.StateReady {
 			return errors.New(st.Message)
 		}
 	}
 	if u, ok := a.opts.Publisher.(Unpublisher); ok {
 		return u.Unpublish(ctx)
-	}
-	return nil
-}
-
-// Unpublish removes nodetrust's annotations and its NodeTrustReady
-// condition from the Node.
-func (c *Cluster) Unpublish(ctx context.Context) error {
-	gone := map[string]any{}
-	for k := range withSyncedAt(annotations(Status{}), time.Time{}) {
-		gone[k] = nil
-	}
-	data, err := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": gone}})
-	if err != nil {
-		return err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.MergePatchType, data); err != nil {
-		return fmt.Errorf("remove annotations of node %s: %w", c.nodeName, err)
-	}
-	cond, err := json.Marshal(map[string]any{"status": map[string]any{"conditions": []map[string]any{{"type": ConditionType, "$patch": "delete"}}}})
-	if err != nil {
-		return err
-	}
-	if err := c.api.PatchNode(ctx, c.nodeName, types.StrategicMergePatchType, cond, "status"); err != nil {
-		return fmt.Errorf("remove the %s condition of node %s: %w", ConditionType, c.nodeName, err)
 	}
 	return nil
 }

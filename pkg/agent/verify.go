@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/node"
 )
 
@@ -102,6 +103,24 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 			}
 		}
 	}
+	results, checked := a.verifyAll(ctx, regs, last)
+	*v = verified{hash: rep.Hash, at: now, results: results, keys: keys}
+	failed := 0
+	for _, r := range results {
+		if !r.OK {
+			failed++
+			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
+		}
+	}
+	a.log.Info("registries verified", "registries", len(results), "checked", checked, "failed", failed, "duration", time.Since(now))
+	a.metrics.verifiedRegistries(results)
+	return results
+}
+
+// verifyAll returns the results of regs: those in last stand, the others
+// are verified, verifyConcurrency at a time. It also returns how many it
+// verified.
+func (a *Agent) verifyAll(ctx context.Context, regs []string, last map[string]Verification) ([]Verification, int) {
 	results := make([]Verification, len(regs))
 	sem := make(chan struct{}, verifyConcurrency)
 	var wg sync.WaitGroup
@@ -124,23 +143,13 @@ func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Ve
 		}()
 	}
 	wg.Wait()
-	*v = verified{hash: rep.Hash, at: now, results: results, keys: keys}
-	failed := 0
-	for _, r := range results {
-		if !r.OK {
-			failed++
-			a.log.Warn("registry not verified", "registry", r.Registry, "reason", r.Reason)
-		}
-	}
-	a.log.Info("registries verified", "registries", len(results), "checked", checked, "failed", failed, "duration", time.Since(now))
-	a.metrics.verifiedRegistries(results)
-	return results
+	return results, checked
 }
 
 // withVerification degrades a Ready status when a registry does not verify
 // and adds each failure to the message; an unreachable registry does not
 // degrade it.
-func withVerification(st Status, results []Verification) Status {
+func withVerification(st annotation.Status, results []Verification) annotation.Status {
 	var parts, ok, bad []string
 	for _, r := range results {
 		if r.OK {
@@ -152,17 +161,17 @@ func withVerification(st Status, results []Verification) Status {
 			parts = append(parts, fmt.Sprintf("registry %s not verified: %s", r.Registry, r.Reason))
 		}
 	}
-	st.Verified, st.Unverified = strings.Join(ok, ","), strings.Join(bad, ",")
+	st.Verified, st.Unverified = ok, bad
 	if len(parts) == 0 {
 		return st
 	}
-	if st.State == StateReady {
-		st.State = StateDegraded
+	if st.State == annotation.StateReady {
+		st.State = annotation.StateDegraded
 	}
 	msg := strings.Join(parts, "; ")
 	if st.Message != "" {
 		msg = st.Message + "; " + msg
 	}
-	st.Message = oneLine(msg)
+	st.Message = annotation.OneLine(msg)
 	return st
 }

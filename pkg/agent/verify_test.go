@@ -11,6 +11,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
+	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 )
 
@@ -51,21 +53,21 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 		expiry:  time.Now().Add(time.Hour), calls: map[string]int{},
 	}
 	e := startVerifying(t, v, time.Hour)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] != "" }, "annotated")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] != "" }, "annotated")
 	ann := e.annotations()
-	require.Equal(t, agent.StateDegraded, ann[agent.AnnotationState])
-	require.Equal(t, "registry bad.example not verified: containerd: unknown-authority: the labelled CA did not sign this chain: issuer is CN=x", ann[agent.AnnotationMessage])
-	require.Equal(t, "2", ann[agent.AnnotationSources], "the files are applied all the same")
+	require.Equal(t, annotation.StateDegraded, ann[annotation.KeyState])
+	require.Equal(t, "registry bad.example not verified: containerd: unknown-authority: the labelled CA did not sign this chain: issuer is CN=x", ann[annotation.KeyMessage])
+	require.Equal(t, "2", ann[annotation.KeySources], "the files are applied all the same")
 	require.Equal(t, 1, v.count("good.example:5000"), "once per registry, not per source")
 	require.Equal(t, 1, v.count("bad.example"))
 
-	require.Equal(t, "good.example:5000", ann[agent.AnnotationVerified])
-	require.Equal(t, "bad.example", ann[agent.AnnotationUnverified])
+	require.Equal(t, "good.example:5000", ann[annotation.KeyVerified])
+	require.Equal(t, "bad.example", ann[annotation.KeyUnverified])
 	e.eventually(func() bool { return e.actions("create", "events") == 1 }, "one Event")
 	evs, err := e.client.CoreV1().Events(ns).List(context.Background(), metav1.ListOptions{})
 	require.NoError(t, err)
 	require.Len(t, evs.Items, 1, "on the one source that names bad.example")
-	require.Equal(t, agent.EventReasonNotVerified, evs.Items[0].Reason)
+	require.Equal(t, cluster.EventReasonNotVerified, evs.Items[0].Reason)
 	require.Equal(t, "a", evs.Items[0].InvolvedObject.Name)
 	require.Contains(t, evs.Items[0].Message, "registry bad.example does not verify: containerd: unknown-authority")
 
@@ -94,22 +96,22 @@ func TestAgentVerifiesRegistries(t *testing.T) {
 	a := caSecret(t, "a", "good.example:5000, bad.example", nil)
 	_, err = e.client.CoreV1().Secrets(ns).Update(context.Background(), a, metav1.UpdateOptions{})
 	require.NoError(t, err)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "a changed source verifies its registries again")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] == annotation.StateReady }, "a changed source verifies its registries again")
 	require.Equal(t, 2, v.count("bad.example"))
-	require.Empty(t, e.annotations()[agent.AnnotationMessage])
+	require.Empty(t, e.annotations()[annotation.KeyMessage])
 }
 
 func TestAgentVerifiesPeriodically(t *testing.T) {
 	v := &fakeVerifier{failing: map[string]string{}, calls: map[string]int{}}
 	e := startVerifying(t, v, 30*time.Millisecond)
 	e.eventually(func() bool { return v.count("bad.example") >= 3 }, "verified again every interval")
-	require.Equal(t, agent.StateReady, e.annotations()[agent.AnnotationState])
+	require.Equal(t, annotation.StateReady, e.annotations()[annotation.KeyState])
 	require.NotContains(t, metricsText(t, e.agent), "nodetrust_registry_cert_expiry_seconds{", "no serving certificate seen")
 }
 
 func TestAgentWithoutVerifier(t *testing.T) {
 	e := start(t, testNode(nil), caSecret(t, "a", "bad.example", nil))
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] == agent.StateReady }, "ready")
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] == annotation.StateReady }, "ready")
 	require.False(t, strings.Contains(metricsText(t, e.agent), "nodetrust_registry_verified"))
 }
 
@@ -122,8 +124,8 @@ func TestAgentUnreachableRegistryIsNotDegraded(t *testing.T) {
 		calls:       map[string]int{},
 	}
 	e := startVerifying(t, v, time.Hour)
-	e.eventually(func() bool { return e.annotations()[agent.AnnotationState] != "" }, "annotated")
-	require.Equal(t, agent.StateReady, e.annotations()[agent.AnnotationState])
-	require.Empty(t, e.annotations()[agent.AnnotationMessage])
+	e.eventually(func() bool { return e.annotations()[annotation.KeyState] != "" }, "annotated")
+	require.Equal(t, annotation.StateReady, e.annotations()[annotation.KeyState])
+	require.Empty(t, e.annotations()[annotation.KeyMessage])
 	require.Contains(t, metricsText(t, e.agent), "nodetrust_registry_verified{registry=\"bad.example\"} 0\n")
 }

@@ -1,6 +1,7 @@
-// Package status is the cluster view of nodetrust: every node's report, read
-// from the annotations its agent keeps on the Node, and whether the nodes
-// agree. `nodetrust status` prints it.
+// Package status is the cluster view of nodetrust: every node's report,
+// decoded by pkg/annotation from the annotations its agent keeps on the Node,
+// and whether the nodes agree, overall or about one registry. `nodetrust
+// status` prints it as a table or JSON.
 package status
 
 import (
@@ -9,14 +10,13 @@ import (
 	"io"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
-	"github.com/nodetrust/nodetrust/pkg/agent"
+	"github.com/nodetrust/nodetrust/pkg/annotation"
 )
 
 // Node is one node's report.
@@ -41,20 +41,9 @@ func (n Node) Reported() bool { return n.State != "" }
 
 // FromNode reads a Node's report from its annotations.
 func FromNode(n *corev1.Node) Node {
-	a := n.Annotations
-	out := Node{Name: n.Name, State: a[agent.AnnotationState], Applied: a[agent.AnnotationApplied], Message: a[agent.AnnotationMessage]}
-	out.Sources, _ = strconv.Atoi(a[agent.AnnotationSources])
-	out.Warnings, _ = strconv.Atoi(a[agent.AnnotationWarnings])
-	out.SyncedAt, _ = time.Parse(time.RFC3339, a[agent.AnnotationSyncedAt])
-	out.Verified, out.Unverified = list(a[agent.AnnotationVerified]), list(a[agent.AnnotationUnverified])
-	return out
-}
-
-func list(v string) []string {
-	if v == "" {
-		return []string{}
-	}
-	return strings.Split(v, ",")
+	st, syncedAt := annotation.Decode(n.Annotations)
+	return Node{Name: n.Name, State: st.State, Applied: st.Applied, Sources: st.Sources, Warnings: st.Warnings,
+		Message: st.Message, SyncedAt: syncedAt, Verified: st.Verified, Unverified: st.Unverified}
 }
 
 // Registry is what one node says about a registry: "verified", "not
@@ -90,11 +79,11 @@ func Summarize(nodes []corev1.Node) Summary {
 		n := FromNode(&nodes[i])
 		s.Nodes = append(s.Nodes, n)
 		switch n.State {
-		case agent.StateReady:
+		case annotation.StateReady:
 			s.Ready++
-		case agent.StateDegraded:
+		case annotation.StateDegraded:
 			s.Degraded++
-		case agent.StatePending:
+		case annotation.StatePending:
 			s.Pending++
 		case "":
 			s.Unreported++
