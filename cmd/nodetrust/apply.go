@@ -15,7 +15,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
@@ -24,7 +24,7 @@ import (
 type applyFlags struct {
 	path, hostRoot, output string
 	noWait                 bool
-	node                   node.Options
+	node                   reconcile.Options
 }
 
 // parseApply parses and checks apply's command line.
@@ -90,7 +90,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 			err = fmt.Errorf("apply: %w", uerr)
 		}
 	}()
-	rep, syncErr := node.Sync(ctx, root, set, f.node)
+	rep, syncErr := reconcile.Sync(ctx, root, set, f.node)
 	if syncErr != nil && !errors.Is(syncErr, hostfs.ErrNotRecorded) {
 		return fmt.Errorf("apply: %w", syncErr)
 	}
@@ -99,7 +99,7 @@ func runApply(ctx context.Context, args []string, stdout, stderr io.Writer) (err
 
 // reportApply writes what the apply did, then hands a pending restart over
 // to the operator who read it. syncErr is an apply that was not recorded.
-func reportApply(root restart.Record, rep node.Report, syncErr error, output string, stdout, stderr io.Writer) error {
+func reportApply(root restart.Record, rep reconcile.Report, syncErr error, output string, stdout, stderr io.Writer) error {
 	if syncErr != nil { // the report still says what was done; it says this too
 		rep.Failed = append(rep.Failed, syncErr)
 	}
@@ -130,9 +130,9 @@ func reportApply(root restart.Record, rep node.Report, syncErr error, output str
 }
 
 // writeRejections writes the report's rejections, one a line.
-func writeRejections(w io.Writer, rep node.Report) {
+func writeRejections(w io.Writer, rep reconcile.Report) {
 	for _, p := range rep.Problems() {
-		if p.Kind == node.ProblemRejected {
+		if p.Kind == reconcile.ProblemRejected {
 			fmt.Fprintln(w, p.Line())
 		}
 	}
@@ -140,7 +140,7 @@ func writeRejections(w io.Writer, rep node.Report) {
 
 // writeText writes the report as apply's text: its problems, warnings and
 // pending restarts, then what was found and done.
-func writeText(w io.Writer, rep node.Report) error {
+func writeText(w io.Writer, rep reconcile.Report) error {
 	for _, p := range rep.Problems() {
 		fmt.Fprintln(w, p.Line())
 	}
@@ -207,7 +207,7 @@ type jsonRejection struct {
 	Reason string `json:"reason"`
 }
 
-func writeJSON(w io.Writer, rep node.Report) error {
+func writeJSON(w io.Writer, rep reconcile.Report) error {
 	out := jsonReport{
 		OK: rep.OK(), Hash: rep.Hash, NotSelected: rep.NotSelected, Refreshed: rep.Refreshed,
 		Applied: []string{}, Kept: []string{}, Rejected: []jsonRejection{}, Warnings: []jsonRejection{},

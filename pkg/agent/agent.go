@@ -12,7 +12,7 @@
 // defines what it needs from outside (Inputs, Publisher, TaintRemover,
 // Unpublisher), which pkg/cluster implements over the API and Dir over a
 // manifest directory, and it reports a pkg/annotation Status. The status
-// message is the sync report's own wording (node.Report); what awaits a
+// message is the sync report's own wording (reconcile.Report); what awaits a
 // restart goes to a restart.Policy, whose outcome joins the status.
 package agent
 
@@ -30,7 +30,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/annotation"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/source"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
@@ -51,7 +51,7 @@ type Inputs interface {
 // Events). It returns an error when the report did not get through, so the
 // agent retries it.
 type Publisher interface {
-	Publish(ctx context.Context, st annotation.Status, rep node.Report) (Published, error)
+	Publish(ctx context.Context, st annotation.Status, rep reconcile.Report) (Published, error)
 }
 
 // Published says what a Publish call changed outside the node.
@@ -72,16 +72,16 @@ type Options struct {
 	// Retry is the delay before another sync after a failure to publish or
 	// to apply everything.
 	Retry time.Duration
-	// Refresh overrides the trust store refresh (tests); see node.Options.
+	// Refresh overrides the trust store refresh (tests); see reconcile.Options.
 	Refresh func(ctx context.Context, st truststore.Store, hostRoot string) error
 	// NoDrift disables file notifications (tests of the resync path).
 	NoDrift bool
 	// Restarts restarts container runtimes after a trust store change; nil
 	// only reports "restart pending".
 	Restarts *restart.Options
-	// ManageContainerdConfig: see node.Options.
+	// ManageContainerdConfig: see reconcile.Options.
 	ManageContainerdConfig bool
-	// ContainerdConfig: see node.Options.
+	// ContainerdConfig: see reconcile.Options.
 	ContainerdConfig string
 	// StartupTaint is a taint key removed from the Node after the first
 	// complete sync (the Publisher must be a TaintRemover), so pods land on
@@ -239,7 +239,7 @@ func (a *Agent) locked(ctx context.Context, fn func()) error {
 func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 	start := time.Now()
 	set, nodeLabels := a.opts.Inputs.Collect()
-	rep, err := node.Sync(ctx, a.opts.Root, set, a.nodeOptions(nodeLabels))
+	rep, err := reconcile.Sync(ctx, a.opts.Root, set, a.nodeOptions(nodeLabels))
 	if err != nil {
 		a.metrics.syncFailed()
 		a.log.Error("sync failed", "err", err)
@@ -280,7 +280,7 @@ func (a *Agent) sync(ctx context.Context) (time.Duration, []string) {
 // publish reports a sync through the Publisher, if any, and the registries
 // that do not verify. It returns false when the status did not get through
 // and must be published again.
-func (a *Agent) publish(ctx context.Context, st annotation.Status, rep node.Report, verified []Verification) bool {
+func (a *Agent) publish(ctx context.Context, st annotation.Status, rep reconcile.Report, verified []Verification) bool {
 	if a.opts.Publisher == nil {
 		return true
 	}
@@ -298,7 +298,7 @@ func (a *Agent) publish(ctx context.Context, st annotation.Status, rep node.Repo
 }
 
 // logWarnings logs each warning once while it lasts.
-func (a *Agent) logWarnings(rep node.Report) {
+func (a *Agent) logWarnings(rep reconcile.Report) {
 	current := map[string]bool{}
 	for _, w := range rep.WarningMessages() {
 		current[w] = true
@@ -313,7 +313,7 @@ func (a *Agent) logWarnings(rep node.Report) {
 
 // StatusOf derives the node's status from a sync report: Degraded, with the
 // report's problems as the message, when it has any.
-func StatusOf(rep node.Report) annotation.Status {
+func StatusOf(rep reconcile.Report) annotation.Status {
 	st := annotation.Status{State: annotation.StateReady, Applied: rep.Hash, Sources: len(rep.Applied), Warnings: len(rep.WarningMessages())}
 	if msg := rep.ProblemSummary(); msg != "" {
 		st.State, st.Message = annotation.StateDegraded, annotation.OneLine(msg)
@@ -325,10 +325,10 @@ func StatusOf(rep node.Report) annotation.Status {
 // version (the Node's status.nodeInfo).
 type runtimeVersioner interface{ RuntimeVersion() string }
 
-// nodeOptions are the node.Options of one sync. The containerd version is
+// nodeOptions are the reconcile.Options of one sync. The containerd version is
 // the kubelet's report for the Node, when the runtime is containerd.
-func (a *Agent) nodeOptions(nodeLabels labels.Set) node.Options {
-	opts := node.Options{
+func (a *Agent) nodeOptions(nodeLabels labels.Set) reconcile.Options {
+	opts := reconcile.Options{
 		NodeLabels: nodeLabels, Refresh: a.opts.Refresh,
 		ManageContainerdConfig: a.opts.ManageContainerdConfig, ContainerdConfig: a.opts.ContainerdConfig,
 	}
@@ -406,5 +406,5 @@ func (a *Agent) logWaiting() (stop func()) {
 // verificationPublisher reports registries that do not verify (cluster:
 // Events on the sources that name them).
 type verificationPublisher interface {
-	PublishVerification(ctx context.Context, rep node.Report, results []Verification) (int, error)
+	PublishVerification(ctx context.Context, rep reconcile.Report, results []Verification) (int, error)
 }

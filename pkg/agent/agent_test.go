@@ -28,7 +28,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
@@ -276,9 +276,9 @@ func TestReadyzBeforeFirstSync(t *testing.T) {
 }
 
 func TestStatusOf(t *testing.T) {
-	require.Equal(t, annotation.Status{State: annotation.StateReady, Applied: "h"}, agent.StatusOf(node.Report{Hash: "h"}))
+	require.Equal(t, annotation.Status{State: annotation.StateReady, Applied: "h"}, agent.StatusOf(reconcile.Report{Hash: "h"}))
 	long := strings.Repeat("x ", 600)
-	st := agent.StatusOf(node.Report{Rejected: []*source.Rejection{{ID: source.ID{Kind: "Secret", Namespace: "a", Name: "b"}, Reason: "bad\nthing " + long}}})
+	st := agent.StatusOf(reconcile.Report{Rejected: []*source.Rejection{{ID: source.ID{Kind: "Secret", Namespace: "a", Name: "b"}, Reason: "bad\nthing " + long}}})
 	require.Equal(t, annotation.StateDegraded, st.State)
 	require.True(t, strings.HasPrefix(st.Message, "1 problem(s): rejected Secret a/b: bad thing x x"))
 	require.NotContains(t, st.Message, "\n")

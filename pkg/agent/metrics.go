@@ -8,7 +8,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 )
 
 // Metrics are the agent's Prometheus metrics. They are few and fixed, so
@@ -38,7 +38,7 @@ func (m *Metrics) verifiedRegistries(results []Verification) {
 	m.mu.Unlock()
 }
 
-func (m *Metrics) synced(rep node.Report, ok bool, now time.Time) {
+func (m *Metrics) synced(rep reconcile.Report, ok bool, now time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.syncs++

@@ -5,12 +5,12 @@ import (
 	"time"
 
 	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 )
 
 // due is what of rep the restart policy handles.
-func due(rep node.Report) restart.Due {
+func due(rep reconcile.Report) restart.Due {
 	return restart.Due{Pending: rep.Restart, Runtimes: rep.Runtimes, Reason: rep.RestartReason()}
 }
 

@@ -22,7 +22,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
 	"github.com/nodetrust/nodetrust/pkg/lease"
 	"github.com/nodetrust/nodetrust/pkg/lease/leasetest"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/restart"
 	"github.com/nodetrust/nodetrust/pkg/systemd"
 	"github.com/nodetrust/nodetrust/pkg/systemd/systemdtest"
@@ -35,7 +35,7 @@ type statusLog struct {
 	last annotation.Status
 }
 
-func (s *statusLog) Publish(_ context.Context, st annotation.Status, _ node.Report) (agent.Published, error) {
+func (s *statusLog) Publish(_ context.Context, st annotation.Status, _ reconcile.Report) (agent.Published, error) {
 	s.mu.Lock()
 	s.last = st
 	s.mu.Unlock()

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
@@ -48,7 +48,7 @@ func (a *Agent) Uninstall(ctx context.Context) error {
 }
 
 func (a *Agent) uninstall(ctx context.Context) error {
-	rep, err := node.Sync(ctx, a.opts.Root, source.Set{}, a.nodeOptions(nil))
+	rep, err := reconcile.Sync(ctx, a.opts.Root, source.Set{}, a.nodeOptions(nil))
 	if err != nil {
 		return err
 	}

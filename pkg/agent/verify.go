@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 )
 
 // DefaultVerifyInterval is how often the registries are verified again
@@ -59,7 +59,7 @@ type verified struct {
 // registriesOf lists the registries of the applied sources, sorted, once
 // each, with what decides their trust: the sources naming each and their
 // certificates.
-func registriesOf(rep node.Report) ([]string, map[string]string) {
+func registriesOf(rep reconcile.Report) ([]string, map[string]string) {
 	keys := map[string]string{}
 	for _, s := range rep.Applied {
 		var certs strings.Builder
@@ -85,7 +85,7 @@ func registriesOf(rep node.Report) ([]string, map[string]string) {
 // changed are checked again, so a new Secret does not wait for every other
 // registry's handshake; the interval checks them all. It returns the
 // results that apply to rep.
-func (a *Agent) verify(ctx context.Context, rep node.Report, now time.Time) []Verification {
+func (a *Agent) verify(ctx context.Context, rep reconcile.Report, now time.Time) []Verification {
 	if !rep.Runtimes {
 		return nil // no container runtime here: no pull to verify
 	}

@@ -20,9 +20,9 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/certsd"
 	"github.com/nodetrust/nodetrust/pkg/containerd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
-	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/plan"
 	"github.com/nodetrust/nodetrust/pkg/probe"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 )
 
 // systemBundles are the host's system CA bundles, first existing used: the
@@ -90,7 +90,7 @@ func (e Endpoint) OK() bool { return e.Problem == "" && e.Probe != nil && e.Prob
 type Options struct {
 	// ContainerdVersion is the running containerd's version ("": judged
 	// from its config's format); ContainerdConfig overrides the discovery
-	// of its main config file. See node.Options.
+	// of its main config file. See reconcile.Options.
 	ContainerdVersion, ContainerdConfig string
 }
 
@@ -110,9 +110,9 @@ func Registry(ctx context.Context, root *hostfs.Root, reg string, opts Options) 
 	}
 	hosts, _ := root.ReadFileInRoot("etc/hosts")
 	p := &probe.Prober{Hosts: probe.ParseHosts(hosts)}
-	fsys := node.ConfigFS(root)
+	fsys := reconcile.ConfigFS(root)
 	var runtimes []Runtime
-	if reading, ok := node.ContainerdLookup(root, opts.ContainerdVersion, opts.ContainerdConfig); ok {
+	if reading, ok := reconcile.ContainerdLookup(root, opts.ContainerdVersion, opts.ContainerdConfig); ok {
 		runtimes = append(runtimes, containerdCheck(root, fsys, reg, reading))
 	}
 	if root.IsDir(plan.DockerDir) {

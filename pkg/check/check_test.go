@@ -9,8 +9,8 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/certsd"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
-	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/probe"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 )
 
 func TestDockerInsecure(t *testing.T) {
@@ -103,7 +103,7 @@ func TestCertsDirCheck(t *testing.T) {
 			cas: []string{"/etc/docker/certs.d/docker.io/hub.crt"}},
 		{reg: "none.example", url: "https://none.example", cas: []string{}},
 	} {
-		rt := certsDirCheck("containers/image", node.ConfigFS(root), tt.reg, dirs)
+		rt := certsDirCheck("containers/image", reconcile.ConfigFS(root), tt.reg, dirs)
 		require.Equal(t, tt.dir, rt.Dir, tt.reg)
 		require.Len(t, rt.Endpoints, 1)
 		require.Equal(t, tt.url, rt.Endpoints[0].URL)

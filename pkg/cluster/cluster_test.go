@@ -18,7 +18,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/cluster"
 	"github.com/nodetrust/nodetrust/pkg/cluster/clustertest"
 	"github.com/nodetrust/nodetrust/pkg/kube"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
@@ -55,7 +55,7 @@ func TestEventAlreadyCreatedByAnotherNode(t *testing.T) {
 	require.NoError(t, c.Wait(ctx, func() {}))
 	set, _ := c.Collect()
 	require.Len(t, set.Rejected, 1)
-	rep := node.Report{Rejected: set.Rejected}
+	rep := reconcile.Report{Rejected: set.Rejected}
 	pub, err := c.Publish(ctx, agent.StatusOf(rep), rep)
 	require.NoError(t, err)
 	require.Equal(t, 0, pub.Events)

@@ -13,7 +13,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
@@ -87,7 +87,7 @@ const EventReasonNotVerified = "RegistryNotVerified"
 // PublishVerification creates one Event per source and failure reason for
 // each registry that does not verify (a TLS failure: unreachable registries
 // make none). Nodes that find the same share the Event.
-func (c *Cluster) PublishVerification(ctx context.Context, rep node.Report, results []agent.Verification) (int, error) {
+func (c *Cluster) PublishVerification(ctx context.Context, rep reconcile.Report, results []agent.Verification) (int, error) {
 	if c.verifyEv == nil {
 		c.verifyEv = map[string]bool{}
 	}

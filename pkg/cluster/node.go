@@ -13,7 +13,7 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/agent"
 	"github.com/nodetrust/nodetrust/pkg/annotation"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 )
 
 // ConditionType is annotation.ConditionType, as a Node condition type.
@@ -21,7 +21,7 @@ const ConditionType corev1.NodeConditionType = annotation.ConditionType
 
 // Publish patches the Node's annotations when a value changed and creates
 // one Event per rejection, shared by every node.
-func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep node.Report) (agent.Published, error) {
+func (c *Cluster) Publish(ctx context.Context, st annotation.Status, rep reconcile.Report) (agent.Published, error) {
 	var pub agent.Published
 	events, evErr := c.emitEvents(ctx, rep.Rejected)
 	pub.Events = events

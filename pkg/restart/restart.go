@@ -1,5 +1,5 @@
 // Package restart is the one place that deals with what awaits a restart
-// (hostfs.Pending, carried in node.Report.Restart): a Policy decides, for
+// (hostfs.Pending, carried in reconcile.Report.Restart): a Policy decides, for
 // each sync, whether to restart the container runtimes now, wait (restarts
 // off, no free restart slot, a failure backing off) or record that nothing
 // awaits any more, and returns that as an Outcome (state, message, when to
@@ -80,7 +80,7 @@ type Due struct {
 	// without one, no process caches the old trust store.
 	Runtimes bool
 	// Reason says why the restart awaits, for messages
-	// (node.Report.RestartReason).
+	// (reconcile.Report.RestartReason).
 	Reason string
 }
 

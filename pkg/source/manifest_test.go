@@ -18,7 +18,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
@@ -130,11 +130,11 @@ func TestMalformedManifestKeepsLastApplied(t *testing.T) {
 	}
 }
 
-func syncFile(t *testing.T, root *hostfs.Root, file string) node.Report {
+func syncFile(t *testing.T, root *hostfs.Root, file string) reconcile.Report {
 	t.Helper()
 	set, err := source.ReadPath(context.Background(), file, now)
 	require.NoError(t, err)
-	rep, err := node.Sync(context.Background(), root, set, node.Options{})
+	rep, err := reconcile.Sync(context.Background(), root, set, reconcile.Options{})
 	require.NoError(t, err)
 	return rep
 }

@@ -1,4 +1,4 @@
-package node_test
+package reconcile_test
 
 import (
 	"os"

@@ -1,4 +1,4 @@
-package node_test
+package reconcile_test
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"github.com/nodetrust/nodetrust/pkg/certs/certstest"
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
 	"github.com/nodetrust/nodetrust/pkg/hostfs/hostfstest"
-	"github.com/nodetrust/nodetrust/pkg/node"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 	"github.com/nodetrust/nodetrust/pkg/truststore"
 )
@@ -42,9 +42,9 @@ func newHost(t testing.TB, dirs ...string) *host {
 	return h
 }
 
-func (h *host) sync(set source.Set, nodeLabels labels.Set) node.Report {
+func (h *host) sync(set source.Set, nodeLabels labels.Set) reconcile.Report {
 	h.t.Helper()
-	rep, err := node.Sync(context.Background(), h.root, set, node.Options{
+	rep, err := reconcile.Sync(context.Background(), h.root, set, reconcile.Options{
 		NodeLabels:             nodeLabels,
 		ManageContainerdConfig: h.manage,
 		ContainerdVersion:      h.version,

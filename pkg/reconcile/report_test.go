@@ -1,4 +1,4 @@
-package node_test
+package reconcile_test
 
 import (
 	"errors"
@@ -7,14 +7,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/hostfs"
-	"github.com/nodetrust/nodetrust/pkg/node"
 	"github.com/nodetrust/nodetrust/pkg/plan"
+	"github.com/nodetrust/nodetrust/pkg/reconcile"
 	"github.com/nodetrust/nodetrust/pkg/source"
 )
 
 func TestReportWording(t *testing.T) {
 	id := source.ID{Kind: "Secret", Namespace: "ns", Name: "a"}
-	rep := node.Report{
+	rep := reconcile.Report{
 		Rejected:     []*source.Rejection{{ID: id, Reason: "no certificate"}},
 		InputErrors:  []error{errors.New("FILE: is a named pipe")},
 		Failed:       []error{errors.New("write /etc/x: read-only")},
@@ -54,7 +54,7 @@ func TestReportWording(t *testing.T) {
 	require.Equal(t, "the OS trust store changed; restart the container runtimes to load it; "+
 		"the config of a.service, b.service changed; restart it to load it", rep.RestartReason())
 
-	var empty node.Report
+	var empty reconcile.Report
 	require.Empty(t, empty.Problems())
 	require.Empty(t, empty.ProblemSummary())
 	require.Empty(t, empty.RestartReasons())
@@ -64,15 +64,15 @@ func TestReportWording(t *testing.T) {
 func TestReportConverged(t *testing.T) {
 	rejected := []*source.Rejection{{Reason: "bad"}}
 	for name, tt := range map[string]struct {
-		rep           node.Report
+		rep           reconcile.Report
 		converged, ok bool
 	}{
-		"clean":        {node.Report{}, true, true},
-		"rejected":     {node.Report{Rejected: rejected}, true, false},
-		"node problem": {node.Report{NodeProblems: []string{"p"}}, true, true},
-		"unreadable":   {node.Report{InputErrors: []error{errors.New("x")}}, false, false},
-		"failed":       {node.Report{Failed: []error{errors.New("x")}}, false, false},
-		"refresh":      {node.Report{RefreshErr: errors.New("x")}, false, false},
+		"clean":        {reconcile.Report{}, true, true},
+		"rejected":     {reconcile.Report{Rejected: rejected}, true, false},
+		"node problem": {reconcile.Report{NodeProblems: []string{"p"}}, true, true},
+		"unreadable":   {reconcile.Report{InputErrors: []error{errors.New("x")}}, false, false},
+		"failed":       {reconcile.Report{Failed: []error{errors.New("x")}}, false, false},
+		"refresh":      {reconcile.Report{RefreshErr: errors.New("x")}, false, false},
 	} {
 		t.Run(name, func(t *testing.T) {
 			require.Equal(t, tt.converged, tt.rep.Converged())

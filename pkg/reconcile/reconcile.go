@@ -1,4 +1,4 @@
-// Package node makes one host root match a desired set of sources, and
+// Package reconcile makes one host root match a desired set of sources, and
 // only orchestrates: it reads facts about the node (present runtimes, OS
 // trust store, its containerd through package containerd), keeps the last
 // applied version of sources that are now rejected or unreadable, plans
@@ -6,7 +6,7 @@
 // keeps the runtimes from using it. Both `nodetrust apply` and the agent
 // sync through Sync. ConfigFS is the host root as an fs.FS for reading
 // configuration, as the runtimes would.
-package node
+package reconcile
 
 import (
 	"context"
