@@ -244,6 +244,11 @@ func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
 		_, err := c.conn.RestartUnitContext(t.Context(), unit, "replace", ch)
 		require.NoError(t, err)
 		require.Equal(t, "done", <-ch)
+		// Only a sync line logged after the rewrite counts: the lines so far
+		// include this agent's first syncs, which were Ready too. The sync
+		// line comes after ClearRestarts; "restarted since the change" comes
+		// before it, so the record is read only after the former.
+		n = len(logsWith(a, "sync"))
 		t1 := writeManifest(t, src, manifest, configMapManifest("registry-ca", reg1+","+reg2, true, ca1.PEM, ca2.PEM, ca3.PEM))
 		l, _ = waitLog(t, a, "sync", n, 30*time.Second, func(l map[string]any) bool { return l["state"] == "Ready" })
 		require.Empty(t, l["message"])
