@@ -63,7 +63,7 @@ func (o Object) Labels() map[string]any {
 	return l
 }
 
-// RepoRoot is the repository root (this module lives in tools/chart).
+// RepoRoot is the repository root (this package lives in test/chart).
 func RepoRoot() string {
 	abs, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
