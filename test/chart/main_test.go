@@ -4,12 +4,12 @@ import (
 	"os"
 	"testing"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestMain removes the nodetrust binary test/cluster built, if it built one.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	cluster.CleanupAgentBinary()
+	harness.CleanupAgentBinary()
 	os.Exit(code)
 }

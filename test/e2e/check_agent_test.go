@@ -13,7 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const checkNode = "check-node"
@@ -25,14 +25,14 @@ const checkNode = "check-node"
 // `nodetrust status`. (The agent sets no NodeTrustReady condition yet; it
 // takes the same state and message when it does.)
 func TestCheckAgentOnAPIServer(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	for _, b := range []string{"docker-registry", "etcd"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Fatalf("%s not found (%v): run test/scripts/deps.sh", b, err)
 		}
 	}
 	rep := checkReport(t, "check-agent.txt")
-	bin := cluster.AgentBinary(t)
+	bin := harness.AgentBinary(t)
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "etc/containerd"), 0o755); err != nil {
 		t.Fatal(err)
@@ -49,20 +49,20 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 		}
 		return reg.name()
 	})
-	var c *cluster.Cluster
-	var agent *cluster.Agent
+	var c *harness.Cluster
+	var agent *harness.Agent
 	rep.step("kube-apiserver, deploy/, Node, agent --verify", func() string {
-		c = cluster.NewCluster(t)
+		c = harness.NewCluster(t)
 		if _, err := c.ApplyDeploy(); err != nil {
 			t.Fatal(err)
 		}
 		c.CreateNode(t, checkNode, map[string]string{"kubernetes.io/hostname": checkNode})
-		agent = cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: checkNode,
+		agent = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: checkNode,
 			Namespaces: ns, Root: root, Extra: []string{"--verify", "--verify-interval", "1h"}})
 		took := agent.WaitReady(t, 60*time.Second)
 		return fmt.Sprintf("agent ready after %.2fs", took.Seconds())
 	})
-	secret := cluster.Secret(ns, "registry-ca", good.pem, reg.name())
+	secret := harness.Secret(ns, "registry-ca", good.pem, reg.name())
 	for i, s := range []struct {
 		name string
 		pem  []byte
@@ -79,12 +79,12 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantState := map[bool]string{true: cluster.StateReady, false: "Degraded"}[s.ok]
+			wantState := map[bool]string{true: harness.StateReady, false: "Degraded"}[s.ok]
 			var ann map[string]string
 			waited := waitFor(t, "Node "+wantState+" with the new CA", func() (bool, string) {
 				ann = nodeAnn(t, c, checkNode)
 				filesIn := strings.Contains(readFile(filepath.Join(root, "etc/containerd/certs.d", reg.name(), ownedFile("registry-ca"))), string(s.pem))
-				return filesIn && ann[cluster.AnnState] == wantState, annLine(ann)
+				return filesIn && ann[harness.AnnState] == wantState, annLine(ann)
 			})
 			r, err := run(exec.Command(bin, "check", reg.name(), "--host-root", root, "--output", "json"))
 			if err != nil {
@@ -102,8 +102,8 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 				_, verdict, reason, _ := out.verdict(t, "containerd")
 				want = fmt.Sprintf("registry %s not verified: containerd: %s: %s", reg.name(), verdict, reason)
 			}
-			if ann[cluster.AnnMessage] != want {
-				t.Fatalf("Node message %q; want check's reason %q", ann[cluster.AnnMessage], want)
+			if ann[harness.AnnMessage] != want {
+				t.Fatalf("Node message %q; want check's reason %q", ann[harness.AnnMessage], want)
 			}
 			st, err := run(exec.Command(bin, "status", "--kubeconfig", c.AdminKubeconfig, "--selector", "kubernetes.io/hostname="+checkNode))
 			if err != nil {
@@ -113,7 +113,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 				t.Fatalf("nodetrust status:\n%s", st.out)
 			}
 			rep.note("status after %s:\n%s", s.name, st.out)
-			return fmt.Sprintf("Node %s after %.2fs, message %q", wantState, waited.Seconds(), ann[cluster.AnnMessage])
+			return fmt.Sprintf("Node %s after %.2fs, message %q", wantState, waited.Seconds(), ann[harness.AnnMessage])
 		})
 	}
 }

@@ -15,11 +15,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // pkiCert is a certificate with its key, able to sign others: the check
-// suite's PKI needs intermediates and expired leaves, which cluster.CA
+// suite's PKI needs intermediates and expired leaves, which harness.CA
 // does not make.
 type pkiCert struct {
 	cert *x509.Certificate
@@ -87,13 +87,13 @@ func issuePKI(t *testing.T, tmpl pkiTemplate, parent *pkiCert) *pkiCert {
 }
 
 // serving is p as the registry's TLS certificate, followed by chain.
-func (p *pkiCert) serving(t *testing.T, chain ...*pkiCert) cluster.Serving {
+func (p *pkiCert) serving(t *testing.T, chain ...*pkiCert) harness.Serving {
 	t.Helper()
 	der, err := x509.MarshalECPrivateKey(p.key)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := cluster.Serving{Cert: p.cert, CertPEM: append([]byte{}, p.pem...),
+	s := harness.Serving{Cert: p.cert, CertPEM: append([]byte{}, p.pem...),
 		KeyPEM: pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der})}
 	for _, c := range chain {
 		s.CertPEM = append(s.CertPEM, c.pem...)
@@ -102,12 +102,12 @@ func (p *pkiCert) serving(t *testing.T, chain ...*pkiCert) cluster.Serving {
 }
 
 // asCA wraps p for the e2e helpers that take a *ca (the push's trust).
-func (p *pkiCert) asCA() *ca { return &ca{&cluster.CA{Cert: p.cert, PEM: p.pem}} }
+func (p *pkiCert) asCA() *ca { return &ca{&harness.CA{Cert: p.cert, PEM: p.pem}} }
 
 // opensslCNOnly makes the seed's certificate with the real openssl:
 // `openssl req -x509 -subj /CN=<cn>`, a self-signed certificate with only a
 // Common Name, used as the registry's serving certificate and as its CA.
-func opensslCNOnly(t *testing.T, cn string) cluster.Serving {
+func opensslCNOnly(t *testing.T, cn string) harness.Serving {
 	t.Helper()
 	dir := t.TempDir()
 	crt, key := filepath.Join(dir, "domain.crt"), filepath.Join(dir, "domain.key")
@@ -116,7 +116,7 @@ func opensslCNOnly(t *testing.T, cn string) cluster.Serving {
 	if err != nil {
 		t.Fatalf("openssl req -x509: %v\n%s", err, out)
 	}
-	var s cluster.Serving
+	var s harness.Serving
 	if s.CertPEM, err = os.ReadFile(crt); err != nil {
 		t.Fatal(err)
 	}

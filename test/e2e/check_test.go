@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // cnOnlyHost is the seed's registry name: a CN-only certificate for it,
@@ -121,7 +121,7 @@ type checkCase struct {
 // real CRI pull through Debian's containerd 1.6 and of skopeo (containers/image)
 // in every case.
 func TestCheckMatchesPulls(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: unshare -m, mount --bind")
 	}
@@ -134,7 +134,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
 	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
-		bin = cluster.AgentBinary(t)
+		bin = harness.AgentBinary(t)
 		return bin
 	})
 
@@ -190,7 +190,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	}
 	cnOnly := opensslCNOnly(t, cnOnlyHost)
 	inter := issuePKI(t, pkiTemplate{cn: "check intermediate CA", ca: true}, good)
-	closedPort, err := cluster.FreePort()
+	closedPort, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ metadata:
   annotations: {%s: %q}
 stringData:
   ca.crt: %q
-`, ns, cluster.LabelCA, cluster.AnnRegistries, c.registry, c.caPEM)
+`, ns, harness.LabelCA, harness.AnnRegistries, c.registry, c.caPEM)
 			if err := os.WriteFile(filepath.Join(manifests, "ca.yaml"), []byte(manifest), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -299,12 +299,12 @@ stringData:
 // agent's verdict (nodetrust_registry_verified) equals check's.
 func agentVerifies(t *testing.T, root, manifests, reg string, checkOK bool) string {
 	t.Helper()
-	a := cluster.StartAgent(t, cluster.AgentOptions{Node: "check-node", Root: root,
+	a := harness.StartAgent(t, harness.AgentOptions{Node: "check-node", Root: root,
 		Extra: []string{"--source-dir", manifests, "--verify", "--verify-interval", "1h"}})
 	defer a.Stop()
 	line := fmt.Sprintf("nodetrust_registry_verified{registry=%q} ", reg)
 	var got string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, body, err := a.Get("/metrics")
 		if err != nil {
 			return false

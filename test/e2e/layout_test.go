@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -32,7 +32,7 @@ func containerd2Bin(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("NODETRUST_CONTAINERD2")
 	if bin == "" {
-		out, err := exec.Command(filepath.Join(cluster.RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
+		out, err := exec.Command(filepath.Join(harness.RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
 		if err != nil {
 			t.Fatalf("containerd2-build.sh --print-bin: %v", err)
 		}
@@ -72,7 +72,7 @@ type nodetrustCLI struct {
 }
 
 func newNodetrustCLI(t *testing.T) nodetrustCLI {
-	bin := cluster.AgentBinary(t)
+	bin := harness.AgentBinary(t)
 	out, _ := exec.Command(bin, "apply", "-h").CombinedOutput()
 	return nodetrustCLI{bin: bin, versionFlag: bytes.Contains(out, []byte("containerd-version"))}
 }
@@ -182,7 +182,7 @@ type layoutEnv struct {
 // `nodetrust apply`, and holds nodetrust's node problems against what the
 // pull did; then it replays a k3s restart over nodetrust's files.
 func TestLayoutPulls(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: unshare -m, mount --bind")
 	}

@@ -18,7 +18,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // dockerRegistry is Debian's docker-registry (distribution 2.8) serving TLS
@@ -27,7 +27,7 @@ import (
 type dockerRegistry struct {
 	dir    string
 	port   int
-	proc   *cluster.Proc
+	proc   *harness.Proc
 	starts int
 }
 
@@ -39,7 +39,7 @@ func (r *dockerRegistry) loopback() string { return fmt.Sprintf("127.0.0.1:%d", 
 
 func newDockerRegistry(t *testing.T) *dockerRegistry {
 	t.Helper()
-	port, err := cluster.FreePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func newDockerRegistry(t *testing.T) *dockerRegistry {
 
 // start (re)starts the registry serving sc, trusted by c for readiness (nil:
 // readiness without verification, for certificates that must fail).
-func (r *dockerRegistry) start(sc cluster.Serving, c *ca) (time.Duration, error) {
+func (r *dockerRegistry) start(sc harness.Serving, c *ca) (time.Duration, error) {
 	if r.proc != nil {
 		if err, _, killed := r.proc.Stop(10 * time.Second); killed {
 			return 0, fmt.Errorf("docker-registry did not stop on SIGTERM (%v)", err)
@@ -99,7 +99,7 @@ http:
 		return 0, err
 	}
 	start := time.Now()
-	p, err := cluster.StartProc("docker-registry", filepath.Join(r.dir, "registry.log"), "docker-registry", "serve", cfgFile)
+	p, err := harness.StartProc("docker-registry", filepath.Join(r.dir, "registry.log"), "docker-registry", "serve", cfgFile)
 	if err != nil {
 		return 0, err
 	}
@@ -114,7 +114,7 @@ http:
 	}
 	defer hc.CloseIdleConnections()
 	var last string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		if done, werr := p.Exited(); done {
 			last = fmt.Sprintf("exited: %v", werr)
 			return true

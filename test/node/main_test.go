@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestMain runs one test/node process per machine at a time: a node shares
@@ -19,7 +19,7 @@ import (
 // running).
 func TestMain(m *testing.M) {
 	code := func() int {
-		if cluster.Real() && os.Geteuid() == 0 {
+		if harness.Real() && os.Geteuid() == 0 {
 			unlock, err := lockRuns()
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "test/node:", err)
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		}
 		return m.Run()
 	}()
-	cluster.CleanupAgentBinary()
+	harness.CleanupAgentBinary()
 	os.Exit(code)
 }
 

@@ -15,7 +15,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // registry is Debian's docker-registry serving TLS on 127.0.0.1:port; it
@@ -23,13 +23,13 @@ import (
 type registry struct {
 	dir    string
 	port   int
-	proc   *cluster.Proc
+	proc   *harness.Proc
 	starts int
 }
 
 func newRegistry(t *testing.T) *registry {
 	t.Helper()
-	port, err := cluster.FreePort()
+	port, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func (r *registry) ref(repo string) string {
 
 // serve (re)starts the registry with sc and waits until it serves /v2/
 // verified by ca.
-func (r *registry) serve(t *testing.T, sc cluster.Serving, ca *cluster.CA) {
+func (r *registry) serve(t *testing.T, sc harness.Serving, ca *harness.CA) {
 	t.Helper()
 	if r.proc != nil {
 		r.proc.Stop(10 * time.Second)
@@ -70,7 +70,7 @@ http:
 			t.Fatal(err)
 		}
 	}
-	p, err := cluster.StartProc("docker-registry", filepath.Join(r.dir, "registry.log"), "docker-registry", "serve", cfg)
+	p, err := harness.StartProc("docker-registry", filepath.Join(r.dir, "registry.log"), "docker-registry", "serve", cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ http:
 		Proxy: nil, TLSClientConfig: &tls.Config{RootCAs: pool, ServerName: registryHost}}}
 	defer hc.CloseIdleConnections()
 	var last string
-	if !cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	if !harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		resp, err := hc.Get(fmt.Sprintf("https://127.0.0.1:%d/v2/", r.port))
 		if err != nil {
 			last = err.Error()
@@ -96,7 +96,7 @@ http:
 
 // push copies the image in a docker-archive tarball to repo on this
 // registry, trusting ca.
-func (r *registry) push(t *testing.T, tarPath, repo string, ca *cluster.CA) {
+func (r *registry) push(t *testing.T, tarPath, repo string, ca *harness.CA) {
 	t.Helper()
 	img, err := tarball.ImageFromPath(tarPath, nil)
 	if err != nil {

@@ -13,12 +13,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
 	nodeName  = "node1"
-	agentNS   = cluster.AgentNamespace
+	agentNS   = harness.AgentNamespace
 	workNS    = "workload"
 	appName   = "app"
 	regSecret = "registry-tls"
@@ -27,7 +27,7 @@ const (
 // skipUnlessNode skips unless NODETRUST_REAL=1 and root.
 func skipUnlessNode(t *testing.T) {
 	t.Helper()
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("test/node needs root (systemd-nspawn, cgroups, mounts)")
 	}
@@ -36,15 +36,15 @@ func skipUnlessNode(t *testing.T) {
 // story is the shared state of TestNodeStory's steps.
 type story struct {
 	t    *testing.T
-	c    *cluster.Cluster
+	c    *harness.Cluster
 	n    *node
 	reg  *registry
 	rep  *report
 	ctx  context.Context
 	imgs string // directory of built images
 
-	ca      *cluster.CA     // the registry's current CA
-	serving cluster.Serving // and its serving certificate
+	ca      *harness.CA     // the registry's current CA
+	serving harness.Serving // and its serving certificate
 }
 
 // agentImageTar is $NODETRUST_IMAGE_TAR (make image's bin/nodetrust-image.tar)
@@ -53,7 +53,7 @@ func (s *story) agentImageTar() string {
 	if p := os.Getenv("NODETRUST_IMAGE_TAR"); p != "" {
 		return p
 	}
-	return packImage(s.t, s.imgs, cluster.AgentBinary(s.t), agentImage)
+	return packImage(s.t, s.imgs, harness.AgentBinary(s.t), agentImage)
 }
 
 // TestNodeStory is issue 12's story on one real node with Debian's
@@ -139,10 +139,10 @@ func (s *story) rollout() string {
 	took := time.Since(start)
 	pod := s.agentPod()
 	ann := s.nodeAnnotations()
-	require.Equal(t, cluster.StateReady, ann[cluster.AnnState], "rollout done, so the first sync completed: %v", ann)
+	require.Equal(t, harness.StateReady, ann[harness.AnnState], "rollout done, so the first sync completed: %v", ann)
 	// The condition is patched through nodes/status beside the kubelet's own.
 	var cond *corev1.NodeCondition
-	require.True(t, cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(10*time.Second, 100*time.Millisecond, func() bool {
 		cond = s.trustCondition()
 		return cond != nil && cond.Status == corev1.ConditionTrue
 	}), "no %s=True on the Node: %+v", conditionType, cond)

@@ -16,7 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // startupTaint is the key examples/deploy/startup-taint removes.
@@ -97,7 +97,7 @@ func TestNodeStartupTaint(t *testing.T) {
 		defer func() { close(done); <-stopped }()
 		s.n.start(t, s.c, o)
 		joined = s.n.startedKubelet
-		require.True(t, cluster.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
+		require.True(t, harness.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return !bound.IsZero() && !removed.IsZero()
@@ -120,7 +120,7 @@ func TestNodeStartupTaint(t *testing.T) {
 	})
 	s.rep.step("the app pod pulls on its first attempt and runs", func() string {
 		var p *corev1.Pod
-		require.True(t, cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+		require.True(t, harness.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 			p = s.appPod()
 			return p != nil && p.Status.Phase == corev1.PodRunning
 		}), "the app pod does not run")
@@ -168,7 +168,7 @@ func (s *story) apiDown() string {
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer hc.CloseIdleConnections()
 	var body, logLine string
-	ok := cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+	ok := harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		if logLine == "" {
 			logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
 			for _, l := range logs {
@@ -194,7 +194,7 @@ func (s *story) apiDown() string {
 	said := time.Since(t0)
 	require.NoError(t, s.c.StartAPIServer())
 	back := time.Now()
-	require.True(t, cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		resp, err := hc.Get("http://127.0.0.1:9713/readyz")
 		if err != nil {
 			return false

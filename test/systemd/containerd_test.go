@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -71,7 +71,7 @@ func (c *container) criConfigPath(t testing.TB, pid uint32) (string, bool) {
 func (c *container) waitCRIConfigPath(t testing.TB, pid uint32) string {
 	t.Helper()
 	var value string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		v, found := c.criConfigPath(t, pid)
 		value = v
 		return found
@@ -105,7 +105,7 @@ func TestAgentManagesContainerdConfig(t *testing.T) {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh", bin)
 	}
-	cluster.AgentBinary(t)
+	harness.AgentBinary(t)
 
 	root := debianRoot(t)
 	host, err := exec.LookPath("containerd")
@@ -127,7 +127,7 @@ func TestAgentManagesContainerdConfig(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "sources")
 	require.NoError(t, os.Mkdir(src, 0o755))
-	ca := cluster.NewCA("nodetrust containerd config test CA")
+	ca := harness.NewCA("nodetrust containerd config test CA")
 	const reg = "registry.example:5000"
 
 	step := func(name string, f func(t *testing.T)) {

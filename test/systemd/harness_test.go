@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // requireReal skips the test unless the real-component suites were asked for.
@@ -57,7 +57,7 @@ func debianRoot(t *testing.T) string {
 	t.Helper()
 	root := filepath.Join(t.TempDir(), "root")
 	start := time.Now()
-	require.NoError(t, cluster.DebianRoot(root))
+	require.NoError(t, harness.DebianRoot(root))
 	t.Logf("Debian root extracted in %s", time.Since(start).Round(time.Millisecond))
 	return root
 }

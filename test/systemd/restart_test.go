@@ -11,7 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestAgentRestartsOnlyOnTrustStoreChange runs the real agent binary on the
@@ -27,7 +27,7 @@ func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh (systemd-container)", bin)
 	}
-	cluster.AgentBinary(t) // build before anything is timed
+	harness.AgentBinary(t) // build before anything is timed
 
 	root := debianRoot(t)
 	writeFile(t, root, "etc/systemd/system/containerd.service", containerdUnit)
@@ -41,8 +41,8 @@ func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "sources")
 	require.NoError(t, os.Mkdir(src, 0o755))
-	ca1, ca2, ca3 := cluster.NewCA("nodetrust restart test CA 1"), cluster.NewCA("nodetrust restart test CA 2"),
-		cluster.NewCA("nodetrust restart test CA 3")
+	ca1, ca2, ca3 := harness.NewCA("nodetrust restart test CA 1"), harness.NewCA("nodetrust restart test CA 2"),
+		harness.NewCA("nodetrust restart test CA 3")
 	const (
 		unit     = "containerd.service"
 		reg1     = "registry-1.example:5000"

@@ -1,10 +1,4 @@
-// Package cluster runs nodetrust's agent against a real kube-apiserver (built
-// from Go modules by test/scripts/k8s-build.sh) backed by Debian's etcd. The
-// agent runs as local processes, one per (API-only) Node object, each with its
-// own host root in a temporary directory; it authenticates with a
-// ServiceAccount token from TokenRequest, so the RBAC in deploy/ is what is
-// exercised. See README.md.
-package cluster
+package harness
 
 import (
 	"bytes"
@@ -16,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -28,7 +21,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -42,184 +34,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
-
-// Versions built by test/scripts/k8s-build.sh; keep in step with it.
-const (
-	K8sVersion  = "v1.34.4"
-	KwokVersion = "v0.7.0"
-
-	// AgentNamespace and AgentServiceAccount are what deploy/ creates.
-	AgentNamespace      = "nodetrust-system"
-	AgentServiceAccount = "nodetrust"
-)
-
-// Real reports whether the real-component tests are enabled.
-func Real() bool { return os.Getenv("NODETRUST_REAL") == "1" }
-
-// SkipUnlessReal skips t unless NODETRUST_REAL=1.
-func SkipUnlessReal(t testing.TB) {
-	t.Helper()
-	if !Real() {
-		t.Skip("real API server tests: set NODETRUST_REAL=1 (after test/scripts/k8s-build.sh)")
-	}
-}
-
-// RepoRoot is the nodetrust repository root (this module lives in test/cluster).
-func RepoRoot() string {
-	abs, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		panic(err)
-	}
-	return abs
-}
-
-// DebianRoot extracts a fresh Debian bookworm root into dir with
-// test/scripts/debian-root.sh, which builds it once (debootstrap) and caches
-// it; the error carries the script's output.
-func DebianRoot(dir string) error {
-	script := filepath.Join(RepoRoot(), "test", "scripts", "debian-root.sh")
-	if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("debian-root.sh %s: %v\n%s", dir, err, out)
-	}
-	return nil
-}
-
-func cacheDir() string {
-	if d := os.Getenv("NODETRUST_CACHE"); d != "" {
-		return d
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "nodetrust")
-}
-
-// K8sBin returns the path of a Kubernetes binary (kube-apiserver, kubectl,
-// kube-controller-manager, kube-scheduler): $NODETRUST_K8S_BIN/<name> or the
-// k8s-build.sh cache.
-func K8sBin(name string) string {
-	dir := os.Getenv("NODETRUST_K8S_BIN")
-	if dir == "" {
-		dir = filepath.Join(cacheDir(), "k8s", K8sVersion, "bin")
-	}
-	return filepath.Join(dir, name)
-}
-
-// KwokBin returns the kwok binary: $NODETRUST_KWOK_BIN or the k8s-build.sh cache.
-func KwokBin() string {
-	if b := os.Getenv("NODETRUST_KWOK_BIN"); b != "" {
-		return b
-	}
-	return filepath.Join(cacheDir(), "k8s", "kwok-"+KwokVersion, "bin", "kwok")
-}
-
-func needBinary(path string) error {
-	if _, err := os.Stat(path); err != nil {
-		return fmt.Errorf("%s missing (%v): run test/scripts/k8s-build.sh first", path, err)
-	}
-	return nil
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// ----------------------------------------------------------------- processes
-
-// Proc is a child process whose combined output goes to a log file.
-type Proc struct {
-	Name    string
-	LogPath string
-	Args    []string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
-}
-
-// StartProc starts bin with args, output appended to logPath.
-func StartProc(name, logPath, bin string, args ...string) (*Proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Own process group, so a stray signal to the test does not hit it first
-	// and so it can never outlive us unnoticed as part of our group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{Name: name, LogPath: logPath, Args: append([]string{bin}, args...), cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Pid returns the process id.
-func (p *Proc) Pid() int { return p.cmd.Process.Pid }
-
-// Exited reports whether the process has exited, and its wait error.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// Stop sends SIGTERM, waits up to grace, then SIGKILLs. It returns the wait
-// error (nil for exit 0), how long the exit took, and whether it had to kill.
-func (p *Proc) Stop(grace time.Duration) (err error, took time.Duration, killed bool) {
-	start := time.Now()
-	select {
-	case <-p.done:
-		return p.err, 0, false
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err, time.Since(start), false
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return p.err, time.Since(start), true
-}
-
-// Tail returns the last n bytes of the process log.
-func (p *Proc) Tail(n int) string { return tailFile(p.LogPath, n) }
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
-
-// ----------------------------------------------------------------------- PKI
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
-}
 
 func writePEM(path, typ string, der []byte, mode os.FileMode) error {
 	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
@@ -295,8 +109,6 @@ func clusterPKI(dir, adminToken string) error {
 	return os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(adminToken+`,admin,1000,"system:masters"`+"\n"), 0o600)
 }
 
-// ------------------------------------------------------------------- cluster
-
 // Cluster is etcd + kube-apiserver on 127.0.0.1 with free ports, all state in Dir.
 type Cluster struct {
 	Dir             string
@@ -334,7 +146,7 @@ func StartCluster() (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, AdminToken: randHex(16)}
+	c := &Cluster{Dir: dir, AdminToken: RandHex(16)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -556,14 +368,6 @@ func NewCluster(t testing.TB) *Cluster {
 	return c
 }
 
-func mustPool(pemData []byte) *x509.CertPool {
-	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(pemData) {
-		panic("no certificates in CA PEM")
-	}
-	return p
-}
-
 // WriteKubeconfig writes a kubeconfig for a bearer token.
 func WriteKubeconfig(path, server string, caPEM []byte, token, namespace string) error {
 	cfg := clientcmdapi.NewConfig()
@@ -584,11 +388,6 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
-
-// ------------------------------------------------------------------- deploy/
-
-// DeployDir is the repository's kustomize base.
-func DeployDir() string { return filepath.Join(RepoRoot(), "deploy") }
 
 // ApplyDeploy runs `kubectl apply -k deploy/` and returns its output.
 func (c *Cluster) ApplyDeploy() (string, error) {
@@ -648,7 +447,7 @@ func (c *Cluster) AgentClient(t testing.TB) *kubernetes.Clientset {
 func (c *Cluster) Tenant(t testing.TB, prefix string) string {
 	t.Helper()
 	ctx := context.Background()
-	ns := prefix + "-" + randHex(3)
+	ns := prefix + "-" + RandHex(3)
 	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create namespace %s: %v", ns, err)
 	}
