@@ -10,6 +10,6 @@ import (
 // TestMain removes the nodetrust binary test/cluster built, if it built one.
 func TestMain(m *testing.M) {
 	code := m.Run()
-	harness.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }

@@ -318,7 +318,7 @@ func TestOwnNodePolicy(t *testing.T) {
 // agent) exit 1.
 func pluginStatus(t *testing.T, c *harness.Cluster) {
 	dir := t.TempDir()
-	require.NoError(t, os.Symlink(harness.AgentBinary(t), filepath.Join(dir, "kubectl-nodetrust")))
+	require.NoError(t, os.Symlink(harness.Binary(t), filepath.Join(dir, "kubectl-nodetrust")))
 	kubectl := func(args ...string) (string, error) {
 		cmd := exec.Command(harness.K8sBin("kubectl"), args...)
 		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "KUBECONFIG="+c.AdminKubeconfig)

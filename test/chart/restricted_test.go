@@ -87,7 +87,7 @@ func TestRestrictedCapabilities(t *testing.T) {
 	if err != nil {
 		t.Skip("setpriv (util-linux) missing")
 	}
-	bin := harness.AgentBinary(t)
+	bin := harness.Binary(t)
 	ca := harness.NewCA("restricted-ca")
 	const reg = "registry.example:5000"
 	src := t.TempDir()

@@ -79,7 +79,7 @@ func TestTrustManagerBundle(t *testing.T) {
 
 	caA, caB := harness.NewCA("bundle-ca-a"), harness.NewCA("bundle-ca-b")
 	data := strings.TrimSpace(string(caA.PEM)) + "\n" + strings.TrimSpace(string(caB.PEM)) + "\n"
-	bin := harness.AgentBinary(t)
+	bin := harness.Binary(t)
 	apply := func(t *testing.T, cm *corev1.ConfigMap) (root, out string) {
 		t.Helper()
 		dir, root := t.TempDir(), harness.NewHostRoot(t)

@@ -20,7 +20,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	stopShared()
-	harness.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 

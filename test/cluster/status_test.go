@@ -14,7 +14,7 @@ import (
 // runStatus runs `nodetrust status` with the admin kubeconfig.
 func runStatus(t *testing.T, c *harness.Cluster, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(harness.AgentBinary(t), append([]string{"status", "--kubeconfig", c.AdminKubeconfig}, args...)...)
+	cmd := exec.Command(harness.Binary(t), append([]string{"status", "--kubeconfig", c.AdminKubeconfig}, args...)...)
 	out, err := cmd.Output()
 	var exit *exec.ExitError
 	switch {

@@ -32,7 +32,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 		}
 	}
 	rep := checkReport(t, "check-agent.txt")
-	bin := harness.AgentBinary(t)
+	bin := harness.Binary(t)
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "etc/containerd"), 0o755); err != nil {
 		t.Fatal(err)

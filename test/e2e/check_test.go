@@ -134,7 +134,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
 	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
-		bin = harness.AgentBinary(t)
+		bin = harness.Binary(t)
 		return bin
 	})
 

@@ -21,7 +21,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	harness.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 
@@ -208,7 +208,7 @@ func TestNodeStory(t *testing.T) {
 	)
 
 	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
-		return harness.AgentBinary(t)
+		return harness.Binary(t)
 	})
 
 	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
@@ -396,7 +396,7 @@ func TestNodeStory(t *testing.T) {
 	rep.step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
 		debRoot = filepath.Join(t.TempDir(), "root")
 		start := time.Now()
-		if err := harness.DebianRoot(debRoot); err != nil {
+		if err := harness.ExtractDebianRoot(debRoot); err != nil {
 			t.Fatal(err)
 		}
 		extracted := time.Since(start)

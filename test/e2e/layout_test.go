@@ -72,7 +72,7 @@ type nodetrustCLI struct {
 }
 
 func newNodetrustCLI(t *testing.T) nodetrustCLI {
-	bin := harness.AgentBinary(t)
+	bin := harness.Binary(t)
 	out, _ := exec.Command(bin, "apply", "-h").CombinedOutput()
 	return nodetrustCLI{bin: bin, versionFlag: bytes.Contains(out, []byte("containerd-version"))}
 }

@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/stretchr/testify/require"
 )
@@ -32,11 +33,10 @@ import (
 // bin is the nodetrust binary under test.
 func bin(t testing.TB) string {
 	t.Helper()
-	b := os.Getenv("NODETRUST_BIN")
-	if b == "" {
+	if os.Getenv("NODETRUST_BIN") == "" {
 		t.Skip("NODETRUST_BIN is not set: run make test-faults")
 	}
-	return b
+	return harness.Binary(t)
 }
 
 // newCAPEM returns a self-signed CA certificate, PEM-encoded.

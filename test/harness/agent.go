@@ -58,7 +58,7 @@ var agentSeq struct {
 // (SIGTERM) on cleanup if still running.
 func StartAgent(t testing.TB, opts AgentOptions) *Agent {
 	t.Helper()
-	bin := AgentBinary(t)
+	bin := Binary(t)
 	port, err := FreePort()
 	if err != nil {
 		t.Fatal(err)

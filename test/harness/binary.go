@@ -11,50 +11,54 @@ import (
 )
 
 var (
-	agentBinOnce sync.Once
-	agentBin     string
-	agentBinErr  error
-	agentBinDir  string
+	binOnce sync.Once
+	binPath     string
+	binErr  error
+	binDir  string
 )
 
-// AgentBinary returns the nodetrust binary under test: $NODETRUST_BIN, or one
-// built once per test process from the repository root.
-func AgentBinary(t testing.TB) string {
+// Binary returns the nodetrust binary under test: $NODETRUST_BIN, or one
+// built once per test process from the repository root. Reading
+// $NODETRUST_BIN and stating the binary from inside a test puts both into the
+// go test cache key, so a rebuilt or different binary is never judged by a
+// cached result; a binary built here lives in a temporary directory that is
+// gone afterwards, so such runs are never cached.
+func Binary(t testing.TB) string {
 	t.Helper()
-	agentBinOnce.Do(func() {
+	binOnce.Do(func() {
 		if b := os.Getenv("NODETRUST_BIN"); b != "" {
-			agentBin, agentBinErr = filepath.Abs(b)
+			binPath, binErr = filepath.Abs(b)
 			return
 		}
 		dir, err := os.MkdirTemp("", "nodetrust-bin-")
 		if err != nil {
-			agentBinErr = err
+			binErr = err
 			return
 		}
-		agentBinDir = dir
-		agentBin = filepath.Join(dir, "nodetrust")
+		binDir = dir
+		binPath = filepath.Join(dir, "nodetrust")
 		start := time.Now()
-		cmd := exec.Command("go", "build", "-o", agentBin, "./cmd/nodetrust")
+		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/nodetrust")
 		cmd.Dir = RepoRoot()
 		out, err := cmd.CombinedOutput()
 		if err != nil {
-			agentBinErr = fmt.Errorf("go build ./cmd/nodetrust in %s: %v\n%s", RepoRoot(), err, out)
+			binErr = fmt.Errorf("go build ./cmd/nodetrust in %s: %v\n%s", RepoRoot(), err, out)
 			return
 		}
-		fmt.Fprintf(os.Stderr, "built %s in %v\n", agentBin, time.Since(start).Round(time.Millisecond))
+		fmt.Fprintf(os.Stderr, "built %s in %v\n", binPath, time.Since(start).Round(time.Millisecond))
 	})
-	if agentBinErr != nil {
-		t.Fatal(agentBinErr)
+	if binErr != nil {
+		t.Fatal(binErr)
 	}
-	if _, err := os.Stat(agentBin); err != nil {
+	if _, err := os.Stat(binPath); err != nil {
 		t.Fatalf("nodetrust binary: %v", err)
 	}
-	return agentBin
+	return binPath
 }
 
-// CleanupAgentBinary removes a binary AgentBinary built (call from TestMain).
-func CleanupAgentBinary() {
-	if agentBinDir != "" {
-		_ = os.RemoveAll(agentBinDir)
+// CleanupBinary removes a binary that Binary built (call from TestMain).
+func CleanupBinary() {
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // Versions built by test/scripts/k8s-build.sh; keep in step with it.
@@ -28,11 +29,19 @@ func Real() bool { return os.Getenv("NODETRUST_REAL") == "1" }
 func SkipUnlessReal(t testing.TB) {
 	t.Helper()
 	if !Real() {
-		t.Skip("real API server tests: set NODETRUST_REAL=1 (after test/scripts/k8s-build.sh)")
+		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh and test/scripts/k8s-build.sh) to run it")
 	}
 }
 
-// RepoRoot is the nodetrust repository root (this module lives in test/cluster).
+// SkipUnlessRoot skips t unless it runs as root; why says what needs it.
+func SkipUnlessRoot(t testing.TB, why string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("real-component test needs root (" + why + ")")
+	}
+}
+
+// RepoRoot is the nodetrust repository root (suites run in test/<suite>).
 func RepoRoot() string {
 	abs, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {
@@ -41,10 +50,24 @@ func RepoRoot() string {
 	return abs
 }
 
-// DebianRoot extracts a fresh Debian bookworm root into dir with
+// DebianRoot extracts a fresh Debian bookworm root (cached by
+// test/scripts/debian-root.sh, with systemd, systemd-sysv and dbus) into a
+// temporary directory of t and returns it.
+func DebianRoot(t testing.TB) string {
+	t.Helper()
+	root := filepath.Join(t.TempDir(), "root")
+	start := time.Now()
+	if err := ExtractDebianRoot(root); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("Debian root extracted in %s", time.Since(start).Round(time.Millisecond))
+	return root
+}
+
+// ExtractDebianRoot extracts a fresh Debian bookworm root into dir with
 // test/scripts/debian-root.sh, which builds it once (debootstrap) and caches
 // it; the error carries the script's output.
-func DebianRoot(dir string) error {
+func ExtractDebianRoot(dir string) error {
 	script := filepath.Join(RepoRoot(), "test", "scripts", "debian-root.sh")
 	if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
 		return fmt.Errorf("debian-root.sh %s: %v\n%s", dir, err, out)

@@ -14,59 +14,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 )
 
-// nodetrustBin is the binary under test: $NODETRUST_BIN, or built from ../../.
-var nodetrustBin string
-
+// TestMain removes the binary harness.Binary built after all tests ran.
 func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	if bin := os.Getenv("NODETRUST_BIN"); bin != "" {
-		abs, err := filepath.Abs(bin)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "NODETRUST_BIN:", err)
-			return 1
-		}
-		nodetrustBin = abs
-		return m.Run()
-	}
-	repoRoot, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	tmp, err := os.MkdirTemp("", "nodetrust-loaders-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	nodetrustBin = filepath.Join(tmp, "nodetrust")
-	build := exec.Command("go", "build", "-o", nodetrustBin, "./cmd/nodetrust")
-	build.Dir = repoRoot
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "building nodetrust in %s: %v\n", repoRoot, err)
-		return 1
-	}
-	return m.Run()
-}
-
-// binary returns the binary under test. Reading $NODETRUST_BIN and stating the
-// binary from inside a test (not only in TestMain) puts both into the go test
-// cache key, so a rebuilt or different binary is never judged by a cached
-// result. A binary built by TestMain lives in a temporary directory that is
-// gone afterwards, so such runs are never cached.
-func binary(t *testing.T) string {
-	t.Helper()
-	_ = os.Getenv("NODETRUST_BIN")
-	_, err := os.Stat(nodetrustBin)
-	require.NoError(t, err, "nodetrust binary")
-	return nodetrustBin
+	code := m.Run()
+	harness.CleanupBinary()
+	os.Exit(code)
 }
 
 // newHostRoot makes a host root in which containerd, Docker and
@@ -86,7 +42,7 @@ func runApply(t *testing.T, manifests, root string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), "apply", "-f", manifests, "--host-root", root)
+	cmd := exec.CommandContext(ctx, harness.Binary(t), "apply", "-f", manifests, "--host-root", root)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

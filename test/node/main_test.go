@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		}
 		return m.Run()
 	}()
-	harness.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 

@@ -53,7 +53,7 @@ func (s *story) agentImageTar() string {
 	if p := os.Getenv("NODETRUST_IMAGE_TAR"); p != "" {
 		return p
 	}
-	return packImage(s.t, s.imgs, harness.AgentBinary(s.t), agentImage)
+	return packImage(s.t, s.imgs, harness.Binary(s.t), agentImage)
 }
 
 // TestNodeStory is issue 12's story on one real node with Debian's

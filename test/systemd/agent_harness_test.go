@@ -22,7 +22,7 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	harness.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 
@@ -185,7 +185,7 @@ func restartSpans(evs []unitEvent, since time.Time) []restartSpan {
 // when the test failed.
 func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *harness.Agent {
 	t.Helper()
-	bin := harness.AgentBinary(t)
+	bin := harness.Binary(t)
 	port, err := harness.FreePort()
 	require.NoError(t, err)
 	a := &harness.Agent{HealthAddr: fmt.Sprintf("127.0.0.1:%d", port)}

@@ -99,19 +99,19 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 // and the new containerd process runs with config_path set. --uninstall
 // then restores the original file byte for byte and restarts nothing.
 func TestAgentManagesContainerdConfig(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl", "containerd"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh", bin)
 	}
-	harness.AgentBinary(t)
+	harness.Binary(t)
 
-	root := debianRoot(t)
+	root := harness.DebianRoot(t)
 	host, err := exec.LookPath("containerd")
 	require.NoError(t, err)
 	copyFile(t, host, filepath.Join(root, "usr/local/bin/containerd"), 0o755)
-	fixture, err := os.ReadFile(filepath.Join(testDir(t), "..", "..", "hostfiles", "containerd", "debian12-default.toml"))
+	fixture, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "hostfiles", "containerd", "debian12-default.toml"))
 	require.NoError(t, err)
 	original := string(fixture) + snapshotterNative
 	writeFile(t, root, "etc/containerd/config.toml", original)

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,47 +19,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
-	"github.com/nodetrust/nodetrust/test/harness"
 )
-
-// requireReal skips the test unless the real-component suites were asked for.
-func requireReal(t *testing.T) {
-	t.Helper()
-	if os.Getenv("NODETRUST_REAL") != "1" {
-		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh) to run it")
-	}
-}
-
-// requireRoot skips the test unless it runs as root (tar --same-owner,
-// systemd-nspawn).
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("real-component test needs root (tar --same-owner, systemd-nspawn)")
-	}
-}
-
-// testDir is the directory of this package's sources (go test's working dir).
-func testDir(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("runtime.Caller failed")
-	}
-	return filepath.Dir(file)
-}
-
-// debianRoot extracts a fresh Debian bookworm root (cached by
-// test/scripts/debian-root.sh, with systemd, systemd-sysv and dbus) into a
-// temporary directory and returns it.
-func debianRoot(t *testing.T) string {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "root")
-	start := time.Now()
-	require.NoError(t, harness.DebianRoot(root))
-	t.Logf("Debian root extracted in %s", time.Since(start).Round(time.Millisecond))
-	return root
-}
 
 // writeFile writes content to path (relative to root), creating directories.
 func writeFile(t *testing.T, root, path, content string) {

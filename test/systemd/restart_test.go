@@ -21,15 +21,15 @@ import (
 // change must restart containerd.service exactly once; a failing restart
 // degrades the node; --restart=never leaves it Pending.
 func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh (systemd-container)", bin)
 	}
-	harness.AgentBinary(t) // build before anything is timed
+	harness.Binary(t) // build before anything is timed
 
-	root := debianRoot(t)
+	root := harness.DebianRoot(t)
 	writeFile(t, root, "etc/systemd/system/containerd.service", containerdUnit)
 	writeFile(t, root, "etc/systemd/system/broken.service", brokenUnit)
 	enable(t, root, "containerd.service")

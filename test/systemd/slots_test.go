@@ -39,8 +39,8 @@ const (
 // show at most --max-concurrent-restarts restarts at any instant, and all ten
 // must finish within a bound.
 func TestRestartSlotsAcrossNodes(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh (systemd-container)", bin)
@@ -48,7 +48,7 @@ func TestRestartSlotsAcrossNodes(t *testing.T) {
 	if _, err := os.Stat(harness.K8sBin("kube-apiserver")); err != nil {
 		t.Skipf("kube-apiserver missing (%v): run test/scripts/k8s-build.sh first", err)
 	}
-	harness.AgentBinary(t)
+	harness.Binary(t)
 
 	const nodes = 10
 	setup := time.Now()
@@ -350,7 +350,7 @@ func debianRoots(t *testing.T, n, parallel int) []string {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			start := time.Now()
-			errs[i] = harness.DebianRoot(roots[i])
+			errs[i] = harness.ExtractDebianRoot(roots[i])
 			took[i] = time.Since(start)
 		}()
 	}

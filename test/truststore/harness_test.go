@@ -20,10 +20,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -31,101 +29,6 @@ import (
 
 // chrootPath is the PATH given to every process run inside a Debian root.
 const chrootPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// requireReal skips the test unless the real-component suites were asked for.
-func requireReal(t *testing.T) {
-	t.Helper()
-	if os.Getenv("NODETRUST_REAL") != "1" {
-		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh) to run it")
-	}
-}
-
-// requireRoot skips the test unless it runs as root (debootstrap, chroot).
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("real-component test needs root (tar --same-owner, chroot)")
-	}
-}
-
-// testDir is the directory of this package's sources (go test's working dir).
-func testDir(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("runtime.Caller failed")
-	}
-	return filepath.Dir(file)
-}
-
-// repoRoot is the nodetrust repository root, two levels above this package.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	return filepath.Clean(filepath.Join(testDir(t), "..", ".."))
-}
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-)
-
-// TestMain removes the shared build directory after all tests ran.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// nodetrustBin returns $NODETRUST_BIN, or builds ./cmd/nodetrust once per run.
-func nodetrustBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		if p := os.Getenv("NODETRUST_BIN"); p != "" {
-			binPath, binErr = filepath.Abs(p)
-			return
-		}
-		dir, err := os.MkdirTemp("", "nodetrust-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binDir = dir
-		binPath = filepath.Join(dir, "nodetrust")
-		start := time.Now()
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/nodetrust")
-		cmd.Dir = repoRoot(t)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build ./cmd/nodetrust in %s: %v\n%s", cmd.Dir, err, out)
-			return
-		}
-		t.Logf("built nodetrust in %s", time.Since(start).Round(time.Millisecond))
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-// debianRoot extracts a fresh Debian bookworm root (cached by
-// test/scripts/debian-root.sh) into a temporary directory and returns it.
-func debianRoot(t *testing.T) string {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "root")
-	script := filepath.Join(testDir(t), "..", "scripts", "debian-root.sh")
-	start := time.Now()
-	cmd := exec.Command("bash", script, root)
-	out, err := cmd.CombinedOutput()
-	t.Logf("debian-root.sh (%s):\n%s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("debian-root.sh %s: %v", root, err)
-	}
-	return root
-}
 
 // result is the outcome of one nodetrust run.
 type result struct {
