@@ -12,7 +12,7 @@ import (
 
 var (
 	binOnce sync.Once
-	binPath     string
+	binPath string
 	binErr  error
 	binDir  string
 )
