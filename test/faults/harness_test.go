@@ -141,30 +141,20 @@ type entry string
 // mode and owner changes all show.
 func snapshot(t testing.TB, root string) map[string]entry {
 	t.Helper()
+	tree, err := harness.Walk(root)
+	require.NoError(t, err)
 	out := map[string]entry{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == root {
-			return err
+	for rel, e := range tree {
+		if rel == "." {
+			continue
 		}
-		rel, _ := filepath.Rel(root, p)
-		info, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st := info.Sys().(*syscall.Stat_t)
-		desc := fmt.Sprintf("%v %d:%d", info.Mode(), st.Uid, st.Gid)
-		if info.Mode().IsRegular() {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(data)
+		desc := fmt.Sprintf("%v %d:%d", e.Mode, e.UID, e.GID)
+		if e.Mode.IsRegular() {
+			sum := sha256.Sum256([]byte(e.Content))
 			desc += " " + hex.EncodeToString(sum[:8])
 		}
-		out[filepath.ToSlash(rel)] = entry(desc)
-		return nil
-	})
-	require.NoError(t, err)
+		out[rel] = entry(desc)
+	}
 	return out
 }
 

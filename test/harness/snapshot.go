@@ -3,23 +3,28 @@ package harness
 import (
 	"fmt"
 	"io/fs"
+	"os"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 )
 
-// FileInfo is what a snapshot records per path.
-type FileInfo struct {
-	Mode    fs.FileMode
-	Size    int64
-	ModTime time.Time
-	Ino     uint64
+// Entry is one path of a tree walk: everything any suite's snapshot compares.
+type Entry struct {
+	Mode     fs.FileMode
+	Size     int64
+	ModTime  time.Time
+	Ino      uint64
+	UID, GID uint32
+	Content  string // a regular file's content, a symlink's target
 }
 
-// Snapshot records every path under root (mtime, size, mode, inode).
-func Snapshot(root string) (map[string]FileInfo, error) {
-	out := map[string]FileInfo{}
+// Walk records every path under root, relative and slash-separated (root
+// itself is "."), without following symlinks. A walk that fails returns
+// WalkDir's error (fs.ErrNotExist for a missing root).
+func Walk(root string) (map[string]Entry, error) {
+	out := map[string]Entry{}
 	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -28,17 +33,48 @@ func Snapshot(root string) (map[string]FileInfo, error) {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == lockFile {
-			return nil // names its holder: it changes with each process that takes it
-		}
-		fi := FileInfo{Mode: info.Mode(), Size: info.Size(), ModTime: info.ModTime()}
+		e := Entry{Mode: info.Mode(), Size: info.Size(), ModTime: info.ModTime()}
 		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			fi.Ino = st.Ino
+			e.Ino, e.UID, e.GID = st.Ino, st.Uid, st.Gid
 		}
-		out[rel] = fi
+		switch {
+		case info.Mode().IsRegular():
+			data, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			e.Content = string(data)
+		case info.Mode()&fs.ModeSymlink != 0:
+			if e.Content, err = os.Readlink(p); err != nil {
+				return err
+			}
+		}
+		rel, _ := filepath.Rel(root, p)
+		out[filepath.ToSlash(rel)] = e
 		return nil
 	})
+	return out, err
+}
+
+// FileInfo is what Snapshot records per path.
+type FileInfo struct {
+	Mode    fs.FileMode
+	Size    int64
+	ModTime time.Time
+	Ino     uint64
+}
+
+// Snapshot records every path under root (mtime, size, mode, inode), less
+// the host root's lock.
+func Snapshot(root string) (map[string]FileInfo, error) {
+	tree, err := Walk(root)
+	out := map[string]FileInfo{}
+	for rel, e := range tree {
+		if rel == lockFile {
+			continue // names its holder: it changes with each process that takes it
+		}
+		out[rel] = FileInfo{Mode: e.Mode, Size: e.Size, ModTime: e.ModTime, Ino: e.Ino}
+	}
 	// The lock's directory, while it holds nothing else, exists only while
 	// some nodetrust holds the lock.
 	alone := true

@@ -76,41 +76,17 @@ type fileInfo struct {
 // snapshot returns every path under dir (relative, slash-separated).
 func snapshot(t *testing.T, dir string) map[string]fileInfo {
 	t.Helper()
+	walked, err := harness.Walk(dir)
 	tree := map[string]fileInfo{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fi := fileInfo{mode: info.Mode(), modTime: info.ModTime()}
-		switch {
-		case info.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fi.content = string(b)
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			fi.content = target
-		}
-		tree[filepath.ToSlash(rel)] = fi
-		return nil
-	})
 	if errors.Is(err, fs.ErrNotExist) {
 		return tree
 	}
 	require.NoError(t, err)
+	for rel, e := range walked {
+		if rel != "." {
+			tree[rel] = fileInfo{mode: e.Mode, content: e.Content, modTime: e.ModTime}
+		}
+	}
 	return tree
 }
 

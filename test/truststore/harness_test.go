@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // chrootPath is the PATH given to every process run inside a Debian root.
@@ -199,33 +201,20 @@ func snapshot(t *testing.T, root string, dirs ...string) map[string]entry {
 	snap := map[string]entry{}
 	for _, dir := range dirs {
 		base := filepath.Join(root, dir)
-		err := filepath.WalkDir(base, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			e := entry{mode: info.Mode(), modTime: info.ModTime()}
-			switch {
-			case info.Mode()&fs.ModeSymlink != 0:
-				e.sum, err = os.Readlink(path)
-			case info.Mode().IsRegular():
-				var data []byte
-				data, err = os.ReadFile(path)
-				h := sha256.Sum256(data)
-				e.sum = hex.EncodeToString(h[:])
-			}
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(root, path)
-			snap[rel] = e
-			return nil
-		})
+		tree, err := harness.Walk(base)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("walking %s: %v", base, err)
+		}
+		for rel, e := range tree {
+			en := entry{mode: e.Mode, modTime: e.ModTime}
+			switch {
+			case e.Mode&fs.ModeSymlink != 0:
+				en.sum = e.Content
+			case e.Mode.IsRegular():
+				h := sha256.Sum256([]byte(e.Content))
+				en.sum = hex.EncodeToString(h[:])
+			}
+			snap[filepath.Join(dir, filepath.FromSlash(rel))] = en
 		}
 	}
 	return snap
