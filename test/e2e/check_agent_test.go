@@ -43,7 +43,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 	good := issuePKI(t, pkiTemplate{cn: "check CA", ca: true}, nil)
 	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
 	reg := newDockerRegistry(t)
-	rep.step("registry signed by the check CA", func() string {
+	rep.Step("registry signed by the check CA", func() string {
 		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: []string{registryHost, "127.0.0.1"}}, good).serving(t), good.asCA()); err != nil {
 			t.Fatal(err)
 		}
@@ -51,7 +51,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 	})
 	var c *harness.Cluster
 	var agent *harness.Agent
-	rep.step("kube-apiserver, deploy/, Node, agent --verify", func() string {
+	rep.Step("kube-apiserver, deploy/, Node, agent --verify", func() string {
 		c = harness.NewCluster(t)
 		if _, err := c.ApplyDeploy(); err != nil {
 			t.Fatal(err)
@@ -68,7 +68,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 		pem  []byte
 		ok   bool
 	}{{"the right CA", good.pem, true}, {"the wrong CA", wrong.pem, false}, {"the right CA again", good.pem, true}} {
-		rep.step(fmt.Sprintf("%s → Node %s", s.name, map[bool]string{true: "Ready", false: "Degraded"}[s.ok]), func() string {
+		rep.Step(fmt.Sprintf("%s → Node %s", s.name, map[bool]string{true: "Ready", false: "Degraded"}[s.ok]), func() string {
 			secret.Data["ca.crt"] = s.pem
 			var err error
 			if i == 0 {
@@ -112,7 +112,7 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 			if !strings.Contains(st.out, wantState) || (!s.ok && !strings.Contains(st.out, "not verified")) {
 				t.Fatalf("nodetrust status:\n%s", st.out)
 			}
-			rep.note("status after %s:\n%s", s.name, st.out)
+			rep.Note("status after %s:\n%s", s.name, st.out)
 			return fmt.Sprintf("Node %s after %.2fs, message %q", wantState, waited.Seconds(), ann[harness.AnnMessage])
 		})
 	}

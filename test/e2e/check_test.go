@@ -133,7 +133,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	realHosts, _ := os.ReadFile("/etc/hosts")
 	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
-	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
+	rep.Step("build nodetrust (or $NODETRUST_BIN)", func() string {
 		bin = harness.Binary(t)
 		return bin
 	})
@@ -160,10 +160,10 @@ func TestCheckMatchesPulls(t *testing.T) {
 	emptyDir := t.TempDir()
 
 	var ctrd *containerdNode
-	rep.step("containerd 1.6 in unshare -m (/etc/hosts = host root's), config_path in host root", func() string {
+	rep.Step("containerd 1.6 in unshare -m (/etc/hosts = host root's), config_path in host root", func() string {
 		var took time.Duration
 		ctrd, took = startContainerd(t, hostsFile, root)
-		rep.note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
+		rep.Note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
 		return fmt.Sprintf("%s ready in %.2fs", ctrd.version, took.Seconds())
 	})
 
@@ -171,7 +171,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
 	names := []string{registryHost, cnOnlyHost, "localhost", "127.0.0.1"}
 	reg := newDockerRegistry(t)
-	rep.step("registry: docker-registry on 127.0.0.1 signed by the check CA, push e2e/img:v1", func() string {
+	rep.Step("registry: docker-registry on 127.0.0.1 signed by the check CA, push e2e/img:v1", func() string {
 		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: names}, good).serving(t), good.asCA()); err != nil {
 			t.Fatal(err)
 		}
@@ -179,7 +179,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep.note("registry: docker-registry %s as %s", reg.loopback(), reg.name())
+		rep.Note("registry: docker-registry %s as %s", reg.loopback(), reg.name())
 		return "pushed " + shortID(dig.String())
 	})
 	with := func(tmpl pkiTemplate, parent *pkiCert, chain ...*pkiCert) func() error {
@@ -224,7 +224,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	}
 	manifests := t.TempDir()
 	for i, c := range cases {
-		rep.step(fmt.Sprintf("%d. %s → %s", i+1, c.name, c.verdict), func() string {
+		rep.Step(fmt.Sprintf("%d. %s → %s", i+1, c.name, c.verdict), func() string {
 			if c.serve != nil {
 				if err := c.serve(); err != nil {
 					t.Fatal(err)
@@ -282,7 +282,7 @@ stringData:
 			return strings.Join(details, "; ")
 		})
 	}
-	rep.step("host /etc untouched", func() string {
+	rep.Step("host /etc untouched", func() string {
 		now, _ := os.ReadFile("/etc/hosts")
 		if string(now) != string(realHosts) {
 			t.Fatal("the real /etc/hosts changed")

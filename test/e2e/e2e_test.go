@@ -207,11 +207,11 @@ func TestNodeStory(t *testing.T) {
 		err          error
 	)
 
-	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
+	rep.Step("build nodetrust (or $NODETRUST_BIN)", func() string {
 		return harness.Binary(t)
 	})
 
-	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
+	rep.Step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
 		ca1 = newCA("nodetrust e2e CA 1")
 		sc1 = ca1.serving()
 		reg = newDockerRegistry(t)
@@ -224,11 +224,11 @@ func TestNodeStory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep.note("registry: docker-registry %s, image %s", reg.loopback(), reg.imageRef())
+		rep.Note("registry: docker-registry %s, image %s", reg.loopback(), reg.imageRef())
 		return fmt.Sprintf("ready in %.2fs, pushed %s in %.2fs", ready.Seconds(), shortID(dig.String()), time.Since(pushStart).Seconds())
 	})
 
-	rep.step("containerd 1.6 in unshare -m (/etc/hosts alias), CRI config_path in host root", func() string {
+	rep.Step("containerd 1.6 in unshare -m (/etc/hosts alias), CRI config_path in host root", func() string {
 		rootA = harness.NewHostRoot(t)
 		// Someone else's file, which nodetrust must never touch.
 		other := newCA("someone else's CA")
@@ -242,22 +242,22 @@ func TestNodeStory(t *testing.T) {
 		}
 		var took time.Duration
 		ctrd, took = startContainerd(t, hostsFile, rootA)
-		rep.note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
+		rep.Note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
 		return fmt.Sprintf("%s CRI ready in %.2fs, pid %d", ctrd.version, took.Seconds(), ctrd.pid)
 	})
 
-	rep.step("kube-apiserver + etcd (test/cluster), kubectl apply -k deploy/", func() string {
+	rep.Step("kube-apiserver + etcd (test/cluster), kubectl apply -k deploy/", func() string {
 		start := time.Now()
 		c = harness.NewCluster(t)
 		up := time.Since(start)
 		if _, err := c.ApplyDeploy(); err != nil {
 			t.Fatal(err)
 		}
-		rep.note("kube-apiserver %s (etcd ready %v, /readyz %v)", harness.K8sVersion, c.EtcdReady.Round(time.Millisecond), c.APIReady.Round(time.Millisecond))
+		rep.Note("kube-apiserver %s (etcd ready %v, /readyz %v)", harness.K8sVersion, c.EtcdReady.Round(time.Millisecond), c.APIReady.Round(time.Millisecond))
 		return fmt.Sprintf("cluster up in %.2fs, deploy/ applied in %.2fs", up.Seconds(), (time.Since(start) - up).Seconds())
 	})
 
-	rep.step("Node "+nodeA+" + agent (deploy/ ServiceAccount token) ready; snapshot host root", func() string {
+	rep.Step("Node "+nodeA+" + agent (deploy/ ServiceAccount token) ready; snapshot host root", func() string {
 		c.CreateNode(t, nodeA, map[string]string{"kubernetes.io/hostname": nodeA})
 		kcfg := c.AgentKubeconfig(t, t.TempDir())
 		agentA = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfg, Node: nodeA, Namespaces: ns, Root: rootA})
@@ -270,7 +270,7 @@ func TestNodeStory(t *testing.T) {
 		return fmt.Sprintf("/readyz after %.2fs; %s; %d paths in host root", ready.Seconds(), annLine(ann), len(before))
 	})
 
-	rep.step("before: CRI pull fails with x509 unknown authority", func() string {
+	rep.Step("before: CRI pull fails with x509 unknown authority", func() string {
 		return ctrd.mustPullX509(t, reg.imageRef(), "before any source")
 	})
 
@@ -305,7 +305,7 @@ func TestNodeStory(t *testing.T) {
 		return fmt.Sprintf("skopeo ok in %.2fs", r.took.Seconds())
 	}
 
-	rep.step("before: skopeo fails (/etc/containers, /etc/docker bound from host root)", func() string {
+	rep.Step("before: skopeo fails (/etc/containers, /etc/docker bound from host root)", func() string {
 		return skopeoFails("before any source")
 	})
 
@@ -313,7 +313,7 @@ func TestNodeStory(t *testing.T) {
 	for i, sh := range shapes(reg.name()) {
 		if i > 0 {
 			prev := current
-			rep.step(fmt.Sprintf("delete %s: files gone, CRI pull fails x509 again", prev.Name), func() string {
+			rep.Step(fmt.Sprintf("delete %s: files gone, CRI pull fails x509 again", prev.Name), func() string {
 				if err := c.Admin.CoreV1().Secrets(ns).Delete(bg, prev.Name, metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)
 				}
@@ -323,7 +323,7 @@ func TestNodeStory(t *testing.T) {
 				return fmt.Sprintf("files gone after %.2fs; %s", gone.Seconds(), ctrd.mustPullX509(t, reg.imageRef(), "after deleting "+prev.Name))
 			})
 		}
-		rep.step(fmt.Sprintf("create %s: %s", sh.name, sh.what), func() string {
+		rep.Step(fmt.Sprintf("create %s: %s", sh.name, sh.what), func() string {
 			current = sh.build(ca1)
 			start := time.Now()
 			if _, err := c.Admin.CoreV1().Secrets(ns).Create(bg, current, metav1.CreateOptions{}); err != nil {
@@ -338,19 +338,19 @@ func TestNodeStory(t *testing.T) {
 			checkFiles(t, rootA, reg.name(), sh.name)
 			return fmt.Sprintf("files on disk after %.2fs, Node annotated after %.2fs (%s)", onDisk.Seconds(), annotated.Seconds(), annLine(ann))
 		})
-		rep.step(fmt.Sprintf("%s: CRI pull ok, containerd not restarted", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: CRI pull ok, containerd not restarted", sh.name), func() string {
 			return ctrd.mustPull(t, reg.imageRef(), "with "+sh.name)
 		})
-		rep.step(fmt.Sprintf("%s: skopeo via /etc/containers/certs.d (docker dir empty)", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: skopeo via /etc/containers/certs.d (docker dir empty)", sh.name), func() string {
 			return skopeoOK("with "+sh.name, skopeoContainers, "/etc/containers")
 		})
-		rep.step(fmt.Sprintf("%s: skopeo via /etc/docker/certs.d alone (containers dir empty)", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: skopeo via /etc/docker/certs.d alone (containers dir empty)", sh.name), func() string {
 			return skopeoOK("with "+sh.name, skopeoDocker, "/etc/docker")
 		})
 	}
 	porch := shapes(reg.name())[2]
 
-	rep.step("rotate: registry restarted with a cert from new CA 2 → pull and skopeo fail x509", func() string {
+	rep.Step("rotate: registry restarted with a cert from new CA 2 → pull and skopeo fail x509", func() string {
 		ca2 = newCA("nodetrust e2e CA 2")
 		sc2 = ca2.serving()
 		ready, err := reg.start(sc2, ca2)
@@ -361,7 +361,7 @@ func TestNodeStory(t *testing.T) {
 			ctrd.mustPullX509(t, reg.imageRef(), "after rotating the registry to CA 2"), skopeoFails("after rotation"))
 	})
 
-	rep.step("rotate: "+porch.name+" updated to CA 2 → agent applied", func() string {
+	rep.Step("rotate: "+porch.name+" updated to CA 2 → agent applied", func() string {
 		s, err := c.Admin.CoreV1().Secrets(ns).Get(bg, porch.name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -383,7 +383,7 @@ func TestNodeStory(t *testing.T) {
 		return fmt.Sprintf("files on disk after %.2fs, Node annotated after %.2fs (%s)", onDisk.Seconds(), time.Since(start).Seconds(), annLine(ann))
 	})
 
-	rep.step("rotate: CRI pull ok, skopeo ok, containerd not restarted", func() string {
+	rep.Step("rotate: CRI pull ok, skopeo ok, containerd not restarted", func() string {
 		return ctrd.mustPull(t, reg.imageRef(), "after rotation") + "; " +
 			skopeoOK("after rotation", skopeoContainers, "/etc/containers") + "; " +
 			skopeoOK("after rotation", skopeoDocker, "/etc/docker")
@@ -393,7 +393,7 @@ func TestNodeStory(t *testing.T) {
 	var debRoot string
 	var debBefore map[string]string
 	url := "https://" + reg.name() + "/v2/"
-	rep.step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
+	rep.Step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
 		debRoot = filepath.Join(t.TempDir(), "root")
 		start := time.Now()
 		if err := harness.ExtractDebianRoot(debRoot); err != nil {
@@ -420,7 +420,7 @@ func TestNodeStory(t *testing.T) {
 
 	var appliedB string
 	var agentB *harness.Agent
-	rep.step("host trust: Node "+nodeB+" + agent on the Debian root ready", func() string {
+	rep.Step("host trust: Node "+nodeB+" + agent on the Debian root ready", func() string {
 		c.CreateNode(t, nodeB, map[string]string{"kubernetes.io/hostname": nodeB})
 		kcfg := c.AgentKubeconfig(t, t.TempDir())
 		agentB = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfg, Node: nodeB, Namespaces: ns, Root: debRoot})
@@ -431,7 +431,7 @@ func TestNodeStory(t *testing.T) {
 	})
 
 	anchorGlob := filepath.Join(debRoot, "usr/local/share/ca-certificates", "nodetrust_secret_"+ns+"_"+porch.name+"_*.crt")
-	rep.step("host trust: "+porch.name+" annotated host-trust=true → curl in chroot ok", func() string {
+	rep.Step("host trust: "+porch.name+" annotated host-trust=true → curl in chroot ok", func() string {
 		syncsBefore := len(agentB.SyncLogs())
 		start := time.Now()
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"true"}}}`, annHostTrust)
@@ -466,7 +466,7 @@ func TestNodeStory(t *testing.T) {
 	// ----------------------------------------------------------------- delete
 	var deletedAt time.Time
 	var syncsAtDelete int
-	rep.step("delete "+porch.name+" → node A: CRI pull x509, skopeo x509, tree as before", func() string {
+	rep.Step("delete "+porch.name+" → node A: CRI pull x509, skopeo x509, tree as before", func() string {
 		syncsAtDelete = len(agentB.SyncLogs())
 		start := time.Now()
 		deletedAt = start
@@ -502,7 +502,7 @@ func TestNodeStory(t *testing.T) {
 			gone.Seconds(), ann[harness.AnnState], annotated.Seconds(), pull, sk, len(after), ignored)
 	})
 
-	rep.step("delete → Debian root: anchor gone, curl exit 60, trust store as before", func() string {
+	rep.Step("delete → Debian root: anchor gone, curl exit 60, trust store as before", func() string {
 		w := watchHostTrust(t, c, deletedAt, debRoot, anchorGlob, url, false, readyWith(0, appliedB))
 		if w.nodeEarly() {
 			t.Errorf("node %s was annotated (%s) %.2fs before curl stopped trusting the CA", nodeB, annLine(w.ann), (w.curlAt - w.nodeAt).Seconds())
@@ -523,7 +523,7 @@ func TestNodeStory(t *testing.T) {
 			syncSummary(agentB, syncsAtDelete), len(after))
 	})
 
-	rep.step("containerd never restarted, never failed to read a hosts.toml; host /etc untouched", func() string {
+	rep.Step("containerd never restarted, never failed to read a hosts.toml; host /etc untouched", func() string {
 		ctrd.sameProcess(t)
 		// containerd 1.6 falls back to *.crt files when hosts.toml does
 		// not decode, so a pull can pass with a hosts.toml it rejected.

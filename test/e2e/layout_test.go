@@ -201,9 +201,9 @@ func TestLayoutPulls(t *testing.T) {
 	if err := hostsWithAlias(env.hostsFile); err != nil {
 		t.Fatal(err)
 	}
-	rep.note("nodetrust: %s (--containerd-version: %v)", env.cli.bin, env.cli.versionFlag)
-	rep.note("containerd 2: %s", env.cd2)
-	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
+	rep.Note("nodetrust: %s (--containerd-version: %v)", env.cli.bin, env.cli.versionFlag)
+	rep.Note("containerd 2: %s", env.cd2)
+	rep.Step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
 		env.ca = newCA("nodetrust layout CA")
 		env.reg = newDockerRegistry(t)
 		ready, err := env.reg.start(env.ca.serving(), env.ca)
@@ -260,7 +260,7 @@ func runLayoutCase(t *testing.T, rep *report, name, skip string, fn func(t *test
 			result = "ok"
 		}
 	})
-	rep.add(name, result, time.Since(start).Seconds(), strings.Join(notes, "; "))
+	rep.Add(name, result, time.Since(start).Seconds(), strings.Join(notes, "; "))
 }
 
 // run starts the case's containerd on a fresh host root, pulls before and

@@ -83,7 +83,7 @@ func sweepLeftNodes() {
 			continue
 		}
 		var pid int
-		if _, err := fmt.Sscan(filepath.Base(dir), &pid); err != nil || !nsInit(pid) {
+		if _, err := fmt.Sscan(filepath.Base(dir), &pid); err != nil || !harness.NSPIDIsOne(pid) {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "test/node: ending a node left by an earlier run: PID %d, root %s\n", pid, root)
@@ -104,19 +104,4 @@ func mountRoot(mountinfo string) string {
 		}
 	}
 	return ""
-}
-
-// nsInit reports whether pid is PID 1 of its own PID namespace.
-func nsInit(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			return len(f) > 1 && f[len(f)-1] == "1"
-		}
-	}
-	return false
 }

@@ -314,7 +314,7 @@ func (n *node) boot(t *testing.T) {
 		default:
 		}
 		if n.leader == 0 {
-			n.leader = leaderPID(n.nspawn.Process.Pid)
+			n.leader = harness.LeaderPID(n.nspawn.Process.Pid)
 			n.leaderStart = procStart(n.leader)
 			return false
 		}
@@ -482,30 +482,6 @@ func removeCgroupTrees(tops []string) (left []string) {
 		}
 	}
 	return left
-}
-
-// leaderPID is the host PID of the process below nspawn whose PID in its
-// own namespace is 1 (the node's systemd), or 0.
-func leaderPID(nspawn int) int {
-	queue := []int{nspawn}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if pid != nspawn && nsInit(pid) {
-			return pid
-		}
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-		for _, tf := range tasks {
-			b, _ := os.ReadFile(tf)
-			for _, f := range strings.Fields(string(b)) {
-				var child int
-				if _, err := fmt.Sscan(f, &child); err == nil {
-					queue = append(queue, child)
-				}
-			}
-		}
-	}
-	return 0
 }
 
 // inNode runs a command in the node's namespaces (systemctl, journalctl).

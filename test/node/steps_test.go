@@ -351,8 +351,8 @@ func (s *story) secretRounds() string {
 	p50, pmax := quantiles(pulls)
 	ann := s.nodeAnnotations()
 	require.Equal(t, harness.StateReady, ann[harness.AnnState], "%v", ann)
-	s.rep.note("Secret write -> files on the node: p50 %s, max %s (5 rounds)", secs(f50), secs(fmax))
-	s.rep.note("Secret write -> recreated pod Running: p50 %s, max %s; the kubelet's image pull itself: p50 %s, max %s", secs(r50), secs(rmax), secs(p50), secs(pmax))
+	s.rep.Note("Secret write -> files on the node: p50 %s, max %s (5 rounds)", secs(f50), secs(fmax))
+	s.rep.Note("Secret write -> recreated pod Running: p50 %s, max %s; the kubelet's image pull itself: p50 %s, max %s", secs(r50), secs(rmax), secs(p50), secs(pmax))
 	return fmt.Sprintf("files p50 %s max %s; Running p50 %s max %s (pull p50 %s); all: %v", secs(f50), secs(fmax), secs(r50), secs(rmax), secs(p50), roundAll(toRunning))
 }
 
@@ -483,7 +483,7 @@ func (s *story) hostTrust() string {
 	seen := events
 	mu.Unlock()
 	require.NotEmpty(t, leases, "containerd restarted without this node holding a Lease (%d watch events; Leases: %v)", seen, ls.Items)
-	s.rep.note("host-trust: CA in the bundle %s, containerd restarted %s (MainPID %s -> %s), node Ready %s after the write", secs(tBundle), secs(tRestart), pid0, pid1, secs(tReady))
+	s.rep.Note("host-trust: CA in the bundle %s, containerd restarted %s (MainPID %s -> %s), node Ready %s after the write", secs(tBundle), secs(tRestart), pid0, pid1, secs(tReady))
 	return fmt.Sprintf("bundle %s, containerd MainPID %s->%s at %s under Lease %s; app pod %s kept running (restarts 0)", secs(tBundle), pid0, pid1, secs(tRestart), leases, app.Name)
 }
 
@@ -579,7 +579,7 @@ func (s *story) restartAgent() string {
 	require.Equal(t, ann, s.nodeAnnotations(), "the new agent pod changed the Node's annotations")
 	require.Equal(t, managed, s.agentManaged(), "the new agent pod patched the Node")
 	require.Equal(t, pid, s.unitPID("containerd"), "the new agent pod restarted containerd")
-	s.rep.note("agent pod: created %s, container running %s, Ready %s after the old pod's deletion (old pod's graceful exit included)", secs(seen), secs(running), secs(ready))
+	s.rep.Note("agent pod: created %s, container running %s, Ready %s after the old pod's deletion (old pod's graceful exit included)", secs(seen), secs(running), secs(ready))
 	return fmt.Sprintf("%s -> %s: running %s, Ready %s after delete; 0 files changed, 0 Node patches, containerd not restarted", old.Name, name, secs(running), secs(ready))
 }
 
@@ -714,8 +714,8 @@ func (s *story) memory() string {
 		a := s.nodeAnnotations()
 		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "2"
 	}), "node not back to 2 sources: %v", s.nodeAnnotations())
-	s.rep.note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
-	s.rep.note("agent memory with %d sources (%d Secrets created in %s; all their files on the node %s, the Node annotated %s after the first): %s", n+2, n, secs(created), secs(files), secs(applied), memLine(u1, w1, e1))
+	s.rep.Note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
+	s.rep.Note("agent memory with %d sources (%d Secrets created in %s; all their files on the node %s, the Node annotated %s after the first): %s", n+2, n, secs(created), secs(files), secs(applied), memLine(u1, w1, e1))
 	return fmt.Sprintf("idle %s; %d sources %s", mib(u0), n+2, mib(u1))
 }
 

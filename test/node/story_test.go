@@ -86,41 +86,41 @@ type storyOptions struct {
 
 func runStory(t *testing.T, o storyOptions) {
 	s := &story{t: t, rep: newReport(t, o.reportSuffix), ctx: context.Background(), imgs: t.TempDir()}
-	s.rep.note("node runtime: %s", o.runtime)
+	s.rep.Note("node runtime: %s", o.runtime)
 	var pauseBin string
-	s.rep.step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
+	s.rep.Step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
 		s.c = startControlPlane(t)
 		return fmt.Sprintf("kube-apiserver /readyz %s", secs(s.c.APIReady))
 	})
-	s.rep.step("build the pause image (tools/image) and the agent image", func() string {
+	s.rep.Step("build the pause image (tools/image) and the agent image", func() string {
 		pauseBin = filepath.Join(s.imgs, "pause")
 		require.NoError(t, goBuild(".", "./pause", pauseBin))
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})
 	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.step("node: nspawn-booted Debian root, systemd, "+o.runtime+", images imported, kubelet", func() string {
+	s.rep.Step("node: nspawn-booted Debian root, systemd, "+o.runtime+", images imported, kubelet", func() string {
 		s.n = startNode(t, s.c, nodeName, nodeOptions{containerd: o.containerd, images: s.images(pauseTar)})
 		require.True(t, strings.HasPrefix(s.n.Runtime, o.runtimeVersion), "the Node runs %s, not %s", s.n.Runtime, o.runtimeVersion)
 		return fmt.Sprintf("%s up %s after nspawn; kubelet start -> Node Ready %s", s.n.Runtime, secs(s.n.Booted), secs(s.n.Ready))
 	})
 	var pristine map[string]string
-	s.rep.step("snapshot the node root's trust directories before nodetrust", func() string {
+	s.rep.Step("snapshot the node root's trust directories before nodetrust", func() string {
 		pristine = trustSnapshot(t, s.n.root)
 		return fmt.Sprintf("%d paths", len(pristine))
 	})
-	s.rep.step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
-	s.rep.step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
+	s.rep.Step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
+	s.rep.Step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
 		return s.untrustedPull(pauseTar)
 	})
-	s.rep.step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
-	s.rep.step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
-	s.rep.step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
+	s.rep.Step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
+	s.rep.Step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
+	s.rep.Step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
 	if o.full {
-		s.rep.step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
-		s.rep.step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
+		s.rep.Step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
+		s.rep.Step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
 	}
-	s.rep.step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
+	s.rep.Step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
 		return s.uninstall(pristine)
 	})
 }

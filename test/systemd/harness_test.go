@@ -8,7 +8,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -19,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // writeFile writes content to path (relative to root), creating directories.
@@ -115,7 +115,7 @@ func (c *container) waitBooted(t *testing.T) {
 			t.Fatalf("container not running after 60 s (leader %d, SystemState %q)\n%s", c.leader, state, c.consoleOutput())
 		}
 		if c.leader == 0 {
-			c.leader = leaderPID(c.nspawn.Process.Pid)
+			c.leader = harness.LeaderPID(c.nspawn.Process.Pid)
 			if c.leader != 0 {
 				c.address = fmt.Sprintf("unix:path=/proc/%d/root/run/dbus/system_bus_socket", c.leader)
 			}
@@ -142,48 +142,6 @@ func (c *container) waitBooted(t *testing.T) {
 	t.Logf("booted: nspawn PID %d, container PID 1 = host PID %d, SystemState %q after %s; bus %s",
 		c.nspawn.Process.Pid, c.leader, state, c.booted.Round(time.Millisecond), c.address)
 	require.Equal(t, "running", state, "no unit may have failed during boot")
-}
-
-// leaderPID returns the host PID of the container's PID 1: the descendant of
-// nspawn whose PID in its own namespace is 1, or 0 if there is none yet.
-func leaderPID(nspawn int) int {
-	queue := []int{nspawn}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if pid != nspawn && nsPIDIsOne(pid) {
-			return pid
-		}
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-		for _, f := range tasks {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			for _, field := range strings.Fields(string(b)) {
-				if child, err := strconv.Atoi(field); err == nil {
-					queue = append(queue, child)
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// nsPIDIsOne reports whether pid is PID 1 of a nested PID namespace
-// ("NSpid:\t<host pid>\t1" in /proc/PID/status).
-func nsPIDIsOne(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			return len(f) > 1 && f[len(f)-1] == "1"
-		}
-	}
-	return false
 }
 
 // consoleOutput is the console log so far.
