@@ -40,11 +40,11 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 	if err := hostsWithAlias(filepath.Join(root, "etc/hosts")); err != nil {
 		t.Fatal(err)
 	}
-	good := issuePKI(t, pkiTemplate{cn: "check CA", ca: true}, nil)
-	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
+	good := harness.Issue(harness.Template{CN: "check CA", CA: true}, nil)
+	wrong := harness.Issue(harness.Template{CN: "some other CA", CA: true}, nil)
 	reg := newDockerRegistry(t)
 	rep.Step("registry signed by the check CA", func() string {
-		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: []string{registryHost, "127.0.0.1"}}, good).serving(t), good.asCA()); err != nil {
+		if _, err := reg.start(harness.Issue(harness.Template{CN: registryHost, Names: []string{registryHost, "127.0.0.1"}}, good).Chain(), asCA(good)); err != nil {
 			t.Fatal(err)
 		}
 		return reg.name()
@@ -62,12 +62,12 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 		took := agent.WaitReady(t, 60*time.Second)
 		return fmt.Sprintf("agent ready after %.2fs", took.Seconds())
 	})
-	secret := harness.Secret(ns, "registry-ca", good.pem, reg.name())
+	secret := harness.Secret(ns, "registry-ca", good.PEM, reg.name())
 	for i, s := range []struct {
 		name string
 		pem  []byte
 		ok   bool
-	}{{"the right CA", good.pem, true}, {"the wrong CA", wrong.pem, false}, {"the right CA again", good.pem, true}} {
+	}{{"the right CA", good.PEM, true}, {"the wrong CA", wrong.PEM, false}, {"the right CA again", good.PEM, true}} {
 		rep.Step(fmt.Sprintf("%s → Node %s", s.name, map[bool]string{true: "Ready", false: "Degraded"}[s.ok]), func() string {
 			secret.Data["ca.crt"] = s.pem
 			var err error

@@ -167,59 +167,59 @@ func TestCheckMatchesPulls(t *testing.T) {
 		return fmt.Sprintf("%s ready in %.2fs", ctrd.version, took.Seconds())
 	})
 
-	good := issuePKI(t, pkiTemplate{cn: "check CA", ca: true}, nil)
-	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
+	good := harness.Issue(harness.Template{CN: "check CA", CA: true}, nil)
+	wrong := harness.Issue(harness.Template{CN: "some other CA", CA: true}, nil)
 	names := []string{registryHost, cnOnlyHost, "localhost", "127.0.0.1"}
 	reg := newDockerRegistry(t)
 	rep.Step("registry: docker-registry on 127.0.0.1 signed by the check CA, push e2e/img:v1", func() string {
-		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: names}, good).serving(t), good.asCA()); err != nil {
+		if _, err := reg.start(harness.Issue(harness.Template{CN: registryHost, Names: names}, good).Chain(), asCA(good)); err != nil {
 			t.Fatal(err)
 		}
-		dig, err := reg.push(good.asCA())
+		dig, err := reg.push(asCA(good))
 		if err != nil {
 			t.Fatal(err)
 		}
 		rep.Note("registry: docker-registry %s as %s", reg.loopback(), reg.name())
 		return "pushed " + shortID(dig.String())
 	})
-	with := func(tmpl pkiTemplate, parent *pkiCert, chain ...*pkiCert) func() error {
+	with := func(tmpl harness.Template, parent *harness.CA, chain ...*harness.CA) func() error {
 		return func() error {
-			_, err := reg.start(issuePKI(t, tmpl, parent).serving(t, chain...), nil)
+			_, err := reg.start(harness.Issue(tmpl, parent).Chain(chain...), nil)
 			return err
 		}
 	}
 	cnOnly := opensslCNOnly(t, cnOnlyHost)
-	inter := issuePKI(t, pkiTemplate{cn: "check intermediate CA", ca: true}, good)
+	inter := harness.Issue(harness.Template{CN: "check intermediate CA", CA: true}, good)
 	closedPort, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	port := reg.port
 	cases := []checkCase{
-		{name: "the right CA", registry: reg.name(), caPEM: good.pem, verdict: "verified",
+		{name: "the right CA", registry: reg.name(), caPEM: good.PEM, verdict: "verified",
 			reason: "anchored at CN=check CA"},
-		{name: "the wrong CA", registry: reg.name(), caPEM: wrong.pem, verdict: "unknown-authority",
+		{name: "the wrong CA", registry: reg.name(), caPEM: wrong.PEM, verdict: "unknown-authority",
 			reason: "the labelled CA did not sign this chain: issuer is CN=check CA"},
 		{name: "a CN-only self-signed certificate as its own CA (openssl req -x509 -subj /CN=docker-registry)",
 			serve:    func() error { _, err := reg.start(cnOnly, nil); return err },
 			registry: fmt.Sprintf("%s:%d", cnOnlyHost, port), caPEM: cnOnly.CertPEM, verdict: "name-not-covered",
 			hint: "certificate has only CN=docker-registry; Go runtimes ignore the Common Name: reissue with subjectAltName DNS:docker-registry"},
 		{name: "a leaf whose intermediate the registry does not send",
-			serve:    with(pkiTemplate{cn: registryHost, names: names, aia: "http://pki.nodetrust.test/intermediate.crt"}, inter),
-			registry: reg.name(), caPEM: good.pem, verdict: "incomplete-chain",
+			serve:    with(harness.Template{CN: registryHost, Names: names, AIA: "http://pki.nodetrust.test/intermediate.crt"}, inter),
+			registry: reg.name(), caPEM: good.PEM, verdict: "incomplete-chain",
 			reason: "the issuer of CN=registry.nodetrust.test, CN=check intermediate CA, is missing"},
 		{name: "the intermediate sent: the same root verifies",
-			serve:    with(pkiTemplate{cn: registryHost, names: names}, inter, inter),
-			registry: reg.name(), caPEM: good.pem, verdict: "verified",
+			serve:    with(harness.Template{CN: registryHost, Names: names}, inter, inter),
+			registry: reg.name(), caPEM: good.PEM, verdict: "verified",
 			reason: "CN=check intermediate CA ← CN=check CA"},
 		{name: "an expired serving certificate",
-			serve: with(pkiTemplate{cn: registryHost, names: names,
-				notBefore: time.Now().Add(-72 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)}, good),
-			registry: reg.name(), caPEM: good.pem, verdict: "expired",
+			serve: with(harness.Template{CN: registryHost, Names: names,
+				NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}, good),
+			registry: reg.name(), caPEM: good.PEM, verdict: "expired",
 			reason: "serving certificate CN=registry.nodetrust.test expired at"},
-		{name: "a closed port", registry: fmt.Sprintf("%s:%d", registryHost, closedPort), caPEM: good.pem,
+		{name: "a closed port", registry: fmt.Sprintf("%s:%d", registryHost, closedPort), caPEM: good.PEM,
 			verdict: "connection-refused", reason: fmt.Sprintf("connection refused by 127.0.0.1:%d", closedPort)},
-		{name: "an unknown name", registry: fmt.Sprintf("nosuch.nodetrust.test:%d", port), caPEM: good.pem,
+		{name: "an unknown name", registry: fmt.Sprintf("nosuch.nodetrust.test:%d", port), caPEM: good.PEM,
 			verdict: "dns-failure", reason: "cannot resolve nosuch.nodetrust.test"},
 	}
 	manifests := t.TempDir()

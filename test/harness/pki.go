@@ -20,7 +20,8 @@ func mustPool(pemData []byte) *x509.CertPool {
 	return p
 }
 
-// CA is a test certificate authority that can sign registry serving certificates.
+// CA is a test certificate with its key: a certificate authority that can
+// sign registry serving certificates and intermediates, or a leaf that Issue made.
 type CA struct {
 	Cert *x509.Certificate
 	PEM  []byte
@@ -36,14 +37,61 @@ type Serving struct {
 }
 
 // NewCA makes a CA valid for a day.
-func NewCA(cn string) *CA {
-	s, key := issue(&x509.Certificate{
-		Subject:               pkix.Name{CommonName: cn},
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}, nil, nil)
+func NewCA(cn string) *CA { return Issue(Template{CN: cn, CA: true}, nil) }
+
+// Template is what differs between the suites' certificates.
+type Template struct {
+	CN string
+	CA bool
+	// Names are DNS names or IP addresses.
+	Names []string
+	// NotBefore and NotAfter default to an hour ago and a day from now.
+	NotBefore, NotAfter time.Time
+	// AIA is the issuer's URL (Authority Information Access).
+	AIA string
+}
+
+// Issue signs tmpl by parent, or self-signed when parent is nil: a CA (an
+// intermediate under parent) when tmpl.CA, else a serving certificate.
+func Issue(tmpl Template, parent *CA) *CA {
+	c := &x509.Certificate{
+		Subject:   pkix.Name{CommonName: tmpl.CN},
+		NotBefore: tmpl.NotBefore, NotAfter: tmpl.NotAfter,
+		BasicConstraintsValid: true, IsCA: tmpl.CA,
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	if tmpl.CA {
+		c.KeyUsage |= x509.KeyUsageCertSign
+		c.ExtKeyUsage = nil
+	}
+	if tmpl.AIA != "" {
+		c.IssuingCertificateURL = []string{tmpl.AIA}
+	}
+	for _, n := range tmpl.Names {
+		if ip := net.ParseIP(n); ip != nil {
+			c.IPAddresses = append(c.IPAddresses, ip)
+		} else {
+			c.DNSNames = append(c.DNSNames, n)
+		}
+	}
+	var parentCert *x509.Certificate
+	var parentKey *ecdsa.PrivateKey
+	if parent != nil {
+		parentCert, parentKey = parent.Cert, parent.key
+	}
+	s, key := issue(c, parentCert, parentKey)
 	return &CA{Cert: s.Cert, PEM: s.CertPEM, key: key, KeyPEM: s.KeyPEM}
+}
+
+// Chain is ca's certificate and key as a registry's serving certificate,
+// followed by chain.
+func (ca *CA) Chain(chain ...*CA) Serving {
+	s := Serving{Cert: ca.Cert, CertPEM: append([]byte{}, ca.PEM...), KeyPEM: ca.KeyPEM}
+	for _, c := range chain {
+		s.CertPEM = append(s.CertPEM, c.PEM...)
+	}
+	return s
 }
 
 // Leaf signs a serving certificate for registry reg ("host" or "host:port").
@@ -70,8 +118,8 @@ func (ca *CA) Serving(names ...string) Serving {
 	return s
 }
 
-// issue signs tmpl, valid for a day, with a new key: by parent's key, or
-// itself when parent is nil. It panics on failure, which only a broken
+// issue signs tmpl with a new key, valid for a day unless tmpl says
+// otherwise: by parent's key, or itself when parent is nil. It panics on failure, which only a broken
 // crypto/rand causes.
 func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (Serving, *ecdsa.PrivateKey) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -81,7 +129,9 @@ func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (Serving
 	if tmpl.SerialNumber, err = rand.Int(rand.Reader, big.NewInt(1<<62)); err != nil {
 		panic(err)
 	}
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	if tmpl.NotBefore.IsZero() {
+		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
+	}
 	if parent == nil {
 		parent, parentKey = tmpl, key
 	}
