@@ -6,7 +6,9 @@
 //     cached Debian root, free ports.
 //   - binary.go: the nodetrust binary under test, $NODETRUST_BIN or built once
 //     per test process.
-//   - pki.go: a certificate issuer (CA, leaf, serving chains).
+//   - pki.go: the certificate issuer (CA, leaf, intermediate, expired,
+//     serving chains); pool.go: cert pools as containerd builds them.
+//   - containerdlog.go: what containerd's own loaders log.
 //   - trust.go: whether a host root's runtimes trust a leaf, the contract's
 //     labels and annotations.
 //   - snapshot.go: the tree walk under every suite's snapshot, the host
