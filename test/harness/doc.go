@@ -17,7 +17,8 @@
 //   - apiserver.go, controllers.go, controlplane.go: kube-apiserver + etcd,
 //     controller-manager, scheduler and kwok.
 //   - agent.go: the agent as a local process on that API server.
-//   - nspawn.go: a booted systemd-nspawn machine's leader PID.
+//   - nspawn.go: a booted systemd-nspawn machine's leader PID, removing
+//     its cgroups.
 //   - report.go: the timed step reports of test/e2e and test/node.
 //
 // Black-box by design: it drives the built binary and imports no product

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // LeaderPID returns the host PID of the container's PID 1: the descendant of
@@ -48,4 +49,25 @@ func NSPIDIsOne(pid int) bool {
 		}
 	}
 	return false
+}
+
+// RemoveCgroups removes cgroup directories deepest first and returns
+// those that are still there.
+func RemoveCgroups(dirs []string) (left []string) {
+	for _, top := range dirs {
+		var all []string
+		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.IsDir() {
+				all = append(all, p)
+			}
+			return nil
+		})
+		for i := len(all) - 1; i >= 0; i-- {
+			_ = syscall.Rmdir(all[i])
+		}
+		if _, err := os.Stat(top); err == nil {
+			left = append(left, top)
+		}
+	}
+	return left
 }

@@ -402,8 +402,8 @@ func (n *node) stop(t *testing.T) {
 		found, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io/" + id)
 		dirs = append(dirs, found...)
 	}
-	if !harness.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(removeCgroupTrees(dirs)) == 0 }) {
-		t.Errorf("cgroups left: %v", removeCgroupTrees(dirs))
+	if !harness.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(harness.RemoveCgroups(dirs)) == 0 }) {
+		t.Errorf("cgroups left: %v", harness.RemoveCgroups(dirs))
 	}
 }
 
@@ -462,26 +462,6 @@ func ownCgroups(name string) ([]string, error) {
 		return nil, fmt.Errorf("no name=systemd or cgroup2 hierarchy in /proc/self/cgroup:\n%s", b)
 	}
 	return dirs, nil
-}
-
-// removeCgroupTrees removes each cgroup directory tree deepest first and
-// returns the directories still there.
-func removeCgroupTrees(tops []string) (left []string) {
-	for _, top := range tops {
-		var all []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				all = append(all, p)
-			}
-			return nil
-		})
-		for i := len(all) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(all[i]); err != nil && !os.IsNotExist(err) {
-				left = append(left, all[i])
-			}
-		}
-	}
-	return left
 }
 
 // inNode runs a command in the node's namespaces (systemctl, journalctl).

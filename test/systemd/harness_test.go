@@ -262,7 +262,7 @@ func privateCgroups(name string) ([]string, error) {
 		seen[key] = true
 		dir := filepath.Join(mf[4], rel, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			removeCgroupDirs(dirs)
+			harness.RemoveCgroups(dirs)
 			return nil, err
 		}
 		dirs = append(dirs, dir)
@@ -275,7 +275,7 @@ func privateCgroups(name string) ([]string, error) {
 func removeCgroups(t *testing.T, dirs []string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		left := removeCgroupDirs(dirs)
+		left := harness.RemoveCgroups(dirs)
 		if len(left) == 0 {
 			return
 		}
@@ -285,25 +285,4 @@ func removeCgroups(t *testing.T, dirs []string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// removeCgroupDirs removes cgroup directories deepest first and returns
-// those that are still there.
-func removeCgroupDirs(dirs []string) (left []string) {
-	for _, top := range dirs {
-		var all []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				all = append(all, p)
-			}
-			return nil
-		})
-		for i := len(all) - 1; i >= 0; i-- {
-			_ = syscall.Rmdir(all[i])
-		}
-		if _, err := os.Stat(top); err == nil {
-			left = append(left, top)
-		}
-	}
-	return left
 }
