@@ -19,11 +19,7 @@ import (
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	harness.CleanupBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 const (
 	// applyTimeout bounds "a change in the API reaches the node's files".

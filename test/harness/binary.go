@@ -62,3 +62,11 @@ func CleanupBinary() {
 		_ = os.RemoveAll(binDir)
 	}
 }
+
+// Main runs a suite's tests, then removes a binary that Binary built: call it
+// as a package's TestMain.
+func Main(m *testing.M) {
+	code := m.Run()
+	CleanupBinary()
+	os.Exit(code)
+}

@@ -19,11 +19,7 @@ import (
 )
 
 // TestMain removes the binary harness.Binary built after all tests ran.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	harness.CleanupBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 // newHostRoot makes a host root in which containerd, Docker and
 // containers/image are all "present" (their config dirs exist).

@@ -20,11 +20,7 @@ import (
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	harness.CleanupBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 // Units of the agent tests.
 const (
