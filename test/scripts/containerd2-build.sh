@@ -56,26 +56,8 @@ t_all=$(date +%s)
 
 src="$DIR/src"
 mkdir -p "$src"
-if [[ ! -f "$src/.tidy-ok" ]]; then
-	log "preparing throwaway module in $src for github.com/containerd/containerd/v2 $VERSION"
-	cat >"$src/go.mod" <<EOF
-module nodetrust.test/containerd2build
-
-go 1.24.0
-
-require github.com/containerd/containerd/v2 $VERSION
-EOF
-	cat >"$src/tools.go" <<'EOF'
-//go:build tools
-
-package containerd2build
-
-import _ "github.com/containerd/containerd/v2/cmd/containerd"
-EOF
-	rm -f "$src/go.sum"
-	(cd "$src" && timed "go mod tidy (containerd $VERSION)" go mod tidy)
-	touch "$src/.tidy-ok"
-fi
+tool_module "$src" containerd2build github.com/containerd/containerd/v2 "$VERSION" \
+	github.com/containerd/containerd/v2/cmd/containerd containerd
 
 # containerd's Makefile sets these; `containerd --version` and the CRI
 # Version call report them.

@@ -156,26 +156,7 @@ done
 if [[ ! -x "$KWOK_DIR/bin/kwok" ]]; then
 	ksrc="$KWOK_DIR/src"
 	mkdir -p "$ksrc"
-	if [[ ! -f "$ksrc/.tidy-ok" ]]; then
-		log "preparing throwaway module in $ksrc for sigs.k8s.io/kwok $KWOK_VERSION"
-		cat >"$ksrc/go.mod" <<EOF
-module nodetrust.test/kwokbuild
-
-go 1.24.0
-
-require sigs.k8s.io/kwok $KWOK_VERSION
-EOF
-		cat >"$ksrc/tools.go" <<'EOF'
-//go:build tools
-
-package kwokbuild
-
-import _ "sigs.k8s.io/kwok/cmd/kwok"
-EOF
-		rm -f "$ksrc/go.sum"
-		(cd "$ksrc" && timed "go mod tidy (kwok $KWOK_VERSION)" go mod tidy)
-		touch "$ksrc/.tidy-ok"
-	fi
+	tool_module "$ksrc" kwokbuild sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok
 	tmp="$KWOK_DIR/bin/.kwok.tmp.$$"
 	kl="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 	(cd "$ksrc" && timed "build kwok $KWOK_VERSION" go build -tags tools -trimpath -ldflags "$kl" -o "$tmp" sigs.k8s.io/kwok/cmd/kwok)

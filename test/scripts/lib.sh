@@ -10,6 +10,7 @@
 #                     the local toolchain, static binaries
 # build_lock FILE     takes an exclusive lock on FILE (fd 9) for the rest of
 #                     the script, saying so when another run holds it
+# tool_module ...     a throwaway module that builds one command (below)
 # NODETRUST_CACHE     defaults to ~/.cache/nodetrust; CACHE is the same
 
 NODETRUST_CACHE="${NODETRUST_CACHE:-$HOME/.cache/nodetrust}"
@@ -42,4 +43,19 @@ build_lock() { # file
 		log "another $(basename "$0") holds $1; waiting"
 		flock 9
 	fi
+}
+
+# tool_module DIR NAME MODULE VERSION CMD LABEL
+# prepares DIR as a throwaway module nodetrust.test/NAME requiring MODULE at
+# VERSION, with a tools.go importing the command package CMD, and tidies it
+# (logged as "go mod tidy (LABEL VERSION)"); skipped once DIR/.tidy-ok exists.
+tool_module() {
+	local dir=$1 name=$2 mod=$3 version=$4 cmd=$5 label=$6
+	[[ ! -f "$dir/.tidy-ok" ]] || return 0
+	log "preparing throwaway module in $dir for $mod $version"
+	printf 'module nodetrust.test/%s\n\ngo 1.24.0\n\nrequire %s %s\n' "$name" "$mod" "$version" >"$dir/go.mod"
+	printf '//go:build tools\n\npackage %s\n\nimport _ "%s"\n' "$name" "$cmd" >"$dir/tools.go"
+	rm -f "$dir/go.sum"
+	(cd "$dir" && timed "go mod tidy ($label $version)" go mod tidy)
+	touch "$dir/.tidy-ok"
 }
