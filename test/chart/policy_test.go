@@ -1,6 +1,6 @@
 package chart
 
-// The Own-Node admission policy on a real kube-apiserver (test/cluster's
+// The Own-Node admission policy on a real kube-apiserver (test/harness's
 // harness): deploy/ and deploy/admission applied with kubectl, a Pod of the
 // agent's ServiceAccount bound to Node a, and a TokenRequest token bound to
 // that Pod, as the kubelet mounts it into the agent's container.

@@ -10,7 +10,7 @@ import (
 // containerd does not fall back to plain HTTP (REAL-COMPONENTS.md, Trap 1).
 const registryHost = "registry.nodetrust.test"
 
-// ca is a fresh certificate authority (the cluster harness's), able to sign
+// ca is a fresh certificate authority (test/harness's), able to sign
 // the registry's serving certificate.
 type ca struct{ *harness.CA }
 

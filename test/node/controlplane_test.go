@@ -13,7 +13,7 @@ import (
 	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-// startControlPlane is test/cluster's etcd + kube-apiserver plus
+// startControlPlane is test/harness's etcd + kube-apiserver plus
 // kube-controller-manager and kube-scheduler (DaemonSet pods go through the
 // default scheduler); all stop with the cluster.
 func startControlPlane(t *testing.T) *harness.Cluster {
