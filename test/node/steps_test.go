@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -57,38 +58,22 @@ var trustDirs = []string{
 func trustSnapshot(t require.TestingT, root string) map[string]string {
 	out := map[string]string{}
 	for _, d := range trustDirs {
-		err := filepath.WalkDir(filepath.Join(root, d), func(p string, e fs.DirEntry, err error) error {
-			if os.IsNotExist(err) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(root, p)
-			info, err := e.Info()
-			if err != nil {
-				return err
-			}
+		tree, err := harness.Walk(filepath.Join(root, d))
+		if !errors.Is(err, fs.ErrNotExist) {
+			require.NoError(t, err)
+		}
+		for rel, e := range tree {
+			p := filepath.Join(d, filepath.FromSlash(rel))
 			switch {
-			case info.Mode()&fs.ModeSymlink != 0:
-				target, err := os.Readlink(p)
-				if err != nil {
-					return err
-				}
-				out[rel] = "link " + target
-			case info.IsDir():
-				out[rel] = fmt.Sprintf("dir %v", info.Mode())
+			case e.Mode&fs.ModeSymlink != 0:
+				out[p] = "link " + e.Content
+			case e.Mode.IsDir():
+				out[p] = fmt.Sprintf("dir %v", e.Mode)
 			default:
-				b, err := os.ReadFile(p)
-				if err != nil {
-					return err
-				}
-				sum := sha256.Sum256(b)
-				out[rel] = fmt.Sprintf("file %v %s", info.Mode(), hex.EncodeToString(sum[:8]))
+				sum := sha256.Sum256([]byte(e.Content))
+				out[p] = fmt.Sprintf("file %v %s", e.Mode, hex.EncodeToString(sum[:8]))
 			}
-			return nil
-		})
-		require.NoError(t, err)
+		}
 	}
 	return out
 }
