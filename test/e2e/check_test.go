@@ -194,7 +194,7 @@ func TestCheckMatchesPulls(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := reg.port
+	port := reg.Port
 	cases := []checkCase{
 		{name: "the right CA", registry: reg.name(), caPEM: good.PEM, verdict: "verified",
 			reason: "anchored at CN=check CA"},

@@ -9,6 +9,7 @@
 //   - pki.go: the certificate issuer (CA, leaf, intermediate, expired,
 //     serving chains); pool.go: cert pools as containerd builds them.
 //   - containerdlog.go: what containerd's own loaders log.
+//   - registry.go: Debian's docker-registry serving TLS, and a push to it.
 //   - trust.go: whether a host root's runtimes trust a leaf, the contract's
 //     labels and annotations.
 //   - snapshot.go: the tree walk under every suite's snapshot, the host

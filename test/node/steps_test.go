@@ -263,7 +263,7 @@ func (s *story) pullTime(pod string) time.Duration {
 
 // hostsDir is the registry's certs.d directory on the node.
 func (s *story) hostsDir() string {
-	return s.n.hostPath(filepath.Join("/etc/containerd/certs.d", fmt.Sprintf("%s:%d", registryHost, s.reg.port)))
+	return s.n.hostPath(filepath.Join("/etc/containerd/certs.d", fmt.Sprintf("%s:%d", registryHost, s.reg.Port)))
 }
 
 // hostsHave reports whether a file in the registry's certs.d directory
@@ -298,7 +298,7 @@ func (s *story) makeSource(sec *corev1.Secret) {
 		sec.Annotations = map[string]string{}
 	}
 	sec.Labels[harness.LabelCA] = "true"
-	sec.Annotations[harness.AnnRegistries] = fmt.Sprintf("%s:%d", registryHost, s.reg.port)
+	sec.Annotations[harness.AnnRegistries] = fmt.Sprintf("%s:%d", registryHost, s.reg.Port)
 }
 
 // secretRounds: five times, the registry's Secret becomes a source, the
