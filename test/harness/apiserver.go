@@ -3,18 +3,13 @@ package harness
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -35,54 +30,12 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-func writePEM(path, typ string, der []byte, mode os.FileMode) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
-}
-
 // clusterPKI writes ca.crt, apiserver.crt/.key (also used as the client CA),
 // sa.key/sa.pub and tokens.csv into dir.
 func clusterPKI(dir, adminToken string) error {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "nodetrust-test-cluster-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	srvKeyDER, err := x509.MarshalECPrivateKey(srvKey)
-	if err != nil {
-		return err
-	}
+	ca := NewCA("nodetrust-test-cluster-ca")
+	srv := ca.Serving("kube-apiserver", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+		"kubernetes.default.svc.cluster.local", "127.0.0.1", "10.96.0.1")
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
@@ -92,17 +45,17 @@ func clusterPKI(dir, adminToken string) error {
 		return err
 	}
 	for _, w := range []struct {
-		name, typ string
-		der       []byte
-		mode      os.FileMode
+		name string
+		pem  []byte
+		mode os.FileMode
 	}{
-		{"ca.crt", "CERTIFICATE", caDER, 0o644},
-		{"apiserver.crt", "CERTIFICATE", srvDER, 0o644},
-		{"apiserver.key", "EC PRIVATE KEY", srvKeyDER, 0o600},
-		{"sa.key", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey), 0o600},
-		{"sa.pub", "PUBLIC KEY", saPub, 0o644},
+		{"ca.crt", ca.PEM, 0o644},
+		{"apiserver.crt", srv.CertPEM, 0o644},
+		{"apiserver.key", srv.KeyPEM, 0o600},
+		{"sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}), 0o600},
+		{"sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}), 0o644},
 	} {
-		if err := writePEM(filepath.Join(dir, w.name), w.typ, w.der, w.mode); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, w.name), w.pem, w.mode); err != nil {
 			return err
 		}
 	}
@@ -159,10 +112,26 @@ func StartCluster() (*Cluster, error) {
 	if c.CAPEM, err = os.ReadFile(filepath.Join(dir, "ca.crt")); err != nil {
 		return nil, err
 	}
+	if err := c.admin(); err != nil {
+		return nil, err
+	}
+	if err := c.startEtcd(); err != nil {
+		return nil, err
+	}
+	if err := c.StartAPIServer(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return c, nil
+}
+
+// admin picks c's ports and makes its admin client and kubeconfig.
+func (c *Cluster) admin() error {
 	ports := make([]int, 4)
 	for i := range ports {
+		var err error
 		if ports[i], err = FreePort(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	c.apiPort, c.etcdPort, c.etcdPeerPort, c.etcdMetricsPort = ports[0], ports[1], ports[2], ports[3]
@@ -174,21 +143,12 @@ func StartCluster() (*Cluster, error) {
 		QPS:             100,
 		Burst:           200,
 	}
+	var err error
 	if c.Admin, err = kubernetes.NewForConfig(c.AdminConfig); err != nil {
-		return nil, err
+		return err
 	}
-	c.AdminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
-	if err := WriteKubeconfig(c.AdminKubeconfig, c.Server, c.CAPEM, c.AdminToken, ""); err != nil {
-		return nil, err
-	}
-	if err := c.startEtcd(); err != nil {
-		return nil, err
-	}
-	if err := c.StartAPIServer(); err != nil {
-		return nil, err
-	}
-	ok = true
-	return c, nil
+	c.AdminKubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
+	return WriteKubeconfig(c.AdminKubeconfig, c.Server, c.CAPEM, c.AdminToken, "")
 }
 
 func (c *Cluster) startEtcd() error {
@@ -263,6 +223,12 @@ func (c *Cluster) StartAPIServer() error {
 	c.mu.Lock()
 	c.apiserver = p
 	c.mu.Unlock()
+	return c.waitReady(p, start)
+}
+
+// waitReady waits up to 90 s until the API server p answers /readyz,
+// recording how long it took since start in c.APIReady.
+func (c *Cluster) waitReady(p *Proc, start time.Time) error {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: mustPool(c.CAPEM)}}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 2 * time.Second}
