@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -66,10 +67,15 @@ func DebianRoot(t testing.TB) string {
 
 // ExtractDebianRoot extracts a fresh Debian bookworm root into dir with
 // test/scripts/debian-root.sh, which builds it once (debootstrap) and caches
-// it; the error carries the script's output.
-func ExtractDebianRoot(dir string) error {
+// it; include, when given, replaces the script's package list (another
+// cached root). The error carries the script's output.
+func ExtractDebianRoot(dir string, include ...string) error {
 	script := filepath.Join(RepoRoot(), "test", "scripts", "debian-root.sh")
-	if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
+	cmd := exec.Command("bash", script, dir)
+	if len(include) > 0 {
+		cmd.Env = append(os.Environ(), "NODETRUST_DEBIAN_INCLUDE="+strings.Join(include, ","))
+	}
+	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("debian-root.sh %s: %v\n%s", dir, err, out)
 	}
 	return nil

@@ -110,10 +110,8 @@ func newNode(t *testing.T, name string, o nodeOptions) *node {
 func (n *node) start(t *testing.T, c *harness.Cluster, o nodeOptions) {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.Command("bash", filepath.Join(harness.RepoRoot(), "test", "scripts", "debian-root.sh"), n.root)
-	cmd.Env = append(os.Environ(), "NODETRUST_DEBIAN_INCLUDE="+rootPackages)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("debian-root.sh: %v\n%s", err, out)
+	if err := harness.ExtractDebianRoot(n.root, rootPackages); err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("node root %s extracted in %v", n.root, time.Since(start).Round(time.Millisecond))
 	n.configure(t, c)
