@@ -52,17 +52,9 @@ fmt:
 
 vet:
 	go vet ./...
-	cd test/loaders && go vet ./...
+	cd test && go vet ./...
 	cd test/loaders/containerd17 && go vet ./...
-	cd test/truststore && go vet ./...
 	cd tools/image && go vet ./...
-	cd test/systemd && go vet ./...
-	cd test/cluster && go vet ./...
-	cd test/e2e && go vet ./...
-	cd test/lease && go vet ./...
-	cd test/faults && go vet ./...
-	cd test/node && go vet ./...
-	cd tools/chart && go vet ./...
 
 lint: vet
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
@@ -78,7 +70,7 @@ test-loaders: build
 # A debootstrapped Debian root (cached) runs its own update-ca-certificates,
 # openssl and curl around apply with host trust.
 test-truststore: build deps
-	cd test/truststore && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./truststore/...
 
 # A real containerd imports the image tarball and runs it.
 test-image: build deps
@@ -89,7 +81,7 @@ test-image: build deps
 # sharing restart slots on a real API server.
 test-systemd: build deps
 	test/scripts/k8s-build.sh
-	cd test/systemd && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m ./systemd/...
 
 # A real kube-apiserver + etcd (built from Go modules once, cached), deploy/
 # applied with kubectl -k, agents as local processes with the ServiceAccount's
@@ -101,18 +93,18 @@ test-cluster: build
 # API requests per agent, and the RSS of one agent with 100 sources.
 bench-cluster: build
 	test/scripts/k8s-build.sh
-	cd test/cluster && NODETRUST_REAL=1 NODETRUST_BENCH=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -run TestBenchPropagation -v ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BENCH=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 20m -run TestBenchPropagation -v ./cluster/...
 
 # Restart slots on Leases: 10 clients with the agent's token, never more than N holders.
 test-lease:
 	test/scripts/k8s-build.sh
-	cd test/lease && NODETRUST_REAL=1 go test -count=1 ./...
+	cd test && NODETRUST_REAL=1 go test -count=1 ./lease/...
 
 # Fault injection on the built binary (test/faults/README.md): apply killed
 # at each write system call (strace), overlapping applies, a full tmpfs,
 # ENAMETOOLONG. Local directory mode, so the counts it prints are shown.
 test-faults: build
-	cd test/faults && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m
+	cd test && NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 10m ./faults/...
 
 # nodetrust check against real docker-registry instances under alias names
 # (right/wrong CA, CN-only, missing intermediate, expired, closed port,
@@ -121,18 +113,18 @@ test-faults: build
 # and for a Node on the real API server (test/e2e/README.md). Needs root.
 test-check: build deps
 	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh
-	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
-		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
+		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./e2e/...
 
 # The Helm chart (deploy/chart/nodetrust) rendered and linted with Helm's Go
 # library and compared object by object with deploy/; its values schema; the
 # alert rules parsed and run with Prometheus's Go module; with the cached
 # kube-apiserver (test/scripts/k8s-build.sh) also installed, upgraded and
 # uninstalled for real, the Own-Node admission policy proven with a pod-bound
-# token, kubectl nodetrust run by the real kubectl (tools/chart/README.md).
+# token, kubectl nodetrust run by the real kubectl (test/chart/README.md).
 test-chart: plugin
 	test/scripts/k8s-build.sh
-	cd tools/chart && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 6m ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 -timeout 6m ./chart/...
 
 test-real: test-loaders test-truststore test-image test-systemd test-cluster test-lease test-faults test-chart
 
@@ -147,10 +139,10 @@ e2e: build
 # $NODETRUST_CACHE/e2e/layout-report.txt.
 test-layouts: build deps
 	test/scripts/containerd2-build.sh
-	cd test/e2e && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) \
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) \
 		NODETRUST_CONTAINERD2=$$($(CURDIR)/test/scripts/containerd2-build.sh --print-bin) \
 		NODETRUST_LAYOUT_REPORT=$${NODETRUST_LAYOUT_REPORT:-$(NODETRUST_CACHE)/e2e/layout-report.txt} \
-		go test -count=1 -v -timeout 15m -run TestLayoutPulls ./...
+		go test -count=1 -v -timeout 15m -run TestLayoutPulls ./e2e/...
 
 # deploy/ as shipped (through test/node/overlay) on a real kubelet: a Debian
 # root booted with systemd-nspawn runs containerd (Debian's 1.6, then 2.2.4
@@ -161,10 +153,10 @@ test-layouts: build deps
 test-node: image deps
 	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh --kubelet
 	test/scripts/containerd2-build.sh
-	cd test/node && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_IMAGE_TAR=$(CURDIR)/bin/nodetrust-image.tar \
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_IMAGE_TAR=$(CURDIR)/bin/nodetrust-image.tar \
 		NODETRUST_CONTAINERD2=$$($(CURDIR)/test/scripts/containerd2-build.sh --print-bin) \
 		NODETRUST_NODE_REPORT=$${NODETRUST_NODE_REPORT:-$(NODETRUST_CACHE)/node/report.txt} \
-		go test -count=1 -v -timeout 20m ./...
+		go test -count=1 -v -timeout 20m ./node/...
 
 # The whole suite, as CI runs it.
 ci: lint test test-real e2e test-node

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -24,22 +26,22 @@ const (
 
 // agentEnv is one Node with one agent on its own host root.
 type agentEnv struct {
-	c     *Cluster
+	c     *harness.Cluster
 	ns    string
 	node  string
 	root  string
 	kcfg  string
-	agent *Agent
+	agent *harness.Agent
 }
 
 // startAgentOn creates Node name with labels and starts an agent for it
 // watching ns, using a TokenRequest token of the deploy/ ServiceAccount.
-func startAgentOn(t *testing.T, c *Cluster, ns, name string, labels map[string]string, extra ...string) *agentEnv {
+func startAgentOn(t *testing.T, c *harness.Cluster, ns, name string, labels map[string]string, extra ...string) *agentEnv {
 	t.Helper()
 	c.CreateNode(t, name, labels)
-	e := &agentEnv{c: c, ns: ns, node: name, root: NewHostRoot(t)}
+	e := &agentEnv{c: c, ns: ns, node: name, root: harness.NewHostRoot(t)}
 	e.kcfg = c.AgentKubeconfig(t, t.TempDir())
-	e.agent = StartAgent(t, AgentOptions{Kubeconfig: e.kcfg, Node: name, Namespaces: ns, Root: e.root, Extra: extra})
+	e.agent = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: e.kcfg, Node: name, Namespaces: ns, Root: e.root, Extra: extra})
 	took := e.agent.WaitReady(t, 30*time.Second)
 	t.Logf("agent %s: /readyz 200 after %v", name, took.Round(time.Millisecond))
 	return e
@@ -53,21 +55,21 @@ func (e *agentEnv) restart(t *testing.T) {
 	} else {
 		t.Logf("agent %s exited 0 %v after SIGTERM", e.node, took.Round(time.Millisecond))
 	}
-	e.agent = StartAgent(t, e.agent.Opts)
+	e.agent = harness.StartAgent(t, e.agent.Opts)
 }
 
 func ownedName(kind, ns, name string) string {
 	return fmt.Sprintf("nodetrust_%s_%s_%s.crt", kind, ns, name)
 }
 
-func createSecret(t *testing.T, c *Cluster, s *corev1.Secret) {
+func createSecret(t *testing.T, c *harness.Cluster, s *corev1.Secret) {
 	t.Helper()
 	if _, err := c.Admin.CoreV1().Secrets(s.Namespace).Create(ctx, s, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create secret %s/%s: %v", s.Namespace, s.Name, err)
 	}
 }
 
-func patchSecret(t *testing.T, c *Cluster, ns, name, patch string) {
+func patchSecret(t *testing.T, c *harness.Cluster, ns, name, patch string) {
 	t.Helper()
 	if _, err := c.Admin.CoreV1().Secrets(ns).Patch(ctx, name, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("patch secret %s/%s with %s: %v", ns, name, patch, err)
@@ -80,34 +82,34 @@ func patchSecret(t *testing.T, c *Cluster, ns, name, patch string) {
 func TestSourceLifecycle(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
-	ns := AgentNamespace
-	e := startAgentOn(t, c, ns, "life-"+randHex(3), map[string]string{"kubernetes.io/os": "linux"})
+	ns := harness.AgentNamespace
+	e := startAgentOn(t, c, ns, "life-"+harness.RandHex(3), map[string]string{"kubernetes.io/os": "linux"})
 
 	ann := waitNode(t, c, e.node, applyTimeout, "state Ready with 0 sources", func(a map[string]string) bool {
-		return a[AnnState] == StateReady && a[AnnSources] == "0"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "0"
 	})
-	if ann[AnnMessage] != "" {
-		t.Errorf("Ready node has message %q, want empty", ann[AnnMessage])
+	if ann[harness.AnnMessage] != "" {
+		t.Errorf("Ready node has message %q, want empty", ann[harness.AnnMessage])
 	}
-	emptyHash := ann[AnnApplied]
+	emptyHash := ann[harness.AnnApplied]
 
 	regs := []string{"reg-life.test:5000", "reg-life2.test"}
-	ca1 := NewCA("life CA 1")
+	ca1 := harness.NewCA("life CA 1")
 	l1a, l1b := ca1.Leaf(regs[0]), ca1.Leaf(regs[1])
-	name := "harbor-ca-" + randHex(3)
-	createSecret(t, c, Secret(ns, name, ca1.PEM, regs[0]+", "+regs[1]))
+	name := "harbor-ca-" + harness.RandHex(3)
+	createSecret(t, c, harness.Secret(ns, name, ca1.PEM, regs[0]+", "+regs[1]))
 	lat := waitTrusted(t, e.root, regs[0], l1a, applyTimeout, "create")
 	waitTrusted(t, e.root, regs[1], l1b, applyTimeout, "create")
 	t.Logf("LATENCY create → trusted by containerd, docker, containers: %v", lat.Round(time.Millisecond))
 
 	// Layout of hostfiles/README.md.
-	for _, d := range []string{DockerCertsDir, ContainersCertsDir, ContainerdCertsDir} {
+	for _, d := range []string{harness.DockerCertsDir, harness.ContainersCertsDir, harness.ContainerdCertsDir} {
 		p := filepath.Join(e.root, d, regs[0], ownedName("secret", ns, name))
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("expected file: %v", err)
 		}
 	}
-	h, err := ReadHostsToml(filepath.Join(e.root, ContainerdCertsDir, regs[0], "hosts.toml"))
+	h, err := harness.ReadHostsToml(filepath.Join(e.root, harness.ContainerdCertsDir, regs[0], "hosts.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,18 +120,18 @@ func TestSourceLifecycle(t *testing.T) {
 		t.Errorf("hosts.toml ca = %q, want %q", h.CA, want)
 	}
 	ann = waitNode(t, c, e.node, applyTimeout, "Ready with 1 source", func(a map[string]string) bool {
-		return a[AnnState] == StateReady && a[AnnSources] == "1"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "1"
 	})
-	if ann[AnnApplied] == "" || ann[AnnApplied] == emptyHash {
-		t.Errorf("applied hash %q did not change from the empty state's %q", ann[AnnApplied], emptyHash)
+	if ann[harness.AnnApplied] == "" || ann[harness.AnnApplied] == emptyHash {
+		t.Errorf("applied hash %q did not change from the empty state's %q", ann[harness.AnnApplied], emptyHash)
 	}
-	if _, err := time.Parse(time.RFC3339, ann[AnnSyncedAt]); err != nil {
-		t.Errorf("synced-at %q is not RFC 3339: %v", ann[AnnSyncedAt], err)
+	if _, err := time.Parse(time.RFC3339, ann[harness.AnnSyncedAt]); err != nil {
+		t.Errorf("synced-at %q is not RFC 3339: %v", ann[harness.AnnSyncedAt], err)
 	}
-	hash1 := ann[AnnApplied]
+	hash1 := ann[harness.AnnApplied]
 
 	// Rotation: new CA trusted, old one gone.
-	ca2 := NewCA("life CA 2")
+	ca2 := harness.NewCA("life CA 2")
 	l2a := ca2.Leaf(regs[0])
 	start := time.Now()
 	patchSecret(t, c, ns, name, fmt.Sprintf(`{"data":{"ca.crt":%q}}`, b64(ca2.PEM)))
@@ -138,7 +140,7 @@ func TestSourceLifecycle(t *testing.T) {
 	waitUntrusted(t, e.root, regs[1], l1b, applyTimeout, "rotation")
 	t.Logf("LATENCY rotation → new trusted, old gone: %v", time.Since(start).Round(time.Millisecond))
 	waitNode(t, c, e.node, applyTimeout, "applied hash changes on rotation", func(a map[string]string) bool {
-		return a[AnnApplied] != hash1 && a[AnnState] == StateReady
+		return a[harness.AnnApplied] != hash1 && a[harness.AnnState] == harness.StateReady
 	})
 
 	// Unlabel: cleaned up.
@@ -149,10 +151,10 @@ func TestSourceLifecycle(t *testing.T) {
 	}
 	t.Logf("LATENCY unlabel → cleaned up: %v", time.Since(start).Round(time.Millisecond))
 	ann = waitNode(t, c, e.node, applyTimeout, "0 sources after unlabel", func(a map[string]string) bool {
-		return a[AnnSources] == "0" && a[AnnState] == StateReady
+		return a[harness.AnnSources] == "0" && a[harness.AnnState] == harness.StateReady
 	})
-	if ann[AnnApplied] != emptyHash {
-		t.Errorf("applied hash after unlabel = %q, want the empty state's %q", ann[AnnApplied], emptyHash)
+	if ann[harness.AnnApplied] != emptyHash {
+		t.Errorf("applied hash after unlabel = %q, want the empty state's %q", ann[harness.AnnApplied], emptyHash)
 	}
 
 	// Relabel, then delete: cleaned up.
@@ -169,8 +171,8 @@ func TestSourceLifecycle(t *testing.T) {
 
 	// A ConfigMap source (plain data) of the same name.
 	cm := &corev1.ConfigMap{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{LabelCA: "true"},
-			Annotations: map[string]string{AnnRegistries: regs[0]}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns, Labels: map[string]string{harness.LabelCA: "true"},
+			Annotations: map[string]string{harness.AnnRegistries: regs[0]}},
 		Data: map[string]string{"ca-bundle.crt": "# bundle comment\n" + string(ca1.PEM)},
 	}
 	if _, err := c.Admin.CoreV1().ConfigMaps(ns).Create(ctx, cm, metav1.CreateOptions{}); err != nil {
@@ -178,7 +180,7 @@ func TestSourceLifecycle(t *testing.T) {
 	}
 	lat = waitTrusted(t, e.root, regs[0], l1a, applyTimeout, "configmap")
 	t.Logf("LATENCY configmap create → trusted: %v", lat.Round(time.Millisecond))
-	if _, err := os.Stat(filepath.Join(e.root, DockerCertsDir, regs[0], ownedName("configmap", ns, name))); err != nil {
+	if _, err := os.Stat(filepath.Join(e.root, harness.DockerCertsDir, regs[0], ownedName("configmap", ns, name))); err != nil {
 		t.Errorf("configmap file: %v", err)
 	}
 	if err := c.Admin.CoreV1().ConfigMaps(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
@@ -191,7 +193,7 @@ func TestSourceLifecycle(t *testing.T) {
 
 // checkMetricsAndLogs checks the /metrics names and the JSON sync log lines
 // of the contract.
-func checkMetricsAndLogs(t *testing.T, a *Agent) {
+func checkMetricsAndLogs(t *testing.T, a *harness.Agent) {
 	t.Helper()
 	m, body, err := a.Metrics()
 	if err != nil {
@@ -199,17 +201,17 @@ func checkMetricsAndLogs(t *testing.T, a *Agent) {
 	}
 	for _, name := range []string{"nodetrust_syncs_total", "nodetrust_sync_failures_total", "nodetrust_last_success_timestamp_seconds",
 		"nodetrust_sources_applied", "nodetrust_files_written_total", "nodetrust_node_patches_total"} {
-		if _, ok := MetricSum(m, name); !ok {
+		if _, ok := harness.MetricSum(m, name); !ok {
 			t.Errorf("/metrics has no %s", name)
 		}
 	}
-	if v, _ := MetricSum(m, "nodetrust_syncs_total"); v < 1 {
+	if v, _ := harness.MetricSum(m, "nodetrust_syncs_total"); v < 1 {
 		t.Errorf("nodetrust_syncs_total = %v, want ≥ 1", v)
 	}
-	if v, _ := MetricSum(m, "nodetrust_files_written_total"); v < 1 {
+	if v, _ := harness.MetricSum(m, "nodetrust_files_written_total"); v < 1 {
 		t.Errorf("nodetrust_files_written_total = %v, want ≥ 1", v)
 	}
-	if v, _ := MetricSum(m, "nodetrust_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
+	if v, _ := harness.MetricSum(m, "nodetrust_last_success_timestamp_seconds"); v < float64(time.Now().Add(-time.Hour).Unix()) {
 		t.Errorf("nodetrust_last_success_timestamp_seconds = %v, want a recent Unix time", v)
 	}
 	if t.Failed() {
@@ -250,34 +252,34 @@ func TestRejectedSource(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "rej")
-	a := startAgentOn(t, c, ns, "rej-a-"+randHex(3), nil, "--resync", "2s")
-	b := startAgentOn(t, c, ns, "rej-b-"+randHex(3), nil, "--resync", "2s")
+	a := startAgentOn(t, c, ns, "rej-a-"+harness.RandHex(3), nil, "--resync", "2s")
+	b := startAgentOn(t, c, ns, "rej-b-"+harness.RandHex(3), nil, "--resync", "2s")
 	envs := []*agentEnv{a, b}
 
-	good := NewCA("good CA")
-	createSecret(t, c, Secret(ns, "good", good.PEM, "reg-good.test"))
-	bad := NewCA("bad CA")
-	badKey := Secret(ns, "bad-key", nil, "reg-bad.test")
+	good := harness.NewCA("good CA")
+	createSecret(t, c, harness.Secret(ns, "good", good.PEM, "reg-good.test"))
+	bad := harness.NewCA("bad CA")
+	badKey := harness.Secret(ns, "bad-key", nil, "reg-bad.test")
 	badKey.Type = corev1.SecretTypeTLS
 	badKey.Data = map[string][]byte{"tls.crt": append(append([]byte{}, bad.PEM...), bad.KeyPEM...), "tls.key": bad.KeyPEM}
 	createSecret(t, c, badKey)
 
 	for _, e := range envs {
 		waitTrusted(t, e.root, "reg-good.test", good.Leaf("reg-good.test"), applyTimeout, "good source beside a rejected one on "+e.node)
-		ann := waitNode(t, c, e.node, applyTimeout, "Degraded", func(a map[string]string) bool { return a[AnnState] == StateDegraded })
-		if !strings.Contains(ann[AnnMessage], "bad-key") {
-			t.Errorf("node %s Degraded message %q does not name the Secret bad-key", e.node, ann[AnnMessage])
+		ann := waitNode(t, c, e.node, applyTimeout, "Degraded", func(a map[string]string) bool { return a[harness.AnnState] == harness.StateDegraded })
+		if !strings.Contains(ann[harness.AnnMessage], "bad-key") {
+			t.Errorf("node %s Degraded message %q does not name the Secret bad-key", e.node, ann[harness.AnnMessage])
 		}
-		if ann[AnnSources] != "1" {
-			t.Errorf("node %s sources = %q, want 1 (the good one)", e.node, ann[AnnSources])
+		if ann[harness.AnnSources] != "1" {
+			t.Errorf("node %s sources = %q, want 1 (the good one)", e.node, ann[harness.AnnSources])
 		}
-		if ok, why := RegistryDirsGone(e.root, "reg-bad.test"); !ok {
+		if ok, why := harness.RegistryDirsGone(e.root, "reg-bad.test"); !ok {
 			t.Errorf("rejected source wrote files on %s: %s", e.node, why)
 		}
 	}
 
 	var evs []corev1.Event
-	if !Poll(applyTimeout, 100*time.Millisecond, func() bool {
+	if !harness.Poll(applyTimeout, 100*time.Millisecond, func() bool {
 		evs = rejectedEvents(t, c, ns, "Secret", "bad-key")
 		return len(evs) > 0
 	}) {
@@ -292,7 +294,7 @@ func TestRejectedSource(t *testing.T) {
 			t.Fatal(err)
 		}
 		rvs[e.node] = n.ResourceVersion
-		t.Logf("node %s: %s=%q", e.node, AnnMessage, n.Annotations[AnnMessage])
+		t.Logf("node %s: %s=%q", e.node, harness.AnnMessage, n.Annotations[harness.AnnMessage])
 	}
 	time.Sleep(5 * time.Second)
 	for _, e := range envs {
@@ -323,8 +325,8 @@ func TestRejectedSource(t *testing.T) {
 	}
 
 	// A registry entry with a slash.
-	createSecret(t, c, Secret(ns, "bad-reg", NewCA("x").PEM, "a/b"))
-	if !Poll(applyTimeout, 100*time.Millisecond, func() bool { return len(rejectedEvents(t, c, ns, "Secret", "bad-reg")) > 0 }) {
+	createSecret(t, c, harness.Secret(ns, "bad-reg", harness.NewCA("x").PEM, "a/b"))
+	if !harness.Poll(applyTimeout, 100*time.Millisecond, func() bool { return len(rejectedEvents(t, c, ns, "Secret", "bad-reg")) > 0 }) {
 		t.Errorf("no Rejected Event for Secret %s/bad-reg (registry \"a/b\") within %v", ns, applyTimeout)
 	}
 	time.Sleep(3 * time.Second)
@@ -333,7 +335,7 @@ func TestRejectedSource(t *testing.T) {
 	}
 	for _, e := range envs {
 		for _, d := range []string{"a", "a/b"} {
-			for _, rd := range []string{DockerCertsDir, ContainersCertsDir, ContainerdCertsDir} {
+			for _, rd := range []string{harness.DockerCertsDir, harness.ContainersCertsDir, harness.ContainerdCertsDir} {
 				if _, err := os.Lstat(filepath.Join(e.root, rd, d)); err == nil {
 					t.Errorf("registry \"a/b\" made %s on %s", filepath.Join(rd, d), e.node)
 				}
@@ -350,15 +352,15 @@ func TestRejectedSource(t *testing.T) {
 	for _, e := range envs {
 		waitTrusted(t, e.root, "reg-bad.test", bad.Leaf("reg-bad.test"), applyTimeout, "fixed source on "+e.node)
 		ann := waitNode(t, c, e.node, applyTimeout, "Ready after the fix", func(a map[string]string) bool {
-			return a[AnnState] == StateReady && a[AnnSources] == "2"
+			return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "2"
 		})
-		if ann[AnnMessage] != "" {
-			t.Errorf("node %s Ready but message %q", e.node, ann[AnnMessage])
+		if ann[harness.AnnMessage] != "" {
+			t.Errorf("node %s Ready but message %q", e.node, ann[harness.AnnMessage])
 		}
 		assertNoPrivateKey(t, e.root)
 	}
 	// Both nodes agree on the applied hash.
-	if ha, hb := nodeAnnotations(t, c, a.node)[AnnApplied], nodeAnnotations(t, c, b.node)[AnnApplied]; ha != hb {
+	if ha, hb := nodeAnnotations(t, c, a.node)[harness.AnnApplied], nodeAnnotations(t, c, b.node)[harness.AnnApplied]; ha != hb {
 		t.Errorf("applied hashes differ on nodes with the same sources: %q vs %q", ha, hb)
 	}
 }
@@ -383,22 +385,22 @@ func TestNodeSelector(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "sel")
-	blue := startAgentOn(t, c, ns, "sel-blue-"+randHex(3), map[string]string{"pool": "blue"})
-	green := startAgentOn(t, c, ns, "sel-green-"+randHex(3), map[string]string{"pool": "green"})
+	blue := startAgentOn(t, c, ns, "sel-blue-"+harness.RandHex(3), map[string]string{"pool": "blue"})
+	green := startAgentOn(t, c, ns, "sel-green-"+harness.RandHex(3), map[string]string{"pool": "green"})
 
-	ca := NewCA("selector CA")
+	ca := harness.NewCA("selector CA")
 	reg := "reg-sel.test"
 	leaf := ca.Leaf(reg)
-	s := Secret(ns, "blue-only", ca.PEM, reg)
-	s.Annotations[AnnNodeSelector] = "pool in (blue)"
+	s := harness.Secret(ns, "blue-only", ca.PEM, reg)
+	s.Annotations[harness.AnnNodeSelector] = "pool in (blue)"
 	createSecret(t, c, s)
 	lat := waitTrusted(t, blue.root, reg, leaf, applyTimeout, "selector matches")
 	t.Logf("LATENCY selector match → trusted: %v", lat.Round(time.Millisecond))
-	waitNode(t, c, blue.node, applyTimeout, "1 source on blue", func(a map[string]string) bool { return a[AnnSources] == "1" })
+	waitNode(t, c, blue.node, applyTimeout, "1 source on blue", func(a map[string]string) bool { return a[harness.AnnSources] == "1" })
 	waitNode(t, c, green.node, applyTimeout, "Ready with 0 sources on green", func(a map[string]string) bool {
-		return a[AnnSources] == "0" && a[AnnState] == StateReady
+		return a[harness.AnnSources] == "0" && a[harness.AnnState] == harness.StateReady
 	})
-	if ok, why := RegistryDirsGone(green.root, reg); !ok {
+	if ok, why := harness.RegistryDirsGone(green.root, reg); !ok {
 		t.Errorf("non-matching node green got files: %s", why)
 	}
 
@@ -407,14 +409,14 @@ func TestNodeSelector(t *testing.T) {
 	patchNodeLabels(t, c, blue.node, `{"metadata":{"labels":{"pool":"red"}}}`)
 	waitGone(t, blue.root, reg, applyTimeout, "node no longer matches")
 	t.Logf("LATENCY node relabel → removed: %v", time.Since(start).Round(time.Millisecond))
-	waitNode(t, c, blue.node, applyTimeout, "0 sources after relabel", func(a map[string]string) bool { return a[AnnSources] == "0" })
+	waitNode(t, c, blue.node, applyTimeout, "0 sources after relabel", func(a map[string]string) bool { return a[harness.AnnSources] == "0" })
 	start = time.Now()
 	patchNodeLabels(t, c, green.node, `{"metadata":{"labels":{"pool":"blue"}}}`)
 	waitTrusted(t, green.root, reg, leaf, applyTimeout, "node now matches")
 	t.Logf("LATENCY node relabel → applied: %v", time.Since(start).Round(time.Millisecond))
 }
 
-func patchNodeLabels(t *testing.T, c *Cluster, node, patch string) {
+func patchNodeLabels(t *testing.T, c *harness.Cluster, node, patch string) {
 	t.Helper()
 	if _, err := c.Admin.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
 		t.Fatalf("patch node %s: %v", node, err)
@@ -428,16 +430,16 @@ func TestRestartNoop(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "rst")
-	e := startAgentOn(t, c, ns, "rst-"+randHex(3), nil)
-	ca := NewCA("restart CA")
-	createSecret(t, c, Secret(ns, "rst", ca.PEM, "reg-rst.test,reg-rst2.test:443"))
+	e := startAgentOn(t, c, ns, "rst-"+harness.RandHex(3), nil)
+	ca := harness.NewCA("restart CA")
+	createSecret(t, c, harness.Secret(ns, "rst", ca.PEM, "reg-rst.test,reg-rst2.test:443"))
 	waitTrusted(t, e.root, "reg-rst.test", ca.Leaf("reg-rst.test"), applyTimeout, "before restart")
 	waitTrusted(t, e.root, "reg-rst2.test:443", ca.Leaf("reg-rst2.test:443"), applyTimeout, "before restart")
 	waitNode(t, c, e.node, applyTimeout, "Ready with 1 source", func(a map[string]string) bool {
-		return a[AnnState] == StateReady && a[AnnSources] == "1"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "1"
 	})
 	// Let the first agent settle (the ownership record is written last).
-	before, err := WaitSettled(e.root, time.Second, 10*time.Second)
+	before, err := harness.WaitSettled(e.root, time.Second, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -451,11 +453,11 @@ func TestRestartNoop(t *testing.T) {
 	t.Logf("restarted agent ready after %v", took.Round(time.Millisecond))
 	time.Sleep(2 * time.Second) // room for a (wrong) patch or write to happen
 
-	after, err := Snapshot(e.root)
+	after, err := harness.Snapshot(e.root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := DiffSnapshots(before, after); len(d) > 0 {
+	if d := harness.DiffSnapshots(before, after); len(d) > 0 {
 		t.Errorf("restart with nothing changed touched the host root:\n  %s", strings.Join(d, "\n  "))
 	}
 	n1, err := c.Admin.CoreV1().Nodes().Get(ctx, e.node, metav1.GetOptions{})
@@ -471,11 +473,11 @@ func TestRestartNoop(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"nodetrust_node_patches_total", "nodetrust_files_written_total"} {
-		if v, ok := MetricSum(m, name); !ok || v != 0 {
+		if v, ok := harness.MetricSum(m, name); !ok || v != 0 {
 			t.Errorf("restarted agent: %s = %v (present %v), want 0\n%s", name, v, ok, body)
 		}
 	}
-	if v, _ := MetricSum(m, "nodetrust_sources_applied"); v != 1 {
+	if v, _ := harness.MetricSum(m, "nodetrust_sources_applied"); v != 1 {
 		t.Errorf("nodetrust_sources_applied = %v, want 1", v)
 	}
 	if s := caExpirySeries(m); len(s) != 1 || !strings.Contains(s[0], `source="`) || !strings.Contains(s[0], `sha256="`) {
@@ -506,15 +508,15 @@ func TestDrift(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "drift")
-	e := startAgentOn(t, c, ns, "drift-"+randHex(3), nil)
-	ca := NewCA("drift CA")
+	e := startAgentOn(t, c, ns, "drift-"+harness.RandHex(3), nil)
+	ca := harness.NewCA("drift CA")
 	reg := "reg-drift.test:5000"
 	leaf := ca.Leaf(reg)
-	createSecret(t, c, Secret(ns, "drift", ca.PEM, reg))
+	createSecret(t, c, harness.Secret(ns, "drift", ca.PEM, reg))
 	waitTrusted(t, e.root, reg, leaf, applyTimeout, "initial")
 
-	foreign := filepath.Join(e.root, DockerCertsDir, reg, "operator.crt")
-	foreignData := NewCA("operator's own CA").PEM
+	foreign := filepath.Join(e.root, harness.DockerCertsDir, reg, "operator.crt")
+	foreignData := harness.NewCA("operator's own CA").PEM
 	if err := os.WriteFile(foreign, foreignData, 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -526,13 +528,13 @@ func TestDrift(t *testing.T) {
 		path string
 		do   func(p string) error
 	}{
-		{"delete docker CA file", filepath.Join(e.root, DockerCertsDir, reg, owned), os.Remove},
-		{"edit containers CA file", filepath.Join(e.root, ContainersCertsDir, reg, owned), func(p string) error {
+		{"delete docker CA file", filepath.Join(e.root, harness.DockerCertsDir, reg, owned), os.Remove},
+		{"edit containers CA file", filepath.Join(e.root, harness.ContainersCertsDir, reg, owned), func(p string) error {
 			return os.WriteFile(p, []byte("tampered\n"), 0o644)
 		}},
-		{"delete containerd hosts.toml", filepath.Join(e.root, ContainerdCertsDir, reg, "hosts.toml"), os.Remove},
-		{"edit containerd CA file", filepath.Join(e.root, ContainerdCertsDir, reg, owned), func(p string) error {
-			return os.WriteFile(p, NewCA("evil").PEM, 0o644)
+		{"delete containerd hosts.toml", filepath.Join(e.root, harness.ContainerdCertsDir, reg, "hosts.toml"), os.Remove},
+		{"edit containerd CA file", filepath.Join(e.root, harness.ContainerdCertsDir, reg, owned), func(p string) error {
+			return os.WriteFile(p, harness.NewCA("evil").PEM, 0o644)
 		}},
 	}
 	for _, tc := range cases {
@@ -545,7 +547,7 @@ func TestDrift(t *testing.T) {
 			t.Fatal(err)
 		}
 		var got []byte
-		if !Poll(driftTimeout, 10*time.Millisecond, func() bool {
+		if !harness.Poll(driftTimeout, 10*time.Millisecond, func() bool {
 			got, _ = os.ReadFile(tc.path)
 			return bytes.Equal(got, want)
 		}) {
@@ -555,7 +557,7 @@ func TestDrift(t *testing.T) {
 		t.Logf("LATENCY drift %s → restored: %v", tc.what, time.Since(start).Round(time.Millisecond))
 	}
 	waitTrusted(t, e.root, reg, leaf, applyTimeout, "after drift")
-	if _, err := WaitSettled(e.root, 500*time.Millisecond, 10*time.Second); err != nil {
+	if _, err := harness.WaitSettled(e.root, 500*time.Millisecond, 10*time.Second); err != nil {
 		t.Errorf("after drift repair: %v", err)
 	}
 	got, err := os.ReadFile(foreign)
@@ -571,12 +573,12 @@ func TestDrift(t *testing.T) {
 	}
 	waitUntrusted(t, e.root, reg, leaf, applyTimeout, "delete")
 	var left []string
-	if !Poll(applyTimeout, 20*time.Millisecond, func() bool {
+	if !harness.Poll(applyTimeout, 20*time.Millisecond, func() bool {
 		left = nil
 		for _, p := range []string{
-			filepath.Join(DockerCertsDir, reg, owned),
-			filepath.Join(ContainersCertsDir, reg),
-			filepath.Join(ContainerdCertsDir, reg),
+			filepath.Join(harness.DockerCertsDir, reg, owned),
+			filepath.Join(harness.ContainersCertsDir, reg),
+			filepath.Join(harness.ContainerdCertsDir, reg),
 		} {
 			if _, err := os.Lstat(filepath.Join(e.root, p)); err == nil {
 				left = append(left, p)

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestAPIServerDown: with kube-apiserver stopped the agent keeps every file
@@ -16,22 +18,22 @@ func TestAPIServerDown(t *testing.T) {
 	t.Parallel()
 	c := newClusterWithDeploy(t)
 	ns := c.Tenant(t, "down")
-	a := startAgentOn(t, c, ns, "down-a-"+randHex(3), nil)
+	a := startAgentOn(t, c, ns, "down-a-"+harness.RandHex(3), nil)
 
-	ca1 := NewCA("down CA 1")
-	createSecret(t, c, Secret(ns, "before", ca1.PEM, "reg-before.test"))
+	ca1 := harness.NewCA("down CA 1")
+	createSecret(t, c, harness.Secret(ns, "before", ca1.PEM, "reg-before.test"))
 	waitTrusted(t, a.root, "reg-before.test", ca1.Leaf("reg-before.test"), applyTimeout, "before the outage")
 
 	// Prepare the second node while the API is up.
-	nodeB := "down-b-" + randHex(3)
+	nodeB := "down-b-" + harness.RandHex(3)
 	c.CreateNode(t, nodeB, nil)
 	kcfgB := c.AgentKubeconfig(t, t.TempDir())
-	rootB := NewHostRoot(t)
+	rootB := harness.NewHostRoot(t)
 
 	waitNode(t, c, a.node, applyTimeout, "Ready with 1 source", func(an map[string]string) bool {
-		return an[AnnState] == StateReady && an[AnnSources] == "1"
+		return an[harness.AnnState] == harness.StateReady && an[harness.AnnSources] == "1"
 	})
-	before, err := WaitSettled(a.root, time.Second, 10*time.Second)
+	before, err := harness.WaitSettled(a.root, time.Second, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,13 +45,13 @@ func TestAPIServerDown(t *testing.T) {
 	t.Logf("kube-apiserver stopped in %v (SIGKILL after 5 s of SIGTERM: %v)", time.Since(start).Round(time.Millisecond), killed)
 
 	b := &agentEnv{c: c, ns: ns, node: nodeB, root: rootB, kcfg: kcfgB}
-	b.agent = StartAgent(t, AgentOptions{Kubeconfig: kcfgB, Node: nodeB, Namespaces: ns, Root: rootB})
+	b.agent = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfgB, Node: nodeB, Namespaces: ns, Root: rootB})
 
 	// 6 s of outage: files kept, both alive, B not ready.
 	var readyB []int
 	for i := 0; i < 12; i++ {
 		time.Sleep(500 * time.Millisecond)
-		if ok, why := TrustedEverywhere(a.root, "reg-before.test", ca1.Leaf("reg-before.test")); !ok {
+		if ok, why := harness.TrustedEverywhere(a.root, "reg-before.test", ca1.Leaf("reg-before.test")); !ok {
 			t.Fatalf("during the outage the applied CA went away: %s", why)
 		}
 		for _, x := range []*agentEnv{a, b} {
@@ -83,8 +85,8 @@ func TestAPIServerDown(t *testing.T) {
 	if code, _, _ := a.agent.Get("/readyz"); true {
 		t.Logf("running agent /readyz during the outage: %d", code)
 	}
-	after, _ := Snapshot(a.root)
-	if d := DiffSnapshots(before, after); len(d) > 0 {
+	after, _ := harness.Snapshot(a.root)
+	if d := harness.DiffSnapshots(before, after); len(d) > 0 {
 		t.Errorf("host root changed during the outage: %v", d)
 	}
 
@@ -94,9 +96,9 @@ func TestAPIServerDown(t *testing.T) {
 	}
 	t.Logf("kube-apiserver restarted on the same etcd, /readyz in %v", time.Since(start).Round(time.Millisecond))
 
-	ca2 := NewCA("down CA 2")
+	ca2 := harness.NewCA("down CA 2")
 	start = time.Now()
-	createSecret(t, c, Secret(ns, "after", ca2.PEM, "reg-after.test"))
+	createSecret(t, c, harness.Secret(ns, "after", ca2.PEM, "reg-after.test"))
 	const recoverTimeout = 60 * time.Second
 	for _, x := range []*agentEnv{a, b} {
 		waitTrusted(t, x.root, "reg-after.test", ca2.Leaf("reg-after.test"), recoverTimeout, fmt.Sprintf("after the outage on %s", x.node))
@@ -106,7 +108,7 @@ func TestAPIServerDown(t *testing.T) {
 	waitTrusted(t, b.root, "reg-before.test", ca1.Leaf("reg-before.test"), applyTimeout, "new agent")
 	for _, x := range []*agentEnv{a, b} {
 		waitNode(t, c, x.node, applyTimeout, "Ready with 2 sources", func(an map[string]string) bool {
-			return an[AnnState] == StateReady && an[AnnSources] == "2"
+			return an[harness.AnnState] == harness.StateReady && an[harness.AnnSources] == "2"
 		})
 	}
 	// Errors during the outage are logged, as JSON like everything else

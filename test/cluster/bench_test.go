@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
+
 	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -25,7 +27,7 @@ import (
 // It prints a table; it asserts only that every node converges. Run with
 // NODETRUST_BENCH=1 (make bench-cluster).
 func TestBenchPropagation(t *testing.T) {
-	SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Getenv("NODETRUST_BENCH") != "1" {
 		t.Skip("set NODETRUST_BENCH=1 to run the propagation benchmark")
 	}
@@ -39,8 +41,8 @@ func TestBenchPropagation(t *testing.T) {
 }
 
 // deployedCluster is a fresh cluster with deploy/ applied.
-func deployedCluster(t *testing.T) *Cluster {
-	c := NewCluster(t)
+func deployedCluster(t *testing.T) *harness.Cluster {
+	c := harness.NewCluster(t)
 	if out, err := c.ApplyDeploy(); err != nil {
 		t.Fatalf("kubectl apply -k deploy/: %v\n%s", err, out)
 	}
@@ -49,16 +51,16 @@ func deployedCluster(t *testing.T) *Cluster {
 
 func benchN(t *testing.T, n int) []string {
 	c := deployedCluster(t)
-	ns := AgentNamespace
+	ns := harness.AgentNamespace
 	kcfg := c.AgentKubeconfig(t, t.TempDir())
 	roots := make([]string, n)
-	agents := make([]*Agent, n)
+	agents := make([]*harness.Agent, n)
 	before := apiRequests(t, c)
 	for i := range n {
 		node := fmt.Sprintf("bench-%d-%03d", n, i)
 		c.CreateNode(t, node, nil)
-		roots[i] = NewHostRoot(t)
-		agents[i] = StartAgent(t, AgentOptions{Kubeconfig: kcfg, Node: node, Namespaces: ns, Root: roots[i], Extra: []string{"--resync", "2s"}})
+		roots[i] = harness.NewHostRoot(t)
+		agents[i] = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfg, Node: node, Namespaces: ns, Root: roots[i], Extra: []string{"--resync", "2s"}})
 	}
 	for _, a := range agents {
 		a.WaitReady(t, 120*time.Second)
@@ -70,7 +72,7 @@ func benchN(t *testing.T, n int) []string {
 	name := "bench-ca"
 	file := filepath.Join("etc/docker/certs.d/registry.bench.test:5000", "nodetrust_secret_"+ns+"_"+name+".crt")
 	w := newArrival(t, roots, file)
-	ca := NewCA("bench CA 1").PEM
+	ca := harness.NewCA("bench CA 1").PEM
 	s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns,
 		Labels: map[string]string{"nodetrust.io/ca": "true"}, Annotations: map[string]string{"nodetrust.io/registries": "registry.bench.test:5000"}},
 		Data: map[string][]byte{"ca.crt": ca}}
@@ -83,7 +85,7 @@ func benchN(t *testing.T, n int) []string {
 	time.Sleep(2 * time.Second)
 	afterCreate := apiRequests(t, c)
 
-	rotated := NewCA("bench CA 2").PEM
+	rotated := harness.NewCA("bench CA 2").PEM
 	s.Data["ca.crt"] = rotated
 	w.expect(rotated)
 	t1 := time.Now()
@@ -115,19 +117,19 @@ func benchN(t *testing.T, n int) []string {
 // benchRSS applies count sources on one agent and reads its resident memory.
 func benchRSS(t *testing.T, count int) float64 {
 	c := deployedCluster(t)
-	ns := AgentNamespace
+	ns := harness.AgentNamespace
 	c.CreateNode(t, "rss", nil)
-	a := StartAgent(t, AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: "rss", Namespaces: ns, Root: NewHostRoot(t)})
+	a := harness.StartAgent(t, harness.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: "rss", Namespaces: ns, Root: harness.NewHostRoot(t)})
 	a.WaitReady(t, 30*time.Second)
 	for i := range count {
 		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("rss-%03d", i), Namespace: ns,
 			Labels: map[string]string{"nodetrust.io/ca": "true"}, Annotations: map[string]string{"nodetrust.io/registries": fmt.Sprintf("r%03d.bench.test", i)}},
-			Data: map[string][]byte{"ca.crt": NewCA(fmt.Sprintf("rss %d", i)).PEM}}
+			Data: map[string][]byte{"ca.crt": harness.NewCA(fmt.Sprintf("rss %d", i)).PEM}}
 		if _, err := c.Admin.CoreV1().Secrets(ns).Create(context.Background(), s, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if !Poll(60*time.Second, 100*time.Millisecond, func() bool {
+	if !harness.Poll(60*time.Second, 100*time.Millisecond, func() bool {
 		m, _, err := a.Metrics()
 		return err == nil && m["nodetrust_sources_applied"] == float64(count)
 	}) {
@@ -159,7 +161,7 @@ func row(n int, step string, lat []time.Duration, perAgent float64) string {
 
 // apiRequests sums the API server's request counter for the resources the
 // agent uses.
-func apiRequests(t *testing.T, c *Cluster) int {
+func apiRequests(t *testing.T, c *harness.Cluster) int {
 	body, err := c.Admin.CoreV1().RESTClient().Get().AbsPath("/metrics").DoRaw(context.Background())
 	if err != nil {
 		t.Fatal(err)
@@ -182,7 +184,7 @@ func apiRequests(t *testing.T, c *Cluster) int {
 	return int(total)
 }
 
-func agentCounters(t *testing.T, agents []*Agent) (written, patches float64) {
+func agentCounters(t *testing.T, agents []*harness.Agent) (written, patches float64) {
 	for _, a := range agents {
 		m, _, err := a.Metrics()
 		if err != nil {
@@ -254,7 +256,7 @@ func (a *arrival) check(i int) {
 }
 
 func (a *arrival) wait(t *testing.T, t0 time.Time, timeout time.Duration) []time.Duration {
-	ok := Poll(timeout, 20*time.Millisecond, func() bool {
+	ok := harness.Poll(timeout, 20*time.Millisecond, func() bool {
 		a.mu.Lock()
 		defer a.mu.Unlock()
 		return len(a.seen) == len(a.roots)

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
@@ -18,16 +20,16 @@ import (
 // priority under the ResourceQuota, ServiceAccount).
 func TestDaemonSetOnFakeNodes(t *testing.T) {
 	t.Parallel()
-	SkipUnlessReal(t)
-	c := NewCluster(t)
-	StartControlPlane(t, c)
+	harness.SkipUnlessReal(t)
+	c := harness.NewCluster(t)
+	harness.StartControlPlane(t, c)
 
 	type fake struct {
 		name   string
 		os     string
 		taints []corev1.Taint
 	}
-	sfx := randHex(2)
+	sfx := harness.RandHex(2)
 	nodes := []fake{
 		{name: "kwok-a-" + sfx, os: "linux"},
 		{name: "kwok-b-" + sfx, os: "linux"},
@@ -54,7 +56,7 @@ func TestDaemonSetOnFakeNodes(t *testing.T) {
 		}
 	}
 	start := time.Now()
-	if !Poll(60*time.Second, 200*time.Millisecond, func() bool {
+	if !harness.Poll(60*time.Second, 200*time.Millisecond, func() bool {
 		for _, f := range nodes {
 			n, err := c.Admin.CoreV1().Nodes().Get(ctx, f.name, metav1.GetOptions{})
 			if err != nil || !nodeReady(n) {
@@ -74,13 +76,13 @@ func TestDaemonSetOnFakeNodes(t *testing.T) {
 		t.Logf("kubectl apply -k deploy/:\n%s", out)
 	}
 	var last string
-	ok := Poll(60*time.Second, 250*time.Millisecond, func() bool {
-		ds, err := c.Admin.AppsV1().DaemonSets(AgentNamespace).Get(ctx, "nodetrust", metav1.GetOptions{})
+	ok := harness.Poll(60*time.Second, 250*time.Millisecond, func() bool {
+		ds, err := c.Admin.AppsV1().DaemonSets(harness.AgentNamespace).Get(ctx, "nodetrust", metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
 			return false
 		}
-		pods, err := c.Admin.CoreV1().Pods(AgentNamespace).List(ctx, metav1.ListOptions{})
+		pods, err := c.Admin.CoreV1().Pods(harness.AgentNamespace).List(ctx, metav1.ListOptions{})
 		if err != nil {
 			last = err.Error()
 			return false
@@ -115,15 +117,15 @@ func TestDaemonSetOnFakeNodes(t *testing.T) {
 		return true
 	})
 	if !ok {
-		evs, _ := c.Admin.CoreV1().Events(AgentNamespace).List(ctx, metav1.ListOptions{})
+		evs, _ := c.Admin.CoreV1().Events(harness.AgentNamespace).List(ctx, metav1.ListOptions{})
 		var eb strings.Builder
 		for _, e := range evs.Items {
 			fmt.Fprintf(&eb, "\n  %s %s/%s %s: %s", e.Type, e.InvolvedObject.Kind, e.InvolvedObject.Name, e.Reason, e.Message)
 		}
-		t.Fatalf("DaemonSet not one Ready pod per Linux node within 60 s: %s\nevents in %s:%s", last, AgentNamespace, eb.String())
+		t.Fatalf("DaemonSet not one Ready pod per Linux node within 60 s: %s\nevents in %s:%s", last, harness.AgentNamespace, eb.String())
 	}
 	// What an operator runs after an install or upgrade.
-	if out, err := c.Kubectl("-n", AgentNamespace, "rollout", "status", "daemonset/nodetrust", "--timeout=30s"); err != nil {
+	if out, err := c.Kubectl("-n", harness.AgentNamespace, "rollout", "status", "daemonset/nodetrust", "--timeout=30s"); err != nil {
 		t.Errorf("kubectl rollout status: %v\n%s", err, out)
 	}
 	t.Logf("LATENCY apply -k deploy/ → one Running+Ready pod on each of 3 Linux fake nodes (tainted one included, none on Windows): %v; %s",

@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
+
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
@@ -18,7 +20,7 @@ import (
 func TestMain(m *testing.M) {
 	code := m.Run()
 	stopShared()
-	CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 
@@ -27,17 +29,17 @@ func TestMain(m *testing.M) {
 // run controllers start their own.
 var shared struct {
 	once  sync.Once
-	c     *Cluster
+	c     *harness.Cluster
 	err   error
 	setup time.Duration
 }
 
-func sharedCluster(t *testing.T) *Cluster {
+func sharedCluster(t *testing.T) *harness.Cluster {
 	t.Helper()
-	SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	shared.once.Do(func() {
 		start := time.Now()
-		c, err := StartCluster()
+		c, err := harness.StartCluster()
 		if err != nil {
 			shared.err = err
 			return
@@ -65,10 +67,10 @@ func stopShared() {
 }
 
 // newClusterWithDeploy starts a private cluster and applies deploy/.
-func newClusterWithDeploy(t *testing.T) *Cluster {
+func newClusterWithDeploy(t *testing.T) *harness.Cluster {
 	t.Helper()
-	SkipUnlessReal(t)
-	c := NewCluster(t)
+	harness.SkipUnlessReal(t)
+	c := harness.NewCluster(t)
 	if _, err := c.ApplyDeploy(); err != nil {
 		t.Fatal(err)
 	}
@@ -78,7 +80,7 @@ func newClusterWithDeploy(t *testing.T) *Cluster {
 var ctx = context.Background()
 
 // nodeAnnotations returns the nodetrust.io/ annotations of a Node.
-func nodeAnnotations(t *testing.T, c *Cluster, name string) map[string]string {
+func nodeAnnotations(t *testing.T, c *harness.Cluster, name string) map[string]string {
 	t.Helper()
 	n, err := c.Admin.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
 	if err != nil {
@@ -94,10 +96,10 @@ func nodeAnnotations(t *testing.T, c *Cluster, name string) map[string]string {
 }
 
 // waitNode polls the Node's annotations until cond holds.
-func waitNode(t *testing.T, c *Cluster, name string, timeout time.Duration, desc string, cond func(ann map[string]string) bool) map[string]string {
+func waitNode(t *testing.T, c *harness.Cluster, name string, timeout time.Duration, desc string, cond func(ann map[string]string) bool) map[string]string {
 	t.Helper()
 	var last map[string]string
-	ok := Poll(timeout, 100*time.Millisecond, func() bool {
+	ok := harness.Poll(timeout, 100*time.Millisecond, func() bool {
 		last = nodeAnnotations(t, c, name)
 		return cond(last)
 	})
@@ -108,7 +110,7 @@ func waitNode(t *testing.T, c *Cluster, name string, timeout time.Duration, desc
 }
 
 // rejectedEvents lists Events with reason Rejected about a source.
-func rejectedEvents(t *testing.T, c *Cluster, ns, kind, name string) []corev1.Event {
+func rejectedEvents(t *testing.T, c *harness.Cluster, ns, kind, name string) []corev1.Event {
 	t.Helper()
 	sel := fields.Set{"involvedObject.name": name, "involvedObject.kind": kind, "reason": "Rejected"}.AsSelector().String()
 	evs, err := c.Admin.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: sel})
@@ -134,9 +136,9 @@ func waitTrusted(t *testing.T, root, reg string, leaf *x509.Certificate, timeout
 	t.Helper()
 	start := time.Now()
 	var why string
-	if !Poll(timeout, 20*time.Millisecond, func() bool {
+	if !harness.Poll(timeout, 20*time.Millisecond, func() bool {
 		var ok bool
-		ok, why = TrustedEverywhere(root, reg, leaf)
+		ok, why = harness.TrustedEverywhere(root, reg, leaf)
 		return ok
 	}) {
 		t.Fatalf("%s: %s not trusted for %s within %v: %s", what, leaf.Subject.CommonName, reg, timeout, why)
@@ -149,9 +151,9 @@ func waitUntrusted(t *testing.T, root, reg string, leaf *x509.Certificate, timeo
 	t.Helper()
 	start := time.Now()
 	var why string
-	if !Poll(timeout, 20*time.Millisecond, func() bool {
+	if !harness.Poll(timeout, 20*time.Millisecond, func() bool {
 		var ok bool
-		ok, why = TrustedNowhere(root, reg, leaf)
+		ok, why = harness.TrustedNowhere(root, reg, leaf)
 		return ok
 	}) {
 		t.Fatalf("%s: %s for %s not gone within %v: %s", what, leaf.Subject.CommonName, reg, timeout, why)
@@ -164,9 +166,9 @@ func waitGone(t *testing.T, root, reg string, timeout time.Duration, what string
 	t.Helper()
 	start := time.Now()
 	var why string
-	if !Poll(timeout, 20*time.Millisecond, func() bool {
+	if !harness.Poll(timeout, 20*time.Millisecond, func() bool {
 		var ok bool
-		ok, why = RegistryDirsGone(root, reg)
+		ok, why = harness.RegistryDirsGone(root, reg)
 		return ok
 	}) {
 		t.Fatalf("%s: certs.d/%s not cleaned up within %v: %s", what, reg, timeout, why)

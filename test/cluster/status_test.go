@@ -7,12 +7,14 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // runStatus runs `nodetrust status` with the admin kubeconfig.
-func runStatus(t *testing.T, c *Cluster, args ...string) (int, string) {
+func runStatus(t *testing.T, c *harness.Cluster, args ...string) (int, string) {
 	t.Helper()
-	cmd := exec.Command(AgentBinary(t), append([]string{"status", "--kubeconfig", c.AdminKubeconfig}, args...)...)
+	cmd := exec.Command(harness.Binary(t), append([]string{"status", "--kubeconfig", c.AdminKubeconfig}, args...)...)
 	out, err := cmd.Output()
 	var exit *exec.ExitError
 	switch {
@@ -33,15 +35,15 @@ func TestStatusCommand(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "sts")
-	group := map[string]string{"nodetrust-test/status": randHex(4)}
+	group := map[string]string{"nodetrust-test/status": harness.RandHex(4)}
 	selector := "nodetrust-test/status=" + group["nodetrust-test/status"]
-	a := startAgentOn(t, c, ns, "sts-a-"+randHex(3), group)
-	b := startAgentOn(t, c, ns, "sts-b-"+randHex(3), group)
-	ca := NewCA("status CA")
-	createSecret(t, c, Secret(ns, "sts", ca.PEM, "reg-sts.test"))
+	a := startAgentOn(t, c, ns, "sts-a-"+harness.RandHex(3), group)
+	b := startAgentOn(t, c, ns, "sts-b-"+harness.RandHex(3), group)
+	ca := harness.NewCA("status CA")
+	createSecret(t, c, harness.Secret(ns, "sts", ca.PEM, "reg-sts.test"))
 	for _, e := range []*agentEnv{a, b} {
 		waitNode(t, c, e.node, applyTimeout, "Ready with 1 source", func(ann map[string]string) bool {
-			return ann[AnnState] == StateReady && ann[AnnSources] == "1"
+			return ann[harness.AnnState] == harness.StateReady && ann[harness.AnnSources] == "1"
 		})
 	}
 
@@ -56,7 +58,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 	t.Logf("nodetrust status:\n%s", out)
 
-	lone := "sts-c-" + randHex(3)
+	lone := "sts-c-" + harness.RandHex(3)
 	c.CreateNode(t, lone, group)
 	code, out = runStatus(t, c, "--selector", selector, "--output", "json")
 	if code != 1 {
@@ -85,7 +87,7 @@ func TestStatusCommand(t *testing.T) {
 		defer close(done)
 		waitCode, waitOut = runStatus(t, c, "--selector", selector, "--wait", "60s")
 	}()
-	StartAgent(t, AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: lone, Namespaces: ns, Root: NewHostRoot(t)})
+	harness.StartAgent(t, harness.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: lone, Namespaces: ns, Root: harness.NewHostRoot(t)})
 	<-done
 	if waitCode != 0 || !strings.Contains(waitOut, "3 nodes: 3 Ready") {
 		t.Fatalf("status --wait: exit %d after %v:\n%s", waitCode, time.Since(start), waitOut)

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestUninstall: `nodetrust agent --uninstall`, with the deploy/ RBAC,
@@ -16,19 +18,19 @@ func TestUninstall(t *testing.T) {
 	t.Parallel()
 	c := sharedCluster(t)
 	ns := c.Tenant(t, "uni")
-	e := startAgentOn(t, c, ns, "uni-"+randHex(3), nil)
+	e := startAgentOn(t, c, ns, "uni-"+harness.RandHex(3), nil)
 	if err := os.MkdirAll(filepath.Join(e.root, "var/lib"), 0o755); err != nil { // as on every host
 		t.Fatal(err)
 	}
-	before, err := Snapshot(e.root)
+	before, err := harness.Snapshot(e.root)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := NewCA("uninstall CA")
-	createSecret(t, c, Secret(ns, "uni", ca.PEM, "reg-uni.test:5000"))
+	ca := harness.NewCA("uninstall CA")
+	createSecret(t, c, harness.Secret(ns, "uni", ca.PEM, "reg-uni.test:5000"))
 	waitTrusted(t, e.root, "reg-uni.test:5000", ca.Leaf("reg-uni.test:5000"), applyTimeout, "installed")
 	waitNode(t, c, e.node, applyTimeout, "Ready with 1 source", func(a map[string]string) bool {
-		return a[AnnState] == StateReady && a[AnnSources] == "1"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "1"
 	})
 	if err, _, killed := e.agent.Stop(); err != nil || killed {
 		t.Fatalf("agent on SIGTERM: %v (killed %v)", err, killed)
@@ -36,23 +38,23 @@ func TestUninstall(t *testing.T) {
 
 	opts := e.agent.Opts
 	opts.Extra = append(opts.Extra, "--uninstall")
-	u := StartAgent(t, opts)
+	u := harness.StartAgent(t, opts)
 	took := u.WaitReady(t, 30*time.Second)
 	t.Logf("uninstall agent ready after %v", took.Round(time.Millisecond))
 
-	after, err := Snapshot(e.root)
+	after, err := harness.Snapshot(e.root)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Directories nodetrust wrote into change their mtime; nothing else may.
-	for _, snap := range []map[string]FileInfo{before, after} {
+	for _, snap := range []map[string]harness.FileInfo{before, after} {
 		for p, fi := range snap {
 			if fi.Mode.IsDir() {
-				snap[p] = FileInfo{Mode: fi.Mode, Ino: fi.Ino}
+				snap[p] = harness.FileInfo{Mode: fi.Mode, Ino: fi.Ino}
 			}
 		}
 	}
-	if d := DiffSnapshots(before, after); len(d) > 0 {
+	if d := harness.DiffSnapshots(before, after); len(d) > 0 {
 		t.Errorf("after uninstall the host root differs from before nodetrust:\n  %s", strings.Join(d, "\n  "))
 	}
 	for k := range nodeAnnotations(t, c, e.node) {

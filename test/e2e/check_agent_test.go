@@ -13,7 +13,7 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const checkNode = "check-node"
@@ -25,14 +25,14 @@ const checkNode = "check-node"
 // `nodetrust status`. (The agent sets no NodeTrustReady condition yet; it
 // takes the same state and message when it does.)
 func TestCheckAgentOnAPIServer(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	for _, b := range []string{"docker-registry", "etcd"} {
 		if _, err := exec.LookPath(b); err != nil {
 			t.Fatalf("%s not found (%v): run test/scripts/deps.sh", b, err)
 		}
 	}
 	rep := checkReport(t, "check-agent.txt")
-	bin := cluster.AgentBinary(t)
+	bin := harness.Binary(t)
 	root := t.TempDir()
 	if err := os.MkdirAll(filepath.Join(root, "etc/containerd"), 0o755); err != nil {
 		t.Fatal(err)
@@ -40,35 +40,35 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 	if err := hostsWithAlias(filepath.Join(root, "etc/hosts")); err != nil {
 		t.Fatal(err)
 	}
-	good := issuePKI(t, pkiTemplate{cn: "check CA", ca: true}, nil)
-	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
+	good := harness.Issue(harness.Template{CN: "check CA", CA: true}, nil)
+	wrong := harness.Issue(harness.Template{CN: "some other CA", CA: true}, nil)
 	reg := newDockerRegistry(t)
-	rep.step("registry signed by the check CA", func() string {
-		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: []string{registryHost, "127.0.0.1"}}, good).serving(t), good.asCA()); err != nil {
+	rep.Step("registry signed by the check CA", func() string {
+		if _, err := reg.start(harness.Issue(harness.Template{CN: registryHost, Names: []string{registryHost, "127.0.0.1"}}, good).Chain(), asCA(good)); err != nil {
 			t.Fatal(err)
 		}
 		return reg.name()
 	})
-	var c *cluster.Cluster
-	var agent *cluster.Agent
-	rep.step("kube-apiserver, deploy/, Node, agent --verify", func() string {
-		c = cluster.NewCluster(t)
+	var c *harness.Cluster
+	var agent *harness.Agent
+	rep.Step("kube-apiserver, deploy/, Node, agent --verify", func() string {
+		c = harness.NewCluster(t)
 		if _, err := c.ApplyDeploy(); err != nil {
 			t.Fatal(err)
 		}
 		c.CreateNode(t, checkNode, map[string]string{"kubernetes.io/hostname": checkNode})
-		agent = cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: checkNode,
+		agent = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: c.AgentKubeconfig(t, t.TempDir()), Node: checkNode,
 			Namespaces: ns, Root: root, Extra: []string{"--verify", "--verify-interval", "1h"}})
 		took := agent.WaitReady(t, 60*time.Second)
 		return fmt.Sprintf("agent ready after %.2fs", took.Seconds())
 	})
-	secret := cluster.Secret(ns, "registry-ca", good.pem, reg.name())
+	secret := harness.Secret(ns, "registry-ca", good.PEM, reg.name())
 	for i, s := range []struct {
 		name string
 		pem  []byte
 		ok   bool
-	}{{"the right CA", good.pem, true}, {"the wrong CA", wrong.pem, false}, {"the right CA again", good.pem, true}} {
-		rep.step(fmt.Sprintf("%s → Node %s", s.name, map[bool]string{true: "Ready", false: "Degraded"}[s.ok]), func() string {
+	}{{"the right CA", good.PEM, true}, {"the wrong CA", wrong.PEM, false}, {"the right CA again", good.PEM, true}} {
+		rep.Step(fmt.Sprintf("%s → Node %s", s.name, map[bool]string{true: "Ready", false: "Degraded"}[s.ok]), func() string {
 			secret.Data["ca.crt"] = s.pem
 			var err error
 			if i == 0 {
@@ -79,12 +79,12 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantState := map[bool]string{true: cluster.StateReady, false: "Degraded"}[s.ok]
+			wantState := map[bool]string{true: harness.StateReady, false: "Degraded"}[s.ok]
 			var ann map[string]string
 			waited := waitFor(t, "Node "+wantState+" with the new CA", func() (bool, string) {
 				ann = nodeAnn(t, c, checkNode)
 				filesIn := strings.Contains(readFile(filepath.Join(root, "etc/containerd/certs.d", reg.name(), ownedFile("registry-ca"))), string(s.pem))
-				return filesIn && ann[cluster.AnnState] == wantState, annLine(ann)
+				return filesIn && ann[harness.AnnState] == wantState, annLine(ann)
 			})
 			r, err := run(exec.Command(bin, "check", reg.name(), "--host-root", root, "--output", "json"))
 			if err != nil {
@@ -102,8 +102,8 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 				_, verdict, reason, _ := out.verdict(t, "containerd")
 				want = fmt.Sprintf("registry %s not verified: containerd: %s: %s", reg.name(), verdict, reason)
 			}
-			if ann[cluster.AnnMessage] != want {
-				t.Fatalf("Node message %q; want check's reason %q", ann[cluster.AnnMessage], want)
+			if ann[harness.AnnMessage] != want {
+				t.Fatalf("Node message %q; want check's reason %q", ann[harness.AnnMessage], want)
 			}
 			st, err := run(exec.Command(bin, "status", "--kubeconfig", c.AdminKubeconfig, "--selector", "kubernetes.io/hostname="+checkNode))
 			if err != nil {
@@ -112,8 +112,8 @@ func TestCheckAgentOnAPIServer(t *testing.T) {
 			if !strings.Contains(st.out, wantState) || (!s.ok && !strings.Contains(st.out, "not verified")) {
 				t.Fatalf("nodetrust status:\n%s", st.out)
 			}
-			rep.note("status after %s:\n%s", s.name, st.out)
-			return fmt.Sprintf("Node %s after %.2fs, message %q", wantState, waited.Seconds(), ann[cluster.AnnMessage])
+			rep.Note("status after %s:\n%s", s.name, st.out)
+			return fmt.Sprintf("Node %s after %.2fs, message %q", wantState, waited.Seconds(), ann[harness.AnnMessage])
 		})
 	}
 }

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // cnOnlyHost is the seed's registry name: a CN-only certificate for it,
@@ -121,7 +121,7 @@ type checkCase struct {
 // real CRI pull through Debian's containerd 1.6 and of skopeo (containers/image)
 // in every case.
 func TestCheckMatchesPulls(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: unshare -m, mount --bind")
 	}
@@ -133,8 +133,8 @@ func TestCheckMatchesPulls(t *testing.T) {
 	realHosts, _ := os.ReadFile("/etc/hosts")
 	rep := checkReport(t, "check-pulls.txt")
 	bin := ""
-	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
-		bin = cluster.AgentBinary(t)
+	rep.Step("build nodetrust (or $NODETRUST_BIN)", func() string {
+		bin = harness.Binary(t)
 		return bin
 	})
 
@@ -160,71 +160,71 @@ func TestCheckMatchesPulls(t *testing.T) {
 	emptyDir := t.TempDir()
 
 	var ctrd *containerdNode
-	rep.step("containerd 1.6 in unshare -m (/etc/hosts = host root's), config_path in host root", func() string {
+	rep.Step("containerd 1.6 in unshare -m (/etc/hosts = host root's), config_path in host root", func() string {
 		var took time.Duration
 		ctrd, took = startContainerd(t, hostsFile, root)
-		rep.note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
+		rep.Note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
 		return fmt.Sprintf("%s ready in %.2fs", ctrd.version, took.Seconds())
 	})
 
-	good := issuePKI(t, pkiTemplate{cn: "check CA", ca: true}, nil)
-	wrong := issuePKI(t, pkiTemplate{cn: "some other CA", ca: true}, nil)
+	good := harness.Issue(harness.Template{CN: "check CA", CA: true}, nil)
+	wrong := harness.Issue(harness.Template{CN: "some other CA", CA: true}, nil)
 	names := []string{registryHost, cnOnlyHost, "localhost", "127.0.0.1"}
 	reg := newDockerRegistry(t)
-	rep.step("registry: docker-registry on 127.0.0.1 signed by the check CA, push e2e/img:v1", func() string {
-		if _, err := reg.start(issuePKI(t, pkiTemplate{cn: registryHost, names: names}, good).serving(t), good.asCA()); err != nil {
+	rep.Step("registry: docker-registry on 127.0.0.1 signed by the check CA, push e2e/img:v1", func() string {
+		if _, err := reg.start(harness.Issue(harness.Template{CN: registryHost, Names: names}, good).Chain(), asCA(good)); err != nil {
 			t.Fatal(err)
 		}
-		dig, err := reg.push(good.asCA())
+		dig, err := reg.push(asCA(good))
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep.note("registry: docker-registry %s as %s", reg.loopback(), reg.name())
+		rep.Note("registry: docker-registry %s as %s", reg.loopback(), reg.name())
 		return "pushed " + shortID(dig.String())
 	})
-	with := func(tmpl pkiTemplate, parent *pkiCert, chain ...*pkiCert) func() error {
+	with := func(tmpl harness.Template, parent *harness.CA, chain ...*harness.CA) func() error {
 		return func() error {
-			_, err := reg.start(issuePKI(t, tmpl, parent).serving(t, chain...), nil)
+			_, err := reg.start(harness.Issue(tmpl, parent).Chain(chain...), nil)
 			return err
 		}
 	}
 	cnOnly := opensslCNOnly(t, cnOnlyHost)
-	inter := issuePKI(t, pkiTemplate{cn: "check intermediate CA", ca: true}, good)
-	closedPort, err := cluster.FreePort()
+	inter := harness.Issue(harness.Template{CN: "check intermediate CA", CA: true}, good)
+	closedPort, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := reg.port
+	port := reg.Port
 	cases := []checkCase{
-		{name: "the right CA", registry: reg.name(), caPEM: good.pem, verdict: "verified",
+		{name: "the right CA", registry: reg.name(), caPEM: good.PEM, verdict: "verified",
 			reason: "anchored at CN=check CA"},
-		{name: "the wrong CA", registry: reg.name(), caPEM: wrong.pem, verdict: "unknown-authority",
+		{name: "the wrong CA", registry: reg.name(), caPEM: wrong.PEM, verdict: "unknown-authority",
 			reason: "the labelled CA did not sign this chain: issuer is CN=check CA"},
 		{name: "a CN-only self-signed certificate as its own CA (openssl req -x509 -subj /CN=docker-registry)",
 			serve:    func() error { _, err := reg.start(cnOnly, nil); return err },
 			registry: fmt.Sprintf("%s:%d", cnOnlyHost, port), caPEM: cnOnly.CertPEM, verdict: "name-not-covered",
 			hint: "certificate has only CN=docker-registry; Go runtimes ignore the Common Name: reissue with subjectAltName DNS:docker-registry"},
 		{name: "a leaf whose intermediate the registry does not send",
-			serve:    with(pkiTemplate{cn: registryHost, names: names, aia: "http://pki.nodetrust.test/intermediate.crt"}, inter),
-			registry: reg.name(), caPEM: good.pem, verdict: "incomplete-chain",
+			serve:    with(harness.Template{CN: registryHost, Names: names, AIA: "http://pki.nodetrust.test/intermediate.crt"}, inter),
+			registry: reg.name(), caPEM: good.PEM, verdict: "incomplete-chain",
 			reason: "the issuer of CN=registry.nodetrust.test, CN=check intermediate CA, is missing"},
 		{name: "the intermediate sent: the same root verifies",
-			serve:    with(pkiTemplate{cn: registryHost, names: names}, inter, inter),
-			registry: reg.name(), caPEM: good.pem, verdict: "verified",
+			serve:    with(harness.Template{CN: registryHost, Names: names}, inter, inter),
+			registry: reg.name(), caPEM: good.PEM, verdict: "verified",
 			reason: "CN=check intermediate CA ← CN=check CA"},
 		{name: "an expired serving certificate",
-			serve: with(pkiTemplate{cn: registryHost, names: names,
-				notBefore: time.Now().Add(-72 * time.Hour), notAfter: time.Now().Add(-24 * time.Hour)}, good),
-			registry: reg.name(), caPEM: good.pem, verdict: "expired",
+			serve: with(harness.Template{CN: registryHost, Names: names,
+				NotBefore: time.Now().Add(-72 * time.Hour), NotAfter: time.Now().Add(-24 * time.Hour)}, good),
+			registry: reg.name(), caPEM: good.PEM, verdict: "expired",
 			reason: "serving certificate CN=registry.nodetrust.test expired at"},
-		{name: "a closed port", registry: fmt.Sprintf("%s:%d", registryHost, closedPort), caPEM: good.pem,
+		{name: "a closed port", registry: fmt.Sprintf("%s:%d", registryHost, closedPort), caPEM: good.PEM,
 			verdict: "connection-refused", reason: fmt.Sprintf("connection refused by 127.0.0.1:%d", closedPort)},
-		{name: "an unknown name", registry: fmt.Sprintf("nosuch.nodetrust.test:%d", port), caPEM: good.pem,
+		{name: "an unknown name", registry: fmt.Sprintf("nosuch.nodetrust.test:%d", port), caPEM: good.PEM,
 			verdict: "dns-failure", reason: "cannot resolve nosuch.nodetrust.test"},
 	}
 	manifests := t.TempDir()
 	for i, c := range cases {
-		rep.step(fmt.Sprintf("%d. %s → %s", i+1, c.name, c.verdict), func() string {
+		rep.Step(fmt.Sprintf("%d. %s → %s", i+1, c.name, c.verdict), func() string {
 			if c.serve != nil {
 				if err := c.serve(); err != nil {
 					t.Fatal(err)
@@ -239,7 +239,7 @@ metadata:
   annotations: {%s: %q}
 stringData:
   ca.crt: %q
-`, ns, cluster.LabelCA, cluster.AnnRegistries, c.registry, c.caPEM)
+`, ns, harness.LabelCA, harness.AnnRegistries, c.registry, c.caPEM)
 			if err := os.WriteFile(filepath.Join(manifests, "ca.yaml"), []byte(manifest), 0o644); err != nil {
 				t.Fatal(err)
 			}
@@ -282,7 +282,7 @@ stringData:
 			return strings.Join(details, "; ")
 		})
 	}
-	rep.step("host /etc untouched", func() string {
+	rep.Step("host /etc untouched", func() string {
 		now, _ := os.ReadFile("/etc/hosts")
 		if string(now) != string(realHosts) {
 			t.Fatal("the real /etc/hosts changed")
@@ -299,12 +299,12 @@ stringData:
 // agent's verdict (nodetrust_registry_verified) equals check's.
 func agentVerifies(t *testing.T, root, manifests, reg string, checkOK bool) string {
 	t.Helper()
-	a := cluster.StartAgent(t, cluster.AgentOptions{Node: "check-node", Root: root,
+	a := harness.StartAgent(t, harness.AgentOptions{Node: "check-node", Root: root,
 		Extra: []string{"--source-dir", manifests, "--verify", "--verify-interval", "1h"}})
 	defer a.Stop()
 	line := fmt.Sprintf("nodetrust_registry_verified{registry=%q} ", reg)
 	var got string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		_, body, err := a.Get("/metrics")
 		if err != nil {
 			return false

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // containerdNode is Debian's containerd 1.6 run in a private mount
@@ -23,7 +23,7 @@ import (
 type containerdNode struct {
 	dir     string
 	sock    string
-	proc    *cluster.Proc
+	proc    *harness.Proc
 	pid     int
 	started string // /proc/PID/stat starttime, to prove "not restarted"
 	version string
@@ -165,7 +165,7 @@ func startContainerdSpec(t *testing.T, hostsFile, hostRoot string, spec containe
 	}
 	start := time.Now()
 	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, spec.bin, "--config", cfg)
-	p, err := cluster.StartProc("containerd", filepath.Join(dir, "containerd.log"), bin, args...)
+	p, err := harness.StartProc("containerd", filepath.Join(dir, "containerd.log"), bin, args...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +189,7 @@ func startContainerdSpec(t *testing.T, hostsFile, hostRoot string, spec containe
 	c.images = runtimeapi.NewImageServiceClient(c.conn)
 	c.runtime = runtimeapi.NewRuntimeServiceClient(c.conn)
 	var last string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		if done, werr := p.Exited(); done {
 			last = fmt.Sprintf("exited: %v", werr)
 			return true

@@ -16,14 +16,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	cluster.CleanupAgentBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 const (
 	// applyTimeout bounds "a change in the API reaches the node's files".
@@ -34,7 +30,7 @@ const (
 	hostTrustTimeout = 2 * time.Minute
 	nodeA            = "e2e-node-a"
 	nodeB            = "e2e-node-b-debian"
-	ns               = cluster.AgentNamespace // deploy/'s namespace, RBAC as shipped
+	ns               = harness.AgentNamespace // deploy/'s namespace, RBAC as shipped
 	annHostTrust     = "nodetrust.io/host-trust"
 	stateFile        = "var/lib/nodetrust/state.json"
 )
@@ -51,8 +47,8 @@ func shapes(registry string) []seedShape {
 	meta := func(name string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{
 			Name: name, Namespace: ns,
-			Labels:      map[string]string{cluster.LabelCA: "true"},
-			Annotations: map[string]string{cluster.AnnRegistries: registry},
+			Labels:      map[string]string{harness.LabelCA: "true"},
+			Annotations: map[string]string{harness.AnnRegistries: registry},
 		}
 	}
 	return []seedShape{
@@ -87,7 +83,7 @@ func shapes(registry string) []seedShape {
 func ownedFile(name string) string { return fmt.Sprintf("nodetrust_secret_%s_%s.crt", ns, name) }
 
 // nodeAnn returns the nodetrust.io/ annotations of a Node.
-func nodeAnn(t *testing.T, c *cluster.Cluster, node string) map[string]string {
+func nodeAnn(t *testing.T, c *harness.Cluster, node string) map[string]string {
 	t.Helper()
 	n, err := c.Admin.CoreV1().Nodes().Get(context.Background(), node, metav1.GetOptions{})
 	if err != nil {
@@ -103,10 +99,10 @@ func nodeAnn(t *testing.T, c *cluster.Cluster, node string) map[string]string {
 }
 
 // waitNode polls node's annotations until cond holds and returns them.
-func waitNode(t *testing.T, c *cluster.Cluster, node, desc string, cond func(map[string]string) bool) map[string]string {
+func waitNode(t *testing.T, c *harness.Cluster, node, desc string, cond func(map[string]string) bool) map[string]string {
 	t.Helper()
 	var last map[string]string
-	if !cluster.Poll(applyTimeout, 50*time.Millisecond, func() bool {
+	if !harness.Poll(applyTimeout, 50*time.Millisecond, func() bool {
 		last = nodeAnn(t, c, node)
 		return cond(last)
 	}) {
@@ -118,14 +114,14 @@ func waitNode(t *testing.T, c *cluster.Cluster, node, desc string, cond func(map
 // readyWith is "state Ready, sources n, applied hash not prev".
 func readyWith(n int, prev string) func(map[string]string) bool {
 	return func(a map[string]string) bool {
-		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == fmt.Sprint(n) &&
-			a[cluster.AnnApplied] != "" && a[cluster.AnnApplied] != prev
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == fmt.Sprint(n) &&
+			a[harness.AnnApplied] != "" && a[harness.AnnApplied] != prev
 	}
 }
 
 func annLine(a map[string]string) string {
-	return fmt.Sprintf("state=%s sources=%s applied=%s message=%q", a[cluster.AnnState], a[cluster.AnnSources],
-		a[cluster.AnnApplied], a[cluster.AnnMessage])
+	return fmt.Sprintf("state=%s sources=%s applied=%s message=%q", a[harness.AnnState], a[harness.AnnSources],
+		a[harness.AnnApplied], a[harness.AnnMessage])
 }
 
 // waitFor polls cond (which also returns why not) for up to applyTimeout.
@@ -133,7 +129,7 @@ func waitFor(t *testing.T, desc string, cond func() (bool, string)) time.Duratio
 	t.Helper()
 	start := time.Now()
 	var why string
-	if !cluster.Poll(applyTimeout, 20*time.Millisecond, func() bool {
+	if !harness.Poll(applyTimeout, 20*time.Millisecond, func() bool {
 		var ok bool
 		ok, why = cond()
 		return ok
@@ -149,12 +145,12 @@ func waitFor(t *testing.T, desc string, cond func() (bool, string)) time.Duratio
 func checkFiles(t *testing.T, root, reg, secretName string) {
 	t.Helper()
 	f := ownedFile(secretName)
-	for _, d := range []string{cluster.ContainerdCertsDir, cluster.DockerCertsDir, cluster.ContainersCertsDir} {
+	for _, d := range []string{harness.ContainerdCertsDir, harness.DockerCertsDir, harness.ContainersCertsDir} {
 		if _, err := os.Stat(filepath.Join(root, d, reg, f)); err != nil {
 			t.Errorf("contract: %v", err)
 		}
 	}
-	h, err := cluster.ReadHostsToml(filepath.Join(root, cluster.ContainerdCertsDir, reg, "hosts.toml"))
+	h, err := harness.ReadHostsToml(filepath.Join(root, harness.ContainerdCertsDir, reg, "hosts.toml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -170,7 +166,7 @@ func checkFiles(t *testing.T, root, reg, secretName string) {
 }
 
 func TestNodeStory(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: unshare -m, mount --bind, chroot")
 	}
@@ -194,24 +190,24 @@ func TestNodeStory(t *testing.T) {
 
 	var (
 		ca1, ca2     *ca
-		sc1, sc2     cluster.Serving
+		sc1, sc2     harness.Serving
 		reg          *dockerRegistry
 		ctrd         *containerdNode
-		c            *cluster.Cluster
+		c            *harness.Cluster
 		rootA        string
 		before       map[string]string
 		foreignPath  string
 		foreignBytes []byte
 		applied      string // node A's nodetrust.io/applied, to see each change land
-		agentA       *cluster.Agent
+		agentA       *harness.Agent
 		err          error
 	)
 
-	rep.step("build nodetrust (or $NODETRUST_BIN)", func() string {
-		return cluster.AgentBinary(t)
+	rep.Step("build nodetrust (or $NODETRUST_BIN)", func() string {
+		return harness.Binary(t)
 	})
 
-	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
+	rep.Step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
 		ca1 = newCA("nodetrust e2e CA 1")
 		sc1 = ca1.serving()
 		reg = newDockerRegistry(t)
@@ -224,15 +220,15 @@ func TestNodeStory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rep.note("registry: docker-registry %s, image %s", reg.loopback(), reg.imageRef())
+		rep.Note("registry: docker-registry %s, image %s", reg.loopback(), reg.imageRef())
 		return fmt.Sprintf("ready in %.2fs, pushed %s in %.2fs", ready.Seconds(), shortID(dig.String()), time.Since(pushStart).Seconds())
 	})
 
-	rep.step("containerd 1.6 in unshare -m (/etc/hosts alias), CRI config_path in host root", func() string {
-		rootA = cluster.NewHostRoot(t)
+	rep.Step("containerd 1.6 in unshare -m (/etc/hosts alias), CRI config_path in host root", func() string {
+		rootA = harness.NewHostRoot(t)
 		// Someone else's file, which nodetrust must never touch.
 		other := newCA("someone else's CA")
-		foreignPath = filepath.Join(rootA, cluster.DockerCertsDir, "other.example", "ca.crt")
+		foreignPath = filepath.Join(rootA, harness.DockerCertsDir, "other.example", "ca.crt")
 		foreignBytes = other.PEM
 		if err := os.MkdirAll(filepath.Dir(foreignPath), 0o755); err != nil {
 			t.Fatal(err)
@@ -242,35 +238,35 @@ func TestNodeStory(t *testing.T) {
 		}
 		var took time.Duration
 		ctrd, took = startContainerd(t, hostsFile, rootA)
-		rep.note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
+		rep.Note("containerd: %s, pid %d", ctrd.version, ctrd.pid)
 		return fmt.Sprintf("%s CRI ready in %.2fs, pid %d", ctrd.version, took.Seconds(), ctrd.pid)
 	})
 
-	rep.step("kube-apiserver + etcd (test/cluster), kubectl apply -k deploy/", func() string {
+	rep.Step("kube-apiserver + etcd (test/cluster), kubectl apply -k deploy/", func() string {
 		start := time.Now()
-		c = cluster.NewCluster(t)
+		c = harness.NewCluster(t)
 		up := time.Since(start)
 		if _, err := c.ApplyDeploy(); err != nil {
 			t.Fatal(err)
 		}
-		rep.note("kube-apiserver %s (etcd ready %v, /readyz %v)", cluster.K8sVersion, c.EtcdReady.Round(time.Millisecond), c.APIReady.Round(time.Millisecond))
+		rep.Note("kube-apiserver %s (etcd ready %v, /readyz %v)", harness.K8sVersion, c.EtcdReady.Round(time.Millisecond), c.APIReady.Round(time.Millisecond))
 		return fmt.Sprintf("cluster up in %.2fs, deploy/ applied in %.2fs", up.Seconds(), (time.Since(start) - up).Seconds())
 	})
 
-	rep.step("Node "+nodeA+" + agent (deploy/ ServiceAccount token) ready; snapshot host root", func() string {
+	rep.Step("Node "+nodeA+" + agent (deploy/ ServiceAccount token) ready; snapshot host root", func() string {
 		c.CreateNode(t, nodeA, map[string]string{"kubernetes.io/hostname": nodeA})
 		kcfg := c.AgentKubeconfig(t, t.TempDir())
-		agentA = cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: kcfg, Node: nodeA, Namespaces: ns, Root: rootA})
+		agentA = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfg, Node: nodeA, Namespaces: ns, Root: rootA})
 		ready := agentA.WaitReady(t, 60*time.Second)
 		ann := waitNode(t, c, nodeA, "Ready with 0 sources", readyWith(0, ""))
-		applied = ann[cluster.AnnApplied]
+		applied = ann[harness.AnnApplied]
 		if before, err = snapshotTree(rootA); err != nil {
 			t.Fatal(err)
 		}
 		return fmt.Sprintf("/readyz after %.2fs; %s; %d paths in host root", ready.Seconds(), annLine(ann), len(before))
 	})
 
-	rep.step("before: CRI pull fails with x509 unknown authority", func() string {
+	rep.Step("before: CRI pull fails with x509 unknown authority", func() string {
 		return ctrd.mustPullX509(t, reg.imageRef(), "before any source")
 	})
 
@@ -305,7 +301,7 @@ func TestNodeStory(t *testing.T) {
 		return fmt.Sprintf("skopeo ok in %.2fs", r.took.Seconds())
 	}
 
-	rep.step("before: skopeo fails (/etc/containers, /etc/docker bound from host root)", func() string {
+	rep.Step("before: skopeo fails (/etc/containers, /etc/docker bound from host root)", func() string {
 		return skopeoFails("before any source")
 	})
 
@@ -313,44 +309,44 @@ func TestNodeStory(t *testing.T) {
 	for i, sh := range shapes(reg.name()) {
 		if i > 0 {
 			prev := current
-			rep.step(fmt.Sprintf("delete %s: files gone, CRI pull fails x509 again", prev.Name), func() string {
+			rep.Step(fmt.Sprintf("delete %s: files gone, CRI pull fails x509 again", prev.Name), func() string {
 				if err := c.Admin.CoreV1().Secrets(ns).Delete(bg, prev.Name, metav1.DeleteOptions{}); err != nil {
 					t.Fatal(err)
 				}
-				gone := waitFor(t, "certs.d/"+reg.name()+" removed", func() (bool, string) { return cluster.RegistryDirsGone(rootA, reg.name()) })
+				gone := waitFor(t, "certs.d/"+reg.name()+" removed", func() (bool, string) { return harness.RegistryDirsGone(rootA, reg.name()) })
 				ann := waitNode(t, c, nodeA, "Ready with 0 sources", readyWith(0, applied))
-				applied = ann[cluster.AnnApplied]
+				applied = ann[harness.AnnApplied]
 				return fmt.Sprintf("files gone after %.2fs; %s", gone.Seconds(), ctrd.mustPullX509(t, reg.imageRef(), "after deleting "+prev.Name))
 			})
 		}
-		rep.step(fmt.Sprintf("create %s: %s", sh.name, sh.what), func() string {
+		rep.Step(fmt.Sprintf("create %s: %s", sh.name, sh.what), func() string {
 			current = sh.build(ca1)
 			start := time.Now()
 			if _, err := c.Admin.CoreV1().Secrets(ns).Create(bg, current, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			onDisk := waitFor(t, "CA 1 trusted for "+reg.name()+" by all three runtimes' files", func() (bool, string) {
-				return cluster.TrustedEverywhere(rootA, reg.name(), sc1.Cert)
+				return harness.TrustedEverywhere(rootA, reg.name(), sc1.Cert)
 			})
 			ann := waitNode(t, c, nodeA, "Ready with 1 source", readyWith(1, applied))
 			annotated := time.Since(start)
-			applied = ann[cluster.AnnApplied]
+			applied = ann[harness.AnnApplied]
 			checkFiles(t, rootA, reg.name(), sh.name)
 			return fmt.Sprintf("files on disk after %.2fs, Node annotated after %.2fs (%s)", onDisk.Seconds(), annotated.Seconds(), annLine(ann))
 		})
-		rep.step(fmt.Sprintf("%s: CRI pull ok, containerd not restarted", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: CRI pull ok, containerd not restarted", sh.name), func() string {
 			return ctrd.mustPull(t, reg.imageRef(), "with "+sh.name)
 		})
-		rep.step(fmt.Sprintf("%s: skopeo via /etc/containers/certs.d (docker dir empty)", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: skopeo via /etc/containers/certs.d (docker dir empty)", sh.name), func() string {
 			return skopeoOK("with "+sh.name, skopeoContainers, "/etc/containers")
 		})
-		rep.step(fmt.Sprintf("%s: skopeo via /etc/docker/certs.d alone (containers dir empty)", sh.name), func() string {
+		rep.Step(fmt.Sprintf("%s: skopeo via /etc/docker/certs.d alone (containers dir empty)", sh.name), func() string {
 			return skopeoOK("with "+sh.name, skopeoDocker, "/etc/docker")
 		})
 	}
 	porch := shapes(reg.name())[2]
 
-	rep.step("rotate: registry restarted with a cert from new CA 2 → pull and skopeo fail x509", func() string {
+	rep.Step("rotate: registry restarted with a cert from new CA 2 → pull and skopeo fail x509", func() string {
 		ca2 = newCA("nodetrust e2e CA 2")
 		sc2 = ca2.serving()
 		ready, err := reg.start(sc2, ca2)
@@ -361,7 +357,7 @@ func TestNodeStory(t *testing.T) {
 			ctrd.mustPullX509(t, reg.imageRef(), "after rotating the registry to CA 2"), skopeoFails("after rotation"))
 	})
 
-	rep.step("rotate: "+porch.name+" updated to CA 2 → agent applied", func() string {
+	rep.Step("rotate: "+porch.name+" updated to CA 2 → agent applied", func() string {
 		s, err := c.Admin.CoreV1().Secrets(ns).Get(bg, porch.name, metav1.GetOptions{})
 		if err != nil {
 			t.Fatal(err)
@@ -372,18 +368,18 @@ func TestNodeStory(t *testing.T) {
 			t.Fatal(err)
 		}
 		onDisk := waitFor(t, "CA 2 trusted and CA 1 not", func() (bool, string) {
-			if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
+			if ok, why := harness.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
 				return false, why
 			}
-			return cluster.TrustedNowhere(rootA, reg.name(), sc1.Cert)
+			return harness.TrustedNowhere(rootA, reg.name(), sc1.Cert)
 		})
 		ann := waitNode(t, c, nodeA, "Ready with 1 source, new hash", readyWith(1, applied))
-		applied = ann[cluster.AnnApplied]
+		applied = ann[harness.AnnApplied]
 		checkFiles(t, rootA, reg.name(), porch.name)
 		return fmt.Sprintf("files on disk after %.2fs, Node annotated after %.2fs (%s)", onDisk.Seconds(), time.Since(start).Seconds(), annLine(ann))
 	})
 
-	rep.step("rotate: CRI pull ok, skopeo ok, containerd not restarted", func() string {
+	rep.Step("rotate: CRI pull ok, skopeo ok, containerd not restarted", func() string {
 		return ctrd.mustPull(t, reg.imageRef(), "after rotation") + "; " +
 			skopeoOK("after rotation", skopeoContainers, "/etc/containers") + "; " +
 			skopeoOK("after rotation", skopeoDocker, "/etc/docker")
@@ -393,10 +389,10 @@ func TestNodeStory(t *testing.T) {
 	var debRoot string
 	var debBefore map[string]string
 	url := "https://" + reg.name() + "/v2/"
-	rep.step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
+	rep.Step("host trust: Debian root (debian-root.sh); curl in chroot fails with exit 60", func() string {
 		debRoot = filepath.Join(t.TempDir(), "root")
 		start := time.Now()
-		if err := cluster.DebianRoot(debRoot); err != nil {
+		if err := harness.ExtractDebianRoot(debRoot); err != nil {
 			t.Fatal(err)
 		}
 		extracted := time.Since(start)
@@ -419,19 +415,19 @@ func TestNodeStory(t *testing.T) {
 	})
 
 	var appliedB string
-	var agentB *cluster.Agent
-	rep.step("host trust: Node "+nodeB+" + agent on the Debian root ready", func() string {
+	var agentB *harness.Agent
+	rep.Step("host trust: Node "+nodeB+" + agent on the Debian root ready", func() string {
 		c.CreateNode(t, nodeB, map[string]string{"kubernetes.io/hostname": nodeB})
 		kcfg := c.AgentKubeconfig(t, t.TempDir())
-		agentB = cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: kcfg, Node: nodeB, Namespaces: ns, Root: debRoot})
+		agentB = harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kcfg, Node: nodeB, Namespaces: ns, Root: debRoot})
 		ready := agentB.WaitReady(t, 60*time.Second)
 		ann := waitNode(t, c, nodeB, "Ready with 1 source", readyWith(1, ""))
-		appliedB = ann[cluster.AnnApplied]
+		appliedB = ann[harness.AnnApplied]
 		return fmt.Sprintf("/readyz after %.2fs; %s", ready.Seconds(), annLine(ann))
 	})
 
 	anchorGlob := filepath.Join(debRoot, "usr/local/share/ca-certificates", "nodetrust_secret_"+ns+"_"+porch.name+"_*.crt")
-	rep.step("host trust: "+porch.name+" annotated host-trust=true → curl in chroot ok", func() string {
+	rep.Step("host trust: "+porch.name+" annotated host-trust=true → curl in chroot ok", func() string {
 		syncsBefore := len(agentB.SyncLogs())
 		start := time.Now()
 		patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:"true"}}}`, annHostTrust)
@@ -439,7 +435,7 @@ func TestNodeStory(t *testing.T) {
 			t.Fatal(err)
 		}
 		w := watchHostTrust(t, c, start, debRoot, anchorGlob, url, true, readyWith(1, appliedB))
-		appliedB = w.ann[cluster.AnnApplied]
+		appliedB = w.ann[harness.AnnApplied]
 		if w.nodeEarly() {
 			t.Errorf("node %s was annotated Ready (%s) %.2fs before curl trusted the CA: Ready before the trust store refresh finished",
 				nodeB, annLine(w.ann), (w.curlAt - w.nodeAt).Seconds())
@@ -447,10 +443,10 @@ func TestNodeStory(t *testing.T) {
 		// Node A has no os-release: host trust is unsupported there, a warning
 		// (README: "reported as a warning", never Degraded); its files stay.
 		annA := waitNode(t, c, nodeA, "still Ready", func(a map[string]string) bool {
-			return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "1"
+			return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "1"
 		})
-		applied = annA[cluster.AnnApplied]
-		if ok, why := cluster.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
+		applied = annA[harness.AnnApplied]
+		if ok, why := harness.TrustedEverywhere(rootA, reg.name(), sc2.Cert); !ok {
 			t.Fatalf("node A after host-trust: %s", why)
 		}
 		// Observation, not an assertion: does node A's agent surface the
@@ -466,14 +462,14 @@ func TestNodeStory(t *testing.T) {
 	// ----------------------------------------------------------------- delete
 	var deletedAt time.Time
 	var syncsAtDelete int
-	rep.step("delete "+porch.name+" → node A: CRI pull x509, skopeo x509, tree as before", func() string {
+	rep.Step("delete "+porch.name+" → node A: CRI pull x509, skopeo x509, tree as before", func() string {
 		syncsAtDelete = len(agentB.SyncLogs())
 		start := time.Now()
 		deletedAt = start
 		if err := c.Admin.CoreV1().Secrets(ns).Delete(bg, porch.name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		gone := waitFor(t, "certs.d/"+reg.name()+" removed", func() (bool, string) { return cluster.RegistryDirsGone(rootA, reg.name()) })
+		gone := waitFor(t, "certs.d/"+reg.name()+" removed", func() (bool, string) { return harness.RegistryDirsGone(rootA, reg.name()) })
 		ann := waitNode(t, c, nodeA, "Ready with 0 sources", readyWith(0, applied))
 		annotated := time.Since(start)
 		pull := ctrd.mustPullX509(t, reg.imageRef(), "after deleting the Secret")
@@ -499,10 +495,10 @@ func TestNodeStory(t *testing.T) {
 			t.Fatalf("foreign file %s changed: %v", foreignPath, err)
 		}
 		return fmt.Sprintf("files gone after %.2fs (Node %s after %.2fs); %s; %s; tree identical to before (%d paths, ignored %v), foreign file intact",
-			gone.Seconds(), ann[cluster.AnnState], annotated.Seconds(), pull, sk, len(after), ignored)
+			gone.Seconds(), ann[harness.AnnState], annotated.Seconds(), pull, sk, len(after), ignored)
 	})
 
-	rep.step("delete → Debian root: anchor gone, curl exit 60, trust store as before", func() string {
+	rep.Step("delete → Debian root: anchor gone, curl exit 60, trust store as before", func() string {
 		w := watchHostTrust(t, c, deletedAt, debRoot, anchorGlob, url, false, readyWith(0, appliedB))
 		if w.nodeEarly() {
 			t.Errorf("node %s was annotated (%s) %.2fs before curl stopped trusting the CA", nodeB, annLine(w.ann), (w.curlAt - w.nodeAt).Seconds())
@@ -523,7 +519,7 @@ func TestNodeStory(t *testing.T) {
 			syncSummary(agentB, syncsAtDelete), len(after))
 	})
 
-	rep.step("containerd never restarted, never failed to read a hosts.toml; host /etc untouched", func() string {
+	rep.Step("containerd never restarted, never failed to read a hosts.toml; host /etc untouched", func() string {
 		ctrd.sameProcess(t)
 		// containerd 1.6 falls back to *.crt files when hosts.toml does
 		// not decode, so a pull can pass with a hosts.toml it rejected.
@@ -559,7 +555,7 @@ func (w trustWatch) nodeEarly() bool { return w.nodeIter < w.curlIter }
 // and the Node's annotations until all three show trust (on) or its absence.
 // Times are since start (the API change), so an effect already there when
 // the watch begins counts at the watch's first round: an upper bound.
-func watchHostTrust(t *testing.T, c *cluster.Cluster, start time.Time, root, anchorGlob, url string, on bool, nodeDone func(map[string]string) bool) trustWatch {
+func watchHostTrust(t *testing.T, c *harness.Cluster, start time.Time, root, anchorGlob, url string, on bool, nodeDone func(map[string]string) bool) trustWatch {
 	t.Helper()
 	var w trustWatch
 	const unseen = time.Duration(-1)
@@ -569,7 +565,7 @@ func watchHostTrust(t *testing.T, c *cluster.Cluster, start time.Time, root, anc
 		wantCode = 0
 	}
 	iter := 0
-	ok := cluster.Poll(hostTrustTimeout, 20*time.Millisecond, func() bool {
+	ok := harness.Poll(hostTrustTimeout, 20*time.Millisecond, func() bool {
 		iter++
 		// The Node first, then curl: a Node annotated in the same round as
 		// curl changing is not "annotated before the trust store changed".
@@ -603,7 +599,7 @@ func watchHostTrust(t *testing.T, c *cluster.Cluster, start time.Time, root, anc
 
 // syncSummary lists the agent's "sync" log lines from index from on:
 // written/removed files and duration of each.
-func syncSummary(a *cluster.Agent, from int) string {
+func syncSummary(a *harness.Agent, from int) string {
 	logs := a.SyncLogs()
 	if from > len(logs) {
 		from = len(logs)

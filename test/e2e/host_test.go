@@ -16,6 +16,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // cleanPath is the PATH of every child process (host and chroot alike).
@@ -124,32 +126,22 @@ func curlInRoot(t *testing.T, root, url string) runResult {
 // out (creating and removing a subdirectory changes its parent's mtime).
 // With identity false, files are compared by mode and content only (not
 // inode or mtime), for trees that a tool legitimately rewrites.
-func treeEntry(p string, d fs.DirEntry, identity bool) (string, error) {
-	info, err := d.Info()
-	if err != nil {
-		return "", err
-	}
-	st, _ := info.Sys().(*syscall.Stat_t)
+func treeEntry(e harness.Entry, identity bool) string {
 	switch {
-	case info.Mode()&fs.ModeSymlink != 0:
-		target, err := os.Readlink(p)
-		return "symlink -> " + target, err
-	case info.IsDir():
-		return fmt.Sprintf("dir %v uid=%d gid=%d", info.Mode(), st.Uid, st.Gid), nil
-	case info.Mode().IsRegular():
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return "", err
-		}
-		sum := sha256.Sum256(b)
+	case e.Mode&fs.ModeSymlink != 0:
+		return "symlink -> " + e.Content
+	case e.Mode.IsDir():
+		return fmt.Sprintf("dir %v uid=%d gid=%d", e.Mode, e.UID, e.GID)
+	case e.Mode.IsRegular():
+		sum := sha256.Sum256([]byte(e.Content))
 		if !identity {
-			return fmt.Sprintf("file %v uid=%d gid=%d size=%d sha256=%s", info.Mode(), st.Uid, st.Gid,
-				len(b), hex.EncodeToString(sum[:8])), nil
+			return fmt.Sprintf("file %v uid=%d gid=%d size=%d sha256=%s", e.Mode, e.UID, e.GID,
+				len(e.Content), hex.EncodeToString(sum[:8]))
 		}
-		return fmt.Sprintf("file %v uid=%d gid=%d size=%d sha256=%s ino=%d mtime=%s", info.Mode(), st.Uid, st.Gid,
-			len(b), hex.EncodeToString(sum[:8]), st.Ino, info.ModTime().UTC().Format(time.RFC3339Nano)), nil
+		return fmt.Sprintf("file %v uid=%d gid=%d size=%d sha256=%s ino=%d mtime=%s", e.Mode, e.UID, e.GID,
+			len(e.Content), hex.EncodeToString(sum[:8]), e.Ino, e.ModTime.UTC().Format(time.RFC3339Nano))
 	default:
-		return fmt.Sprintf("other %v", info.Mode()), nil
+		return fmt.Sprintf("other %v", e.Mode)
 	}
 }
 
@@ -161,19 +153,11 @@ func snapshotTree(root string) (map[string]string, error) { return walkTree(root
 func contentTree(root string) (map[string]string, error) { return walkTree(root, false) }
 
 func walkTree(root string, identity bool) (map[string]string, error) {
+	tree, err := harness.Walk(root)
 	out := map[string]string{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		e, err := treeEntry(p, d, identity)
-		if err != nil {
-			return err
-		}
-		out[rel] = e
-		return nil
-	})
+	for rel, e := range tree {
+		out[filepath.FromSlash(rel)] = treeEntry(e, identity)
+	}
 	return out, err
 }
 

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -32,7 +32,7 @@ func containerd2Bin(t *testing.T) string {
 	t.Helper()
 	bin := os.Getenv("NODETRUST_CONTAINERD2")
 	if bin == "" {
-		out, err := exec.Command(filepath.Join(cluster.RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
+		out, err := exec.Command(filepath.Join(harness.RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
 		if err != nil {
 			t.Fatalf("containerd2-build.sh --print-bin: %v", err)
 		}
@@ -72,7 +72,7 @@ type nodetrustCLI struct {
 }
 
 func newNodetrustCLI(t *testing.T) nodetrustCLI {
-	bin := cluster.AgentBinary(t)
+	bin := harness.Binary(t)
 	out, _ := exec.Command(bin, "apply", "-h").CombinedOutput()
 	return nodetrustCLI{bin: bin, versionFlag: bytes.Contains(out, []byte("containerd-version"))}
 }
@@ -182,7 +182,7 @@ type layoutEnv struct {
 // `nodetrust apply`, and holds nodetrust's node problems against what the
 // pull did; then it replays a k3s restart over nodetrust's files.
 func TestLayoutPulls(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: unshare -m, mount --bind")
 	}
@@ -201,9 +201,9 @@ func TestLayoutPulls(t *testing.T) {
 	if err := hostsWithAlias(env.hostsFile); err != nil {
 		t.Fatal(err)
 	}
-	rep.note("nodetrust: %s (--containerd-version: %v)", env.cli.bin, env.cli.versionFlag)
-	rep.note("containerd 2: %s", env.cd2)
-	rep.step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
+	rep.Note("nodetrust: %s (--containerd-version: %v)", env.cli.bin, env.cli.versionFlag)
+	rep.Note("containerd 2: %s", env.cd2)
+	rep.Step("registry: fresh CA, docker-registry TLS on 127.0.0.1, push e2e/img:v1", func() string {
 		env.ca = newCA("nodetrust layout CA")
 		env.reg = newDockerRegistry(t)
 		ready, err := env.reg.start(env.ca.serving(), env.ca)
@@ -260,7 +260,7 @@ func runLayoutCase(t *testing.T, rep *report, name, skip string, fn func(t *test
 			result = "ok"
 		}
 	})
-	rep.add(name, result, time.Since(start).Seconds(), strings.Join(notes, "; "))
+	rep.Add(name, result, time.Since(start).Seconds(), strings.Join(notes, "; "))
 }
 
 // run starts the case's containerd on a fresh host root, pulls before and

@@ -32,9 +32,9 @@ NODETRUST_SKIP_DEPS=1 "$repo/test/scripts/k8s-build.sh"
 NODETRUST_CONTAINERD2="$("$repo/test/scripts/containerd2-build.sh" --print-bin)"
 export NODETRUST_CONTAINERD2
 
-cd "$here"
+cd "$repo/test"
 # -count=1: the result depends on binaries the go test cache cannot see.
 rc=0
-NODETRUST_REAL=1 go test -count=1 -v -timeout 30m "$@" ./... || rc=$?
+NODETRUST_REAL=1 go test -count=1 -v -timeout 30m "$@" ./e2e/... || rc=$?
 echo "test/e2e/run.sh: exit $rc after $(($(date +%s) - start)) s; report: $NODETRUST_E2E_REPORT" >&2
 exit "$rc"

@@ -1,23 +1,18 @@
 package faults
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
-	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	cddocker "github.com/containerd/containerd/v2/core/remotes/docker"
 	cdconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
-	cdlog "github.com/containerd/log"
-	"github.com/sirupsen/logrus"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 )
 
@@ -31,45 +26,18 @@ type cdHost struct {
 	roots        *x509.CertPool // nil: the default (system) roots
 }
 
-// logHook collects what containerd logs at warning level and above: a
-// hosts.toml that does not parse is only logged, and containerd then
-// falls back to *.crt files, which would hide a broken file.
-type logHook struct {
-	mu      sync.Mutex
-	entries []string
-}
-
-func (h *logHook) Levels() []logrus.Level {
-	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
-}
-
-func (h *logHook) Fire(e *logrus.Entry) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	msg := e.Level.String() + ": " + e.Message
-	if err, ok := e.Data[logrus.ErrorKey]; ok {
-		msg += fmt.Sprintf(": %v", err)
-	}
-	h.entries = append(h.entries, msg)
-	return nil
-}
-
 // containerdHosts resolves registry below ROOT/etc/containerd/certs.d with
 // containerd v2's own loader (ConfigureHosts with HostDirFromRoot, as the
 // CRI plugin does with config_path = "/etc/containerd/certs.d"). Any error
 // or log line fails the test: containerd would fail or misread every pull.
 func containerdHosts(t testing.TB, root, registry string) []cdHost {
 	t.Helper()
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	hook := &logHook{}
-	l.AddHook(hook)
-	ctx := cdlog.WithLogger(context.Background(), logrus.NewEntry(l))
+	ctx, logs := harness.CaptureContainerdLog()
 	hosts, err := cdconfig.ConfigureHosts(ctx, cdconfig.HostOptions{
 		HostDir: cdconfig.HostDirFromRoot(filepath.Join(root, "etc/containerd/certs.d")),
 	})(registry)
 	require.NoError(t, err, "containerd v2 ConfigureHosts(%s) in %s", registry, root)
-	require.Empty(t, hook.entries, "containerd v2 logged problems loading %s", registry)
+	require.Empty(t, logs.Entries(), "containerd v2 logged problems loading %s", registry)
 	var out []cdHost
 	for _, h := range hosts {
 		tr, ok := h.Client.Transport.(*http.Transport)
@@ -182,8 +150,8 @@ func (h *host) judgeContainerd(t testing.TB, root string, cas map[string][]*x509
 				added = cas[r] // the top level: the upstream
 			}
 			added = expect(&g, added)
-			roots := withCerts(t, b.roots, added)
-			require.Truef(t, samePool(roots, g.roots), "%s host %d %s trusts exactly the pristine roots and %d nodetrust CA(s)", r, i, b.url, len(added))
+			roots := harness.PoolWith(t, b.roots, added...)
+			require.Truef(t, harness.SamePool(roots, g.roots), "%s host %d %s trusts exactly the pristine roots and %d nodetrust CA(s)", r, i, b.url, len(added))
 		}
 	}
 }
@@ -192,34 +160,6 @@ func (h *host) judgeContainerd(t testing.TB, root string, cas map[string][]*x509
 func trusts(pool *x509.CertPool, cert *x509.Certificate) bool {
 	_, err := cert.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	return err == nil
-}
-
-// withCerts returns pool plus certs; containerd starts from the system
-// pool when a host names a ca.
-func withCerts(t testing.TB, pool *x509.CertPool, certs []*x509.Certificate) *x509.CertPool {
-	t.Helper()
-	if len(certs) == 0 {
-		return pool
-	}
-	if pool == nil {
-		sys, err := x509.SystemCertPool()
-		require.NoError(t, err)
-		pool = sys
-	} else {
-		pool = pool.Clone()
-	}
-	for _, c := range certs {
-		pool.AddCert(c)
-	}
-	return pool
-}
-
-// samePool is x509.CertPool.Equal with two nils equal.
-func samePool(a, b *x509.CertPool) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(b)
 }
 
 func parseCert(t testing.TB, pemText string) *x509.Certificate {

@@ -2,19 +2,12 @@ package faults
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"os"
 	"os/exec"
 	"path"
@@ -23,8 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	toml "github.com/pelletier/go-toml/v2"
 	"github.com/stretchr/testify/require"
 )
@@ -32,28 +25,16 @@ import (
 // bin is the nodetrust binary under test.
 func bin(t testing.TB) string {
 	t.Helper()
-	b := os.Getenv("NODETRUST_BIN")
-	if b == "" {
+	if os.Getenv("NODETRUST_BIN") == "" {
 		t.Skip("NODETRUST_BIN is not set: run make test-faults")
 	}
-	return b
+	return harness.Binary(t)
 }
 
 // newCAPEM returns a self-signed CA certificate, PEM-encoded.
 func newCAPEM(t testing.TB, cn string) string {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	serial, err := rand.Int(rand.Reader, big.NewInt(1<<62))
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber: serial, Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
-		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	return string(harness.NewCA(cn).PEM)
 }
 
 // source is one CA Secret of a manifest set.
@@ -141,30 +122,20 @@ type entry string
 // mode and owner changes all show.
 func snapshot(t testing.TB, root string) map[string]entry {
 	t.Helper()
+	tree, err := harness.Walk(root)
+	require.NoError(t, err)
 	out := map[string]entry{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || p == root {
-			return err
+	for rel, e := range tree {
+		if rel == "." {
+			continue
 		}
-		rel, _ := filepath.Rel(root, p)
-		info, err := os.Lstat(p)
-		if err != nil {
-			return err
-		}
-		st := info.Sys().(*syscall.Stat_t)
-		desc := fmt.Sprintf("%v %d:%d", info.Mode(), st.Uid, st.Gid)
-		if info.Mode().IsRegular() {
-			data, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			sum := sha256.Sum256(data)
+		desc := fmt.Sprintf("%v %d:%d", e.Mode, e.UID, e.GID)
+		if e.Mode.IsRegular() {
+			sum := sha256.Sum256([]byte(e.Content))
 			desc += " " + hex.EncodeToString(sum[:8])
 		}
-		out[filepath.ToSlash(rel)] = entry(desc)
-		return nil
-	})
-	require.NoError(t, err)
+		out[rel] = entry(desc)
+	}
 	return out
 }
 

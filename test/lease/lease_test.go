@@ -23,11 +23,11 @@ import (
 
 	"github.com/nodetrust/nodetrust/pkg/kube"
 	"github.com/nodetrust/nodetrust/pkg/lease"
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // ns is where the agent runs, and so where its restart slots live.
-const ns = cluster.AgentNamespace
+const ns = harness.AgentNamespace
 
 // leaseRule is what the agent's ServiceAccount needs for pkg/lease, and what
 // deploy/rbac.yaml must grant in nodetrust-system.
@@ -50,14 +50,14 @@ func TestMain(m *testing.M) {
 // shared is one cluster for every test; each test deletes its Leases.
 var shared struct {
 	once       sync.Once
-	c          *cluster.Cluster
+	c          *harness.Cluster
 	kubeconfig string // with a token of the agent's ServiceAccount
 	err        error
 }
 
-func setup(t *testing.T) *cluster.Cluster {
+func setup(t *testing.T) *harness.Cluster {
 	t.Helper()
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	shared.once.Do(func() { shared.err = start() })
 	require.NoError(t, shared.err)
 	t.Cleanup(func() {
@@ -72,7 +72,7 @@ func setup(t *testing.T) *cluster.Cluster {
 // kubeconfig and grants it leases if deploy/ does not.
 func start() error {
 	begin := time.Now()
-	c, err := cluster.StartCluster()
+	c, err := harness.StartCluster()
 	if err != nil {
 		return err
 	}
@@ -80,12 +80,12 @@ func start() error {
 	if _, err := c.ApplyDeploy(); err != nil {
 		return err
 	}
-	tok, err := c.ServiceAccountToken(ctx, ns, cluster.AgentServiceAccount, time.Hour)
+	tok, err := c.ServiceAccountToken(ctx, ns, harness.AgentServiceAccount, time.Hour)
 	if err != nil {
 		return err
 	}
 	shared.kubeconfig = filepath.Join(c.Dir, "lease-agent.kubeconfig")
-	if err := cluster.WriteKubeconfig(shared.kubeconfig, c.Server, c.CAPEM, tok, ns); err != nil {
+	if err := harness.WriteKubeconfig(shared.kubeconfig, c.Server, c.CAPEM, tok, ns); err != nil {
 		return err
 	}
 	rbac, err := grantLeases(c)
@@ -99,7 +99,7 @@ func start() error {
 
 // grantLeases adds a Role with leaseRule, bound to the agent's ServiceAccount
 // in nodetrust-system, unless deploy/ already lets it read Leases there.
-func grantLeases(c *cluster.Cluster) (string, error) {
+func grantLeases(c *harness.Cluster) (string, error) {
 	api, err := agentClient("rbac-probe")
 	if err != nil {
 		return "", err
@@ -119,12 +119,12 @@ func grantLeases(c *cluster.Cluster) (string, error) {
 	rb := &rbacv1.RoleBinding{
 		ObjectMeta: meta,
 		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "Role", Name: meta.Name},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: cluster.AgentServiceAccount, Namespace: ns}},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: harness.AgentServiceAccount, Namespace: ns}},
 	}
 	if _, err := c.Admin.RbacV1().RoleBindings(ns).Create(ctx, rb, metav1.CreateOptions{}); err != nil {
 		return "", err
 	}
-	if !cluster.Poll(10*time.Second, 50*time.Millisecond, func() bool {
+	if !harness.Poll(10*time.Second, 50*time.Millisecond, func() bool {
 		_, err = api.GetLease(ctx, ns, lease.SlotName(0))
 		return apierrors.IsNotFound(err)
 	}) {

@@ -37,6 +37,7 @@ import (
 	_ "github.com/containerd/containerd/v2/plugins/cri/images"
 
 	nodetrustcd "github.com/nodetrust/nodetrust/pkg/containerd"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // wantCertsDir is where nodetrust writes hosts.toml files, spelled out
@@ -168,7 +169,7 @@ func cd2ImagesConfig(t *testing.T, path string) (cd2Images, error) {
 // reflection) and what containerd logged.
 func cd2DecodeImages(t *testing.T, path string) (reflect.Value, []string, error) {
 	t.Helper()
-	ctx, logs := captureContainerdLog()
+	ctx, logs := harness.CaptureContainerdLog()
 	// containerd 2's defaultConfig() starts at version.ConfigVersion.
 	cfg := &cd2srvconfig.Config{Version: cd2version.ConfigVersion}
 	if err := cd2srvconfig.LoadConfigWithPlugins(ctx, path, cd2Plugins, cfg); err != nil {
@@ -184,7 +185,7 @@ func cd2DecodeImages(t *testing.T, path string) (reflect.Value, []string, error)
 	if _, err := cfg.Decode(ctx, cd2ImagesPlugin, images.Interface()); err != nil {
 		return reflect.Value{}, nil, err
 	}
-	return images.Elem(), logs.entries, nil
+	return images.Elem(), logs.Entries(), nil
 }
 
 // containerdView is what both containerd loaders said about one config

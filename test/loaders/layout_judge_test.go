@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 
 	cd17config "github.com/containerd/containerd/remotes/docker/config"
@@ -153,7 +154,7 @@ func judgeContainerd(t *testing.T, cd17Bin, root, configFile, version, registry 
 	v := parseCDVersion(t, version)
 	path := rootedConfig(t, root, configFile)
 	rooted := func(p string) string { return filepath.Join(root, p) }
-	ctx, logs := captureContainerdLog()
+	ctx, logs := harness.CaptureContainerdLog()
 
 	var (
 		ps    pullSettings
@@ -198,7 +199,7 @@ func judgeContainerd(t *testing.T, cd17Bin, root, configFile, version, registry 
 			hosts = append(hosts, hostView{host: h.Host, scheme: h.Scheme, path: h.Path, tls: clientTLS(h.Client)})
 		}
 	}
-	require.Empty(t, logs.entries, "containerd logged problems loading the host directory")
+	require.Empty(t, logs.Entries(), "containerd logged problems loading the host directory")
 	mode := "transfer service (whole config_path as one directory)"
 	if ps.localPull {
 		mode = "local pull (" + ps.why + "; config_path split into roots)"

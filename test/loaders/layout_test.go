@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 )
@@ -87,7 +88,7 @@ var (
 // NODETRUST_LAYOUTS_STRICT=1.
 func hasContainerdVersionFlag(t *testing.T) bool {
 	t.Helper()
-	bin := binary(t)
+	bin := harness.Binary(t)
 	versionFlagOnce.Do(func() {
 		out, _ := exec.Command(bin, "apply", "-h").CombinedOutput()
 		versionFlagOK = bytes.Contains(out, []byte("containerd-version"))
@@ -110,7 +111,7 @@ func applyJSON(t *testing.T, manifests, root, version, config string) applyRepor
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), args...)
+	cmd := exec.CommandContext(ctx, harness.Binary(t), args...)
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

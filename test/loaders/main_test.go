@@ -14,60 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 )
 
-// nodetrustBin is the binary under test: $NODETRUST_BIN, or built from ../../.
-var nodetrustBin string
-
-func TestMain(m *testing.M) {
-	os.Exit(runMain(m))
-}
-
-func runMain(m *testing.M) int {
-	if bin := os.Getenv("NODETRUST_BIN"); bin != "" {
-		abs, err := filepath.Abs(bin)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "NODETRUST_BIN:", err)
-			return 1
-		}
-		nodetrustBin = abs
-		return m.Run()
-	}
-	repoRoot, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	tmp, err := os.MkdirTemp("", "nodetrust-loaders-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	nodetrustBin = filepath.Join(tmp, "nodetrust")
-	build := exec.Command("go", "build", "-o", nodetrustBin, "./cmd/nodetrust")
-	build.Dir = repoRoot
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintf(os.Stderr, "building nodetrust in %s: %v\n", repoRoot, err)
-		return 1
-	}
-	return m.Run()
-}
-
-// binary returns the binary under test. Reading $NODETRUST_BIN and stating the
-// binary from inside a test (not only in TestMain) puts both into the go test
-// cache key, so a rebuilt or different binary is never judged by a cached
-// result. A binary built by TestMain lives in a temporary directory that is
-// gone afterwards, so such runs are never cached.
-func binary(t *testing.T) string {
-	t.Helper()
-	_ = os.Getenv("NODETRUST_BIN")
-	_, err := os.Stat(nodetrustBin)
-	require.NoError(t, err, "nodetrust binary")
-	return nodetrustBin
-}
+// TestMain removes the binary harness.Binary built after all tests ran.
+func TestMain(m *testing.M) { harness.Main(m) }
 
 // newHostRoot makes a host root in which containerd, Docker and
 // containers/image are all "present" (their config dirs exist).
@@ -86,7 +38,7 @@ func runApply(t *testing.T, manifests, root string) (int, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary(t), "apply", "-f", manifests, "--host-root", root)
+	cmd := exec.CommandContext(ctx, harness.Binary(t), "apply", "-f", manifests, "--host-root", root)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -120,41 +72,17 @@ type fileInfo struct {
 // snapshot returns every path under dir (relative, slash-separated).
 func snapshot(t *testing.T, dir string) map[string]fileInfo {
 	t.Helper()
+	walked, err := harness.Walk(dir)
 	tree := map[string]fileInfo{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		rel, err := filepath.Rel(dir, p)
-		if err != nil || rel == "." {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		fi := fileInfo{mode: info.Mode(), modTime: info.ModTime()}
-		switch {
-		case info.Mode().IsRegular():
-			b, err := os.ReadFile(p)
-			if err != nil {
-				return err
-			}
-			fi.content = string(b)
-		case info.Mode()&fs.ModeSymlink != 0:
-			target, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			fi.content = target
-		}
-		tree[filepath.ToSlash(rel)] = fi
-		return nil
-	})
 	if errors.Is(err, fs.ErrNotExist) {
 		return tree
 	}
 	require.NoError(t, err)
+	for rel, e := range walked {
+		if rel != "." {
+			tree[rel] = fileInfo{mode: e.Mode, content: e.Content, modTime: e.ModTime}
+		}
+	}
 	return tree
 }
 

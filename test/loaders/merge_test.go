@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 
 	cd17docker "github.com/containerd/containerd/remotes/docker"
@@ -62,10 +63,10 @@ var mergeLoaders = []mergeLoader{
 // succeed without logging anything.
 func resolveMerge[H any](t *testing.T, name, registry string, resolve func(context.Context) ([]H, error), view func(H) mergeView) []mergeView {
 	t.Helper()
-	ctx, logs := captureContainerdLog()
+	ctx, logs := harness.CaptureContainerdLog()
 	hosts, err := resolve(ctx)
 	require.NoError(t, err, "%s ConfigureHosts(%s)", name, registry)
-	require.Empty(t, logs.entries, "%s logged problems loading %s", name, registry)
+	require.Empty(t, logs.Entries(), "%s logged problems loading %s", name, registry)
 	var out []mergeView
 	for _, h := range hosts {
 		out = append(out, view(h))
@@ -105,34 +106,6 @@ func (cas mergeCAs) viewString(hosts []mergeView) string {
 	return b.String()
 }
 
-// plus returns pool with certs added (the system pool for nil, as
-// containerd starts from it when a host names a ca).
-func plus(t *testing.T, pool *x509.CertPool, certs ...*x509.Certificate) *x509.CertPool {
-	t.Helper()
-	if len(certs) == 0 {
-		return pool
-	}
-	if pool == nil {
-		sys, err := x509.SystemCertPool()
-		require.NoError(t, err)
-		pool = sys
-	} else {
-		pool = pool.Clone()
-	}
-	for _, c := range certs {
-		pool.AddCert(c)
-	}
-	return pool
-}
-
-// samePool is x509.CertPool.Equal that treats two nils as equal.
-func samePool(a, b *x509.CertPool) bool {
-	if a == nil || b == nil {
-		return a == b
-	}
-	return a.Equal(b)
-}
-
 // requireMergeView requires got to be want host for host (URL, capabilities,
 // skip_verify, header, in the same order) with the same roots, except that
 // each host for which add returns true trusts nt in addition.
@@ -148,9 +121,9 @@ func requireMergeView(t *testing.T, cas mergeCAs, want, got []mergeView, nt []*x
 		require.Equal(t, w.header, g.header, "host %d header\n%s", i, msg)
 		roots := w.roots
 		if add != nil && add(i, w) {
-			roots = plus(t, w.roots, nt...)
+			roots = harness.PoolWith(t, w.roots, nt...)
 		}
-		require.Truef(t, samePool(roots, g.roots), "host %d %s: roots are %s, want %s\n%s",
+		require.Truef(t, harness.SamePool(roots, g.roots), "host %d %s: roots are %s, want %s\n%s",
 			i, w.url, cas.describe(g.roots), cas.describe(roots), msg)
 	}
 }

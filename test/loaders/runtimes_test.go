@@ -1,18 +1,13 @@
 package loaders
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
-	"io"
 	"net/http"
 	"path/filepath"
-	"strconv"
-	"sync"
 	"testing"
 
-	cdlog "github.com/containerd/log"
-	"github.com/sirupsen/logrus"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 
 	cd17docker "github.com/containerd/containerd/remotes/docker"
@@ -31,45 +26,6 @@ type hostView struct {
 
 func (h hostView) String() string { return fmt.Sprintf("%s://%s%s", h.scheme, h.host, h.path) }
 
-// logCapture collects warnings and errors containerd logs, with their
-// level and the error, plugin and key they name. Loading a host directory,
-// a hosts.toml that fails to parse is only logged (containerd silently falls
-// back to reading *.crt files, which would hide a broken file from a trust
-// check); loading a config, unknown keys, migrations and deprecations are.
-type logCapture struct {
-	mu      sync.Mutex
-	entries []string
-}
-
-func (c *logCapture) Levels() []logrus.Level {
-	return []logrus.Level{logrus.PanicLevel, logrus.FatalLevel, logrus.ErrorLevel, logrus.WarnLevel}
-}
-
-func (c *logCapture) Fire(e *logrus.Entry) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	msg := e.Level.String() + ": " + e.Message
-	if err, ok := e.Data[logrus.ErrorKey]; ok {
-		msg += fmt.Sprintf(": %v", err)
-	}
-	for _, f := range []string{"plugin", "key"} {
-		if v, ok := e.Data[f]; ok {
-			msg += " " + f + "=" + strconv.Quote(fmt.Sprint(v))
-		}
-	}
-	c.entries = append(c.entries, msg)
-	return nil
-}
-
-func captureContainerdLog() (context.Context, *logCapture) {
-	l := logrus.New()
-	l.SetOutput(io.Discard)
-	l.SetLevel(logrus.WarnLevel)
-	c := &logCapture{}
-	l.AddHook(c)
-	return cdlog.WithLogger(context.Background(), logrus.NewEntry(l)), c
-}
-
 func transportTLS(t *testing.T, c *http.Client) *tls.Config {
 	t.Helper()
 	require.NotNil(t, c, "containerd returned a host without an HTTP client")
@@ -84,13 +40,13 @@ func transportTLS(t *testing.T, c *http.Client) *tls.Config {
 // config_path = "/etc/containerd/certs.d".
 func containerdV2Hosts(t *testing.T, root, registry string) []hostView {
 	t.Helper()
-	ctx, logs := captureContainerdLog()
+	ctx, logs := harness.CaptureContainerdLog()
 	resolve := cd2config.ConfigureHosts(ctx, cd2config.HostOptions{
 		HostDir: cd2config.HostDirFromRoot(filepath.Join(root, "etc/containerd/certs.d")),
 	})
 	hosts, err := resolve(registry)
 	require.NoError(t, err, "containerd v2 ConfigureHosts(%s)", registry)
-	require.Empty(t, logs.entries, "containerd v2 logged problems loading the host directory")
+	require.Empty(t, logs.Entries(), "containerd v2 logged problems loading the host directory")
 	var out []hostView
 	for _, h := range hosts {
 		out = append(out, cd2View(t, h))
@@ -105,13 +61,13 @@ func cd2View(t *testing.T, h cd2docker.RegistryHost) hostView {
 // containerd17Hosts is containerdV2Hosts with containerd 1.7's loader.
 func containerd17Hosts(t *testing.T, root, registry string) []hostView {
 	t.Helper()
-	ctx, logs := captureContainerdLog()
+	ctx, logs := harness.CaptureContainerdLog()
 	resolve := cd17config.ConfigureHosts(ctx, cd17config.HostOptions{
 		HostDir: cd17config.HostDirFromRoot(filepath.Join(root, "etc/containerd/certs.d")),
 	})
 	hosts, err := resolve(registry)
 	require.NoError(t, err, "containerd 1.7 ConfigureHosts(%s)", registry)
-	require.Empty(t, logs.entries, "containerd 1.7 logged problems loading the host directory")
+	require.Empty(t, logs.Entries(), "containerd 1.7 logged problems loading the host directory")
 	var out []hostView
 	for _, h := range hosts {
 		out = append(out, cd17View(t, h))

@@ -10,24 +10,24 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-// startControlPlane is test/cluster's etcd + kube-apiserver plus
+// startControlPlane is test/harness's etcd + kube-apiserver plus
 // kube-controller-manager and kube-scheduler (DaemonSet pods go through the
 // default scheduler); all stop with the cluster.
-func startControlPlane(t *testing.T) *cluster.Cluster {
+func startControlPlane(t *testing.T) *harness.Cluster {
 	t.Helper()
-	if _, err := os.Stat(cluster.K8sBin("kubelet")); err != nil {
+	if _, err := os.Stat(harness.K8sBin("kubelet")); err != nil {
 		t.Fatalf("%v: run test/scripts/k8s-build.sh --kubelet", err)
 	}
-	c := cluster.NewCluster(t)
+	c := harness.NewCluster(t)
 	c.StartControllers(t)
 	return c
 }
 
 // kubectl runs kubectl with the admin kubeconfig and fails t on error.
-func kubectl(t *testing.T, c *cluster.Cluster, args ...string) string {
+func kubectl(t *testing.T, c *harness.Cluster, args ...string) string {
 	t.Helper()
 	out, err := c.Kubectl(args...)
 	if err != nil {
@@ -39,7 +39,7 @@ func kubectl(t *testing.T, c *cluster.Cluster, args ...string) string {
 // applyOverlay renders one of test/node's overlays with kubectl kustomize,
 // puts the API server's port where the overlay says NODETRUST_TEST_API_PORT
 // and applies the result; it returns the rendered manifest.
-func applyOverlay(t *testing.T, c *cluster.Cluster, name string) string {
+func applyOverlay(t *testing.T, c *harness.Cluster, name string) string {
 	t.Helper()
 	dir, err := filepath.Abs(filepath.Join("overlay", name))
 	if err != nil {
@@ -79,7 +79,7 @@ func imageTool(t *testing.T, dir string) string {
 		return out
 	}
 	start := time.Now()
-	if err := goBuild(filepath.Join(cluster.RepoRoot(), "tools", "image"), ".", out); err != nil {
+	if err := goBuild(filepath.Join(harness.RepoRoot(), "tools", "image"), ".", out); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("built tools/image in %v", time.Since(start).Round(time.Millisecond))

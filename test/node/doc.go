@@ -3,7 +3,7 @@
 // pull from a private-CA registry is what it fixes.
 //
 // The control plane is etcd, kube-apiserver, kube-controller-manager and
-// kube-scheduler on 127.0.0.1 (test/cluster's harness, binaries from
+// kube-scheduler on 127.0.0.1 (test/harness, binaries from
 // test/scripts/k8s-build.sh --kubelet). The node is a Debian root of its own
 // (test/scripts/debian-root.sh, with containerd 1.6 and the CNI plugins),
 // booted with systemd-nspawn on the host's network: its systemd runs

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestMain runs one test/node process per machine at a time: a node shares
@@ -19,7 +19,7 @@ import (
 // running).
 func TestMain(m *testing.M) {
 	code := func() int {
-		if cluster.Real() && os.Geteuid() == 0 {
+		if harness.Real() && os.Geteuid() == 0 {
 			unlock, err := lockRuns()
 			if err != nil {
 				fmt.Fprintln(os.Stderr, "test/node:", err)
@@ -30,7 +30,7 @@ func TestMain(m *testing.M) {
 		}
 		return m.Run()
 	}()
-	cluster.CleanupAgentBinary()
+	harness.CleanupBinary()
 	os.Exit(code)
 }
 
@@ -83,7 +83,7 @@ func sweepLeftNodes() {
 			continue
 		}
 		var pid int
-		if _, err := fmt.Sscan(filepath.Base(dir), &pid); err != nil || !nsInit(pid) {
+		if _, err := fmt.Sscan(filepath.Base(dir), &pid); err != nil || !harness.NSPIDIsOne(pid) {
 			continue
 		}
 		fmt.Fprintf(os.Stderr, "test/node: ending a node left by an earlier run: PID %d, root %s\n", pid, root)
@@ -104,19 +104,4 @@ func mountRoot(mountinfo string) string {
 		}
 	}
 	return ""
-}
-
-// nsInit reports whether pid is PID 1 of its own PID namespace.
-func nsInit(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			return len(f) > 1 && f[len(f)-1] == "1"
-		}
-	}
-	return false
 }

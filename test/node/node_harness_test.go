@@ -18,7 +18,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // rootPackages is the node root's debootstrap --include list: the systemd
@@ -89,7 +89,7 @@ type nodeOptions struct {
 type image struct{ tar, ref string }
 
 // startNode builds the node root, boots it and waits until its Node is Ready.
-func startNode(t *testing.T, c *cluster.Cluster, name string, o nodeOptions) *node {
+func startNode(t *testing.T, c *harness.Cluster, name string, o nodeOptions) *node {
 	t.Helper()
 	n := newNode(t, name, o)
 	n.start(t, c, o)
@@ -107,13 +107,11 @@ func newNode(t *testing.T, name string, o nodeOptions) *node {
 
 // start extracts the node root, configures and boots it, imports the
 // images, starts the kubelet and waits for the Node to be Ready.
-func (n *node) start(t *testing.T, c *cluster.Cluster, o nodeOptions) {
+func (n *node) start(t *testing.T, c *harness.Cluster, o nodeOptions) {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.Command("bash", filepath.Join(cluster.RepoRoot(), "test", "scripts", "debian-root.sh"), n.root)
-	cmd.Env = append(os.Environ(), "NODETRUST_DEBIAN_INCLUDE="+rootPackages)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("debian-root.sh: %v\n%s", err, out)
+	if err := harness.ExtractDebianRoot(n.root, rootPackages); err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("node root %s extracted in %v", n.root, time.Since(start).Round(time.Millisecond))
 	n.configure(t, c)
@@ -144,13 +142,13 @@ func writeFiles(t *testing.T, root string, files map[string]string) {
 }
 
 // configure writes the node's containerd, CNI, kubelet and unit files.
-func (n *node) configure(t *testing.T, c *cluster.Cluster) {
+func (n *node) configure(t *testing.T, c *harness.Cluster) {
 	t.Helper()
 	var err error
-	if n.kubeletPort, err = cluster.FreePort(); err != nil {
+	if n.kubeletPort, err = harness.FreePort(); err != nil {
 		t.Fatal(err)
 	}
-	healthz, err := cluster.FreePort()
+	healthz, err := harness.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +163,7 @@ func (n *node) configure(t *testing.T, c *cluster.Cluster) {
 	kubeconfig := filepath.Join(n.dir, "kubelet.kubeconfig")
 	// The kubelet authenticates as the admin: the Node authorizer is not
 	// what this suite proves.
-	if err := cluster.WriteKubeconfig(kubeconfig, c.Server, c.CAPEM, c.AdminToken, ""); err != nil {
+	if err := harness.WriteKubeconfig(kubeconfig, c.Server, c.CAPEM, c.AdminToken, ""); err != nil {
 		t.Fatal(err)
 	}
 	kc, err := os.ReadFile(kubeconfig)
@@ -283,7 +281,7 @@ func (n *node) boot(t *testing.T) {
 		// writable /proc/sys and /sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE);
 		// runc's keyring calls pass nspawn's seccomp filter only when off.
 		"--capability=all",
-		"--bind-ro=" + cluster.K8sBin("kubelet") + ":/usr/local/bin/kubelet",
+		"--bind-ro=" + harness.K8sBin("kubelet") + ":/usr/local/bin/kubelet",
 		"--bind=/dev/kmsg",
 	}
 	if n.containerd != "" {
@@ -307,14 +305,14 @@ func (n *node) boot(t *testing.T) {
 		close(n.exited)
 	}()
 	t.Cleanup(func() { n.stop(t) })
-	ok := cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 		select {
 		case <-n.exited:
 			return true
 		default:
 		}
 		if n.leader == 0 {
-			n.leader = leaderPID(n.nspawn.Process.Pid)
+			n.leader = harness.LeaderPID(n.nspawn.Process.Pid)
 			n.leaderStart = procStart(n.leader)
 			return false
 		}
@@ -334,10 +332,10 @@ func (n *node) boot(t *testing.T) {
 }
 
 // waitReady waits for the Node object to be Ready.
-func (n *node) waitReady(t *testing.T, c *cluster.Cluster) {
+func (n *node) waitReady(t *testing.T, c *harness.Cluster) {
 	t.Helper()
 	var last string
-	ok := cluster.Poll(120*time.Second, 100*time.Millisecond, func() bool {
+	ok := harness.Poll(120*time.Second, 100*time.Millisecond, func() bool {
 		nd, err := c.Admin.CoreV1().Nodes().Get(context.Background(), n.name, metav1.GetOptions{})
 		if err != nil {
 			last = err.Error()
@@ -394,7 +392,7 @@ func (n *node) stop(t *testing.T) {
 	// running): killing its init ends the whole PID namespace.
 	if n.leader != 0 && n.leaderStart != "" && procStart(n.leader) == n.leaderStart {
 		_ = syscall.Kill(n.leader, syscall.SIGKILL)
-		cluster.Poll(10*time.Second, 50*time.Millisecond, func() bool { return procStart(n.leader) != n.leaderStart })
+		harness.Poll(10*time.Second, 50*time.Millisecond, func() bool { return procStart(n.leader) != n.leaderStart })
 	}
 	_ = exec.Command("ip", "link", "delete", n.bridge).Run()
 	dirs := append([]string(nil), n.ownCgroups...)
@@ -402,8 +400,8 @@ func (n *node) stop(t *testing.T) {
 		found, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io/" + id)
 		dirs = append(dirs, found...)
 	}
-	if !cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(removeCgroupTrees(dirs)) == 0 }) {
-		t.Errorf("cgroups left: %v", removeCgroupTrees(dirs))
+	if !harness.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(harness.RemoveCgroups(dirs)) == 0 }) {
+		t.Errorf("cgroups left: %v", harness.RemoveCgroups(dirs))
 	}
 }
 
@@ -462,50 +460,6 @@ func ownCgroups(name string) ([]string, error) {
 		return nil, fmt.Errorf("no name=systemd or cgroup2 hierarchy in /proc/self/cgroup:\n%s", b)
 	}
 	return dirs, nil
-}
-
-// removeCgroupTrees removes each cgroup directory tree deepest first and
-// returns the directories still there.
-func removeCgroupTrees(tops []string) (left []string) {
-	for _, top := range tops {
-		var all []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				all = append(all, p)
-			}
-			return nil
-		})
-		for i := len(all) - 1; i >= 0; i-- {
-			if err := syscall.Rmdir(all[i]); err != nil && !os.IsNotExist(err) {
-				left = append(left, all[i])
-			}
-		}
-	}
-	return left
-}
-
-// leaderPID is the host PID of the process below nspawn whose PID in its
-// own namespace is 1 (the node's systemd), or 0.
-func leaderPID(nspawn int) int {
-	queue := []int{nspawn}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if pid != nspawn && nsInit(pid) {
-			return pid
-		}
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-		for _, tf := range tasks {
-			b, _ := os.ReadFile(tf)
-			for _, f := range strings.Fields(string(b)) {
-				var child int
-				if _, err := fmt.Sscan(f, &child); err == nil {
-					queue = append(queue, child)
-				}
-			}
-		}
-	}
-	return 0
 }
 
 // inNode runs a command in the node's namespaces (systemctl, journalctl).

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -26,7 +27,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -57,38 +58,22 @@ var trustDirs = []string{
 func trustSnapshot(t require.TestingT, root string) map[string]string {
 	out := map[string]string{}
 	for _, d := range trustDirs {
-		err := filepath.WalkDir(filepath.Join(root, d), func(p string, e fs.DirEntry, err error) error {
-			if os.IsNotExist(err) {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(root, p)
-			info, err := e.Info()
-			if err != nil {
-				return err
-			}
+		tree, err := harness.Walk(filepath.Join(root, d))
+		if !errors.Is(err, fs.ErrNotExist) {
+			require.NoError(t, err)
+		}
+		for rel, e := range tree {
+			p := filepath.Join(d, filepath.FromSlash(rel))
 			switch {
-			case info.Mode()&fs.ModeSymlink != 0:
-				target, err := os.Readlink(p)
-				if err != nil {
-					return err
-				}
-				out[rel] = "link " + target
-			case info.IsDir():
-				out[rel] = fmt.Sprintf("dir %v", info.Mode())
+			case e.Mode&fs.ModeSymlink != 0:
+				out[p] = "link " + e.Content
+			case e.Mode.IsDir():
+				out[p] = fmt.Sprintf("dir %v", e.Mode)
 			default:
-				b, err := os.ReadFile(p)
-				if err != nil {
-					return err
-				}
-				sum := sha256.Sum256(b)
-				out[rel] = fmt.Sprintf("file %v %s", info.Mode(), hex.EncodeToString(sum[:8]))
+				sum := sha256.Sum256([]byte(e.Content))
+				out[p] = fmt.Sprintf("file %v %s", e.Mode, hex.EncodeToString(sum[:8]))
 			}
-			return nil
-		})
-		require.NoError(t, err)
+		}
 	}
 	return out
 }
@@ -128,7 +113,7 @@ func (s *story) untrustedPull(pauseTar string) string {
 func (s *story) startRegistry(pauseTar string) {
 	t := s.t
 	s.reg = newRegistry(t)
-	s.ca = cluster.NewCA("node-test registry CA 1")
+	s.ca = harness.NewCA("node-test registry CA 1")
 	s.serving = s.ca.Serving(registryHost, "127.0.0.1")
 	s.reg.serve(t, s.serving, s.ca)
 	s.reg.push(t, pauseTar, "app:v1", s.ca)
@@ -221,7 +206,7 @@ func (s *story) pullFailure(p *corev1.Pod) string {
 // waitX509 waits until the app pod's pull fails with an unknown authority.
 func (s *story) waitX509() string {
 	var last string
-	ok := cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+	ok := harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		if p := s.appPod(); p != nil {
 			last = s.pullFailure(p)
 		}
@@ -242,7 +227,7 @@ func (s *story) recreateApp() (running time.Time, pull time.Duration) {
 	require.NoError(t, s.c.Admin.CoreV1().Pods(workNS).Delete(s.ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}))
 	var p *corev1.Pod
 	var last string
-	ok := cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 		p = s.appPod()
 		if p == nil || p.Name == old.Name {
 			return false
@@ -260,7 +245,7 @@ var pulledIn = regexp.MustCompile(`Successfully pulled image "[^"]*" in ([0-9.]+
 // pullTime is the pull duration in the pod's Pulled event (0 if none yet).
 func (s *story) pullTime(pod string) time.Duration {
 	var d time.Duration
-	cluster.Poll(5*time.Second, 100*time.Millisecond, func() bool {
+	harness.Poll(5*time.Second, 100*time.Millisecond, func() bool {
 		evs, err := s.c.Admin.CoreV1().Events(workNS).List(s.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + pod})
 		if err != nil {
 			return false
@@ -278,7 +263,7 @@ func (s *story) pullTime(pod string) time.Duration {
 
 // hostsDir is the registry's certs.d directory on the node.
 func (s *story) hostsDir() string {
-	return s.n.hostPath(filepath.Join("/etc/containerd/certs.d", fmt.Sprintf("%s:%d", registryHost, s.reg.port)))
+	return s.n.hostPath(filepath.Join("/etc/containerd/certs.d", fmt.Sprintf("%s:%d", registryHost, s.reg.Port)))
 }
 
 // hostsHave reports whether a file in the registry's certs.d directory
@@ -312,8 +297,8 @@ func (s *story) makeSource(sec *corev1.Secret) {
 	if sec.Annotations == nil {
 		sec.Annotations = map[string]string{}
 	}
-	sec.Labels[cluster.LabelCA] = "true"
-	sec.Annotations[cluster.AnnRegistries] = fmt.Sprintf("%s:%d", registryHost, s.reg.port)
+	sec.Labels[harness.LabelCA] = "true"
+	sec.Annotations[harness.AnnRegistries] = fmt.Sprintf("%s:%d", registryHost, s.reg.Port)
 }
 
 // secretRounds: five times, the registry's Secret becomes a source, the
@@ -324,8 +309,8 @@ func (s *story) secretRounds() string {
 	var toFiles, toRunning, pulls []time.Duration
 	for i := 0; i < 5; i++ {
 		if i > 0 {
-			s.updateSecret(regSecret, func(sec *corev1.Secret) { delete(sec.Labels, cluster.LabelCA) })
-			require.True(t, cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+			s.updateSecret(regSecret, func(sec *corev1.Secret) { delete(sec.Labels, harness.LabelCA) })
+			require.True(t, harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 				_, err := os.Stat(s.hostsDir())
 				return os.IsNotExist(err)
 			}), "certs.d/%s stays after the label is removed", filepath.Base(s.hostsDir()))
@@ -336,7 +321,7 @@ func (s *story) secretRounds() string {
 		}
 		t0 := time.Now()
 		s.updateSecret(regSecret, s.makeSource)
-		require.True(t, cluster.Poll(30*time.Second, 20*time.Millisecond, func() bool { return s.hostsHave(s.ca.PEM) }),
+		require.True(t, harness.Poll(30*time.Second, 20*time.Millisecond, func() bool { return s.hostsHave(s.ca.PEM) }),
 			"the registry's CA never reached %s", s.hostsDir())
 		files := time.Since(t0)
 		running, pull := s.recreateApp()
@@ -350,9 +335,9 @@ func (s *story) secretRounds() string {
 	r50, rmax := quantiles(toRunning)
 	p50, pmax := quantiles(pulls)
 	ann := s.nodeAnnotations()
-	require.Equal(t, cluster.StateReady, ann[cluster.AnnState], "%v", ann)
-	s.rep.note("Secret write -> files on the node: p50 %s, max %s (5 rounds)", secs(f50), secs(fmax))
-	s.rep.note("Secret write -> recreated pod Running: p50 %s, max %s; the kubelet's image pull itself: p50 %s, max %s", secs(r50), secs(rmax), secs(p50), secs(pmax))
+	require.Equal(t, harness.StateReady, ann[harness.AnnState], "%v", ann)
+	s.rep.Note("Secret write -> files on the node: p50 %s, max %s (5 rounds)", secs(f50), secs(fmax))
+	s.rep.Note("Secret write -> recreated pod Running: p50 %s, max %s; the kubelet's image pull itself: p50 %s, max %s", secs(r50), secs(rmax), secs(p50), secs(pmax))
 	return fmt.Sprintf("files p50 %s max %s; Running p50 %s max %s (pull p50 %s); all: %v", secs(f50), secs(fmax), secs(r50), secs(rmax), secs(p50), roundAll(toRunning))
 }
 
@@ -369,7 +354,7 @@ func roundAll(ds []time.Duration) []string {
 func (s *story) rotate() string {
 	t := s.t
 	old := s.ca
-	s.ca = cluster.NewCA("node-test registry CA 2")
+	s.ca = harness.NewCA("node-test registry CA 2")
 	s.serving = s.ca.Serving(registryHost, "127.0.0.1")
 	s.reg.serve(t, s.serving, s.ca)
 	zero := int64(0)
@@ -379,7 +364,7 @@ func (s *story) rotate() string {
 	s.updateSecret(regSecret, func(sec *corev1.Secret) {
 		sec.Data = map[string][]byte{"tls.crt": s.serving.CertPEM, "tls.key": s.serving.KeyPEM, "ca.crt": s.ca.PEM}
 	})
-	require.True(t, cluster.Poll(30*time.Second, 20*time.Millisecond, func() bool { return s.hostsHave(s.ca.PEM) && !s.hostsHave(old.PEM) }),
+	require.True(t, harness.Poll(30*time.Second, 20*time.Millisecond, func() bool { return s.hostsHave(s.ca.PEM) && !s.hostsHave(old.PEM) }),
 		"the new CA did not replace the old one in %s", s.hostsDir())
 	files := time.Since(t0)
 	running, pull := s.recreateApp()
@@ -421,8 +406,8 @@ func (s *story) hostTrust() string {
 			mu.Unlock()
 		}
 	}()
-	ca := cluster.NewCA("node-test host-trust CA")
-	sec := cluster.Secret(agentNS, hostCA, ca.PEM, "")
+	ca := harness.NewCA("node-test host-trust CA")
+	sec := harness.Secret(agentNS, hostCA, ca.PEM, "")
 	sec.Annotations[annHostTrust] = "true"
 	t0 := time.Now()
 	_, err = s.c.Admin.CoreV1().Secrets(agentNS).Create(s.ctx, sec, metav1.CreateOptions{})
@@ -431,7 +416,7 @@ func (s *story) hostTrust() string {
 	bundle := s.n.hostPath("/etc/ssl/certs/ca-certificates.crt")
 	var tBundle, tRestart time.Duration
 	var pid1 string
-	ok := cluster.Poll(2*time.Minute, 100*time.Millisecond, func() bool {
+	ok := harness.Poll(2*time.Minute, 100*time.Millisecond, func() bool {
 		if tBundle == 0 {
 			if b, err := os.ReadFile(bundle); err == nil && bytes.Contains(b, body) {
 				tBundle = time.Since(t0)
@@ -445,9 +430,9 @@ func (s *story) hostTrust() string {
 		return tBundle != 0 && tRestart != 0
 	})
 	require.True(t, ok, "bundle has the CA after %s, containerd restarted after %s", tBundle, tRestart)
-	require.True(t, cluster.Poll(60*time.Second, 200*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(60*time.Second, 200*time.Millisecond, func() bool {
 		a := s.nodeAnnotations()
-		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "2"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "2"
 	}), "node not Ready with 2 sources: %v", s.nodeAnnotations())
 	tReady := time.Since(t0)
 	if b, err := os.ReadFile("/etc/ssl/certs/ca-certificates.crt"); err == nil {
@@ -483,7 +468,7 @@ func (s *story) hostTrust() string {
 	seen := events
 	mu.Unlock()
 	require.NotEmpty(t, leases, "containerd restarted without this node holding a Lease (%d watch events; Leases: %v)", seen, ls.Items)
-	s.rep.note("host-trust: CA in the bundle %s, containerd restarted %s (MainPID %s -> %s), node Ready %s after the write", secs(tBundle), secs(tRestart), pid0, pid1, secs(tReady))
+	s.rep.Note("host-trust: CA in the bundle %s, containerd restarted %s (MainPID %s -> %s), node Ready %s after the write", secs(tBundle), secs(tRestart), pid0, pid1, secs(tReady))
 	return fmt.Sprintf("bundle %s, containerd MainPID %s->%s at %s under Lease %s; app pod %s kept running (restarts 0)", secs(tBundle), pid0, pid1, secs(tRestart), leases, app.Name)
 }
 
@@ -515,10 +500,10 @@ func (s *story) agentManaged() map[string]string {
 }
 
 // fileMeta snapshots the trust directories with times and inodes.
-func (s *story) fileMeta() map[string]cluster.FileInfo {
-	out := map[string]cluster.FileInfo{}
+func (s *story) fileMeta() map[string]harness.FileInfo {
+	out := map[string]harness.FileInfo{}
 	for _, d := range trustDirs {
-		snap, err := cluster.Snapshot(s.n.hostPath(d))
+		snap, err := harness.Snapshot(s.n.hostPath(d))
 		if os.IsNotExist(err) {
 			continue
 		}
@@ -544,7 +529,7 @@ func (s *story) restartAgent() string {
 	require.NoError(t, s.c.Admin.CoreV1().Pods(agentNS).Delete(s.ctx, old.Name, metav1.DeleteOptions{}))
 	var seen, running, ready time.Duration
 	var name string
-	ok := cluster.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
 		pods, err := s.c.Admin.CoreV1().Pods(agentNS).List(s.ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=nodetrust"})
 		if err != nil {
 			return false
@@ -575,11 +560,11 @@ func (s *story) restartAgent() string {
 	// A sync that wrote or patched would have done so by now; give a
 	// straggler a moment anyway.
 	time.Sleep(3 * time.Second)
-	require.Empty(t, cluster.DiffSnapshots(files, s.fileMeta()), "the new agent pod touched files")
+	require.Empty(t, harness.DiffSnapshots(files, s.fileMeta()), "the new agent pod touched files")
 	require.Equal(t, ann, s.nodeAnnotations(), "the new agent pod changed the Node's annotations")
 	require.Equal(t, managed, s.agentManaged(), "the new agent pod patched the Node")
 	require.Equal(t, pid, s.unitPID("containerd"), "the new agent pod restarted containerd")
-	s.rep.note("agent pod: created %s, container running %s, Ready %s after the old pod's deletion (old pod's graceful exit included)", secs(seen), secs(running), secs(ready))
+	s.rep.Note("agent pod: created %s, container running %s, Ready %s after the old pod's deletion (old pod's graceful exit included)", secs(seen), secs(running), secs(ready))
 	return fmt.Sprintf("%s -> %s: running %s, Ready %s after delete; 0 files changed, 0 Node patches, containerd not restarted", old.Name, name, secs(running), secs(ready))
 }
 
@@ -677,15 +662,15 @@ func (s *story) memory() string {
 	const n = 100
 	start := time.Now()
 	for i := 0; i < n; i++ {
-		ca := cluster.NewCA(fmt.Sprintf("node-test bulk CA %d", i))
-		sec := cluster.Secret(agentNS, fmt.Sprintf("bulk-%03d", i), ca.PEM, fmt.Sprintf("r%03d.nodetrust.test:5000", i))
+		ca := harness.NewCA(fmt.Sprintf("node-test bulk CA %d", i))
+		sec := harness.Secret(agentNS, fmt.Sprintf("bulk-%03d", i), ca.PEM, fmt.Sprintf("r%03d.nodetrust.test:5000", i))
 		_, err := s.c.Admin.CoreV1().Secrets(agentNS).Create(s.ctx, sec, metav1.CreateOptions{})
 		require.NoError(t, err)
 	}
 	created := time.Since(start)
 	var files time.Duration
 	want := strconv.Itoa(n + 2)
-	require.True(t, cluster.Poll(2*time.Minute, 100*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(2*time.Minute, 100*time.Millisecond, func() bool {
 		if files == 0 {
 			dirs, _ := filepath.Glob(s.n.hostPath("/etc/containerd/certs.d/r*.nodetrust.test:5000/hosts.toml"))
 			if len(dirs) == n {
@@ -693,7 +678,7 @@ func (s *story) memory() string {
 			}
 		}
 		a := s.nodeAnnotations()
-		return files != 0 && a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == want
+		return files != 0 && a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == want
 	}), "node not Ready with %s sources: %v", want, s.nodeAnnotations())
 	applied := time.Since(start)
 	if os.Getenv("NODETRUST_NODE_DEBUG") == "1" {
@@ -710,12 +695,12 @@ func (s *story) memory() string {
 			require.NoError(t, err)
 		}
 	}
-	require.True(t, cluster.Poll(2*time.Minute, 200*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(2*time.Minute, 200*time.Millisecond, func() bool {
 		a := s.nodeAnnotations()
-		return a[cluster.AnnState] == cluster.StateReady && a[cluster.AnnSources] == "2"
+		return a[harness.AnnState] == harness.StateReady && a[harness.AnnSources] == "2"
 	}), "node not back to 2 sources: %v", s.nodeAnnotations())
-	s.rep.note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
-	s.rep.note("agent memory with %d sources (%d Secrets created in %s; all their files on the node %s, the Node annotated %s after the first): %s", n+2, n, secs(created), secs(files), secs(applied), memLine(u1, w1, e1))
+	s.rep.Note("agent memory idle (2 sources): %s", memLine(u0, w0, e0))
+	s.rep.Note("agent memory with %d sources (%d Secrets created in %s; all their files on the node %s, the Node annotated %s after the first): %s", n+2, n, secs(created), secs(files), secs(applied), memLine(u1, w1, e1))
 	return fmt.Sprintf("idle %s; %d sources %s", mib(u0), n+2, mib(u1))
 }
 
@@ -728,14 +713,14 @@ func (s *story) uninstall(pristine map[string]string) string {
 	kubectl(t, s.c, "-n", agentNS, "rollout", "status", "ds/nodetrust", "--timeout=180s")
 	rolled := time.Since(t0)
 	var diffs []string
-	ok := cluster.Poll(2*time.Minute, 250*time.Millisecond, func() bool {
+	ok := harness.Poll(2*time.Minute, 250*time.Millisecond, func() bool {
 		diffs = snapshotDiff(pristine, trustSnapshot(t, s.n.root))
 		return len(diffs) == 0
 	})
 	require.True(t, ok, "the node root differs from before the install:\n%s", strings.Join(diffs, "\n"))
 	clean := time.Since(t0)
 	require.Empty(t, s.nodeAnnotations(), "the uninstall left nodetrust.io/ annotations")
-	require.True(t, cluster.Poll(30*time.Second, 200*time.Millisecond, func() bool { return s.trustCondition() == nil }),
+	require.True(t, harness.Poll(30*time.Second, 200*time.Millisecond, func() bool { return s.trustCondition() == nil }),
 		"the uninstall left the %s condition: %+v", conditionType, s.trustCondition())
 	f := filepath.Join(t.TempDir(), "uninstall.yaml")
 	require.NoError(t, os.WriteFile(f, []byte(rendered), 0o644))

@@ -13,12 +13,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
 	nodeName  = "node1"
-	agentNS   = cluster.AgentNamespace
+	agentNS   = harness.AgentNamespace
 	workNS    = "workload"
 	appName   = "app"
 	regSecret = "registry-tls"
@@ -27,7 +27,7 @@ const (
 // skipUnlessNode skips unless NODETRUST_REAL=1 and root.
 func skipUnlessNode(t *testing.T) {
 	t.Helper()
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	if os.Geteuid() != 0 {
 		t.Skip("test/node needs root (systemd-nspawn, cgroups, mounts)")
 	}
@@ -36,15 +36,15 @@ func skipUnlessNode(t *testing.T) {
 // story is the shared state of TestNodeStory's steps.
 type story struct {
 	t    *testing.T
-	c    *cluster.Cluster
+	c    *harness.Cluster
 	n    *node
 	reg  *registry
 	rep  *report
 	ctx  context.Context
 	imgs string // directory of built images
 
-	ca      *cluster.CA     // the registry's current CA
-	serving cluster.Serving // and its serving certificate
+	ca      *harness.CA     // the registry's current CA
+	serving harness.Serving // and its serving certificate
 }
 
 // agentImageTar is $NODETRUST_IMAGE_TAR (make image's bin/nodetrust-image.tar)
@@ -53,7 +53,7 @@ func (s *story) agentImageTar() string {
 	if p := os.Getenv("NODETRUST_IMAGE_TAR"); p != "" {
 		return p
 	}
-	return packImage(s.t, s.imgs, cluster.AgentBinary(s.t), agentImage)
+	return packImage(s.t, s.imgs, harness.Binary(s.t), agentImage)
 }
 
 // TestNodeStory is issue 12's story on one real node with Debian's
@@ -86,41 +86,41 @@ type storyOptions struct {
 
 func runStory(t *testing.T, o storyOptions) {
 	s := &story{t: t, rep: newReport(t, o.reportSuffix), ctx: context.Background(), imgs: t.TempDir()}
-	s.rep.note("node runtime: %s", o.runtime)
+	s.rep.Note("node runtime: %s", o.runtime)
 	var pauseBin string
-	s.rep.step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
+	s.rep.Step("control plane: etcd, kube-apiserver, controller-manager, scheduler", func() string {
 		s.c = startControlPlane(t)
 		return fmt.Sprintf("kube-apiserver /readyz %s", secs(s.c.APIReady))
 	})
-	s.rep.step("build the pause image (tools/image) and the agent image", func() string {
+	s.rep.Step("build the pause image (tools/image) and the agent image", func() string {
 		pauseBin = filepath.Join(s.imgs, "pause")
 		require.NoError(t, goBuild(".", "./pause", pauseBin))
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})
 	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.step("node: nspawn-booted Debian root, systemd, "+o.runtime+", images imported, kubelet", func() string {
+	s.rep.Step("node: nspawn-booted Debian root, systemd, "+o.runtime+", images imported, kubelet", func() string {
 		s.n = startNode(t, s.c, nodeName, nodeOptions{containerd: o.containerd, images: s.images(pauseTar)})
 		require.True(t, strings.HasPrefix(s.n.Runtime, o.runtimeVersion), "the Node runs %s, not %s", s.n.Runtime, o.runtimeVersion)
 		return fmt.Sprintf("%s up %s after nspawn; kubelet start -> Node Ready %s", s.n.Runtime, secs(s.n.Booted), secs(s.n.Ready))
 	})
 	var pristine map[string]string
-	s.rep.step("snapshot the node root's trust directories before nodetrust", func() string {
+	s.rep.Step("snapshot the node root's trust directories before nodetrust", func() string {
 		pristine = trustSnapshot(t, s.n.root)
 		return fmt.Sprintf("%d paths", len(pristine))
 	})
-	s.rep.step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
-	s.rep.step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
+	s.rep.Step("kubectl apply test/node/overlay/install; rollout status waits for the first sync", s.rollout)
+	s.rep.Step("a private-CA registry; the app Deployment sits in ErrImagePull with x509", func() string {
 		return s.untrustedPull(pauseTar)
 	})
-	s.rep.step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
-	s.rep.step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
-	s.rep.step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
+	s.rep.Step("label+annotate the registry's kubernetes.io/tls Secret: pod Running (5 rounds)", s.secretRounds)
+	s.rep.Step("rotation: the registry serves a new CA's certificate, the Secret follows", s.rotate)
+	s.rep.Step("host-trust source: containerd restarted by the node's systemd under a Lease", s.hostTrust)
 	if o.full {
-		s.rep.step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
-		s.rep.step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
+		s.rep.Step("delete the agent pod: the new pod writes nothing and patches nothing", s.restartAgent)
+		s.rep.Step("agent container memory (cgroup memory.usage_in_bytes): idle, 100 sources", s.memory)
 	}
-	s.rep.step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
+	s.rep.Step("kubectl apply test/node/overlay/uninstall: the node root is as it was", func() string {
 		return s.uninstall(pristine)
 	})
 }
@@ -139,10 +139,10 @@ func (s *story) rollout() string {
 	took := time.Since(start)
 	pod := s.agentPod()
 	ann := s.nodeAnnotations()
-	require.Equal(t, cluster.StateReady, ann[cluster.AnnState], "rollout done, so the first sync completed: %v", ann)
+	require.Equal(t, harness.StateReady, ann[harness.AnnState], "rollout done, so the first sync completed: %v", ann)
 	// The condition is patched through nodes/status beside the kubelet's own.
 	var cond *corev1.NodeCondition
-	require.True(t, cluster.Poll(10*time.Second, 100*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(10*time.Second, 100*time.Millisecond, func() bool {
 		cond = s.trustCondition()
 		return cond != nil && cond.Status == corev1.ConditionTrue
 	}), "no %s=True on the Node: %+v", conditionType, cond)

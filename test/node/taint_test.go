@@ -16,7 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // startupTaint is the key examples/deploy/startup-taint removes.
@@ -29,16 +29,16 @@ const startupTaint = "nodetrust.io/agent-not-ready"
 func TestNodeStartupTaint(t *testing.T) {
 	skipUnlessNode(t)
 	s := &story{t: t, rep: newReport(t, "-startup-taint"), ctx: context.Background(), imgs: t.TempDir()}
-	s.rep.note("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint)
+	s.rep.Note("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint)
 	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.step("control plane, pause and agent images", func() string {
+	s.rep.Step("control plane, pause and agent images", func() string {
 		s.c = startControlPlane(t)
 		pauseBin := filepath.Join(s.imgs, "pause")
 		require.NoError(t, goBuild(".", "./pause", pauseBin))
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})
-	s.rep.step("a cluster with nodetrust (overlay/startup-taint), the registry's Secret labelled, the app Deployment", func() string {
+	s.rep.Step("a cluster with nodetrust (overlay/startup-taint), the registry's Secret labelled, the app Deployment", func() string {
 		applyOverlay(t, s.c, "startup-taint")
 		s.startRegistry(pauseTar)
 		s.updateSecret(regSecret, s.makeSource)
@@ -47,7 +47,7 @@ func TestNodeStartupTaint(t *testing.T) {
 	})
 	var joined, removed time.Time
 	var filesFirst bool
-	s.rep.step("a node joins with the startup taint; the app pod is scheduled only after its removal", func() string {
+	s.rep.Step("a node joins with the startup taint; the app pod is scheduled only after its removal", func() string {
 		// From before the node exists, every 25 ms (watches are not
 		// reliable on this API server, see anyVersion): the Node as first
 		// seen, the moment the taint goes (and whether the CA was there
@@ -97,7 +97,7 @@ func TestNodeStartupTaint(t *testing.T) {
 		defer func() { close(done); <-stopped }()
 		s.n.start(t, s.c, o)
 		joined = s.n.startedKubelet
-		require.True(t, cluster.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
+		require.True(t, harness.Poll(2*time.Minute, 50*time.Millisecond, func() bool {
 			mu.Lock()
 			defer mu.Unlock()
 			return !bound.IsZero() && !removed.IsZero()
@@ -110,7 +110,7 @@ func TestNodeStartupTaint(t *testing.T) {
 		return fmt.Sprintf("kubelet start -> Node Ready %s; registered tainted; taint removed %s, app pod bound %s after the kubelet's start",
 			secs(s.n.Ready), secs(removed.Sub(joined)), secs(bound.Sub(joined)))
 	})
-	s.rep.step("the agent's first sync put the CA in place before it removed the taint", func() string {
+	s.rep.Step("the agent's first sync put the CA in place before it removed the taint", func() string {
 		require.True(t, filesFirst, "the taint was removed before the registry's CA was in %s", s.hostsDir())
 		kubectl(t, s.c, "-n", agentNS, "rollout", "status", "ds/nodetrust", "--timeout=60s")
 		cond := s.trustCondition()
@@ -118,9 +118,9 @@ func TestNodeStartupTaint(t *testing.T) {
 		require.Equal(t, corev1.ConditionTrue, cond.Status)
 		return fmt.Sprintf("the CA was in certs.d when the taint went; rollout complete; %s=%s (%s)", conditionType, cond.Status, cond.Reason)
 	})
-	s.rep.step("the app pod pulls on its first attempt and runs", func() string {
+	s.rep.Step("the app pod pulls on its first attempt and runs", func() string {
 		var p *corev1.Pod
-		require.True(t, cluster.Poll(60*time.Second, 50*time.Millisecond, func() bool {
+		require.True(t, harness.Poll(60*time.Second, 50*time.Millisecond, func() bool {
 			p = s.appPod()
 			return p != nil && p.Status.Phase == corev1.PodRunning
 		}), "the app pod does not run")
@@ -138,7 +138,7 @@ func TestNodeStartupTaint(t *testing.T) {
 		require.Equal(t, 1, pulls, "pull attempts")
 		return fmt.Sprintf("Running %s after the taint's removal; 1 pull, no failure events (pull %s)", secs(running), s.pullTime(p.Name))
 	})
-	s.rep.step("API server down, agent container killed: the kubelet restarts it and it says why it is not ready", s.apiDown)
+	s.rep.Step("API server down, agent container killed: the kubelet restarts it and it says why it is not ready", s.apiDown)
 }
 
 // tainted reports whether the Node carries the startup taint.
@@ -168,7 +168,7 @@ func (s *story) apiDown() string {
 	hc := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	defer hc.CloseIdleConnections()
 	var body, logLine string
-	ok := cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+	ok := harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		if logLine == "" {
 			logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
 			for _, l := range logs {
@@ -194,7 +194,7 @@ func (s *story) apiDown() string {
 	said := time.Since(t0)
 	require.NoError(t, s.c.StartAPIServer())
 	back := time.Now()
-	require.True(t, cluster.Poll(90*time.Second, 200*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		resp, err := hc.Get("http://127.0.0.1:9713/readyz")
 		if err != nil {
 			return false

@@ -20,9 +20,9 @@
 #
 # Measured on 2 shared cores: see test/e2e/README.md (layouts).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 VERSION="${CONTAINERD2_VERSION:-v2.2.4}"
-CACHE="${NODETRUST_CACHE:-$HOME/.cache/nodetrust}"
 DIR="$CACHE/containerd/$VERSION"
 BIN="$DIR/bin/containerd"
 
@@ -38,59 +38,26 @@ case "${1:-}" in
 	;;
 esac
 
-log() { printf 'containerd2-build.sh: %s\n' "$*" >&2; }
-
 if [[ -x "$BIN" ]]; then
 	log "cached: $BIN"
 	exit 0
 fi
 
-export GOFLAGS="${GOFLAGS:-} -p=2 -buildvcs=false"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export CGO_ENABLED=0
+go_build_env
 
 mkdir -p "$DIR/bin"
-exec 9>"$CACHE/containerd/.build.lock"
-if ! flock -n 9; then
-	log "another containerd2-build.sh holds $CACHE/containerd/.build.lock; waiting"
-	flock 9
-fi
+build_lock "$CACHE/containerd/.build.lock"
 if [[ -x "$BIN" ]]; then
 	log "built concurrently by another run: $BIN"
 	exit 0
 fi
 
 t_all=$(date +%s)
-timed() { # name cmd...
-	local name=$1 t0
-	shift
-	t0=$(date +%s)
-	"$@"
-	log "$name: $(($(date +%s) - t0)) s"
-}
 
 src="$DIR/src"
 mkdir -p "$src"
-if [[ ! -f "$src/.tidy-ok" ]]; then
-	log "preparing throwaway module in $src for github.com/containerd/containerd/v2 $VERSION"
-	cat >"$src/go.mod" <<EOF
-module nodetrust.test/containerd2build
-
-go 1.24.0
-
-require github.com/containerd/containerd/v2 $VERSION
-EOF
-	cat >"$src/tools.go" <<'EOF'
-//go:build tools
-
-package containerd2build
-
-import _ "github.com/containerd/containerd/v2/cmd/containerd"
-EOF
-	rm -f "$src/go.sum"
-	(cd "$src" && timed "go mod tidy (containerd $VERSION)" go mod tidy)
-	touch "$src/.tidy-ok"
-fi
+tool_module "$src" containerd2build github.com/containerd/containerd/v2 "$VERSION" \
+	github.com/containerd/containerd/v2/cmd/containerd containerd
 
 # containerd's Makefile sets these; `containerd --version` and the CRI
 # Version call report them.

@@ -15,16 +15,12 @@
 #   NODETRUST_DEBIAN_INCLUDE comma-separated --include list (changes the cache key)
 # Needs root and debootstrap (test/scripts/deps.sh installs it).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 SUITE=bookworm
 CACHE_VERSION=v1
 DEFAULT_INCLUDE=ca-certificates,openssl,curl,systemd,systemd-sysv,dbus
 
-log() { printf 'debian-root.sh: %s\n' "$*" >&2; }
-die() {
-	log "error: $*"
-	exit 1
-}
 
 # now_ms prints a monotonic-enough wall clock in milliseconds.
 now_ms() {
@@ -96,7 +92,6 @@ DEST=$1
 [[ $(id -u) -eq 0 ]] || die "must run as root (debootstrap and tar --same-owner)"
 
 INCLUDE=${NODETRUST_DEBIAN_INCLUDE:-$DEFAULT_INCLUDE}
-CACHE=${NODETRUST_CACHE:-$HOME/.cache/nodetrust}
 NAME="debian-root-$SUITE-$CACHE_VERSION"
 if [[ "$INCLUDE" != "$DEFAULT_INCLUDE" ]]; then
 	NAME="$NAME-$(printf '%s' "$INCLUDE" | sha256sum | cut -c1-8)"

@@ -20,7 +20,7 @@ PACKAGES=(
 	"$@"
 )
 
-log() { printf 'deps.sh: %s\n' "$*" >&2; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # A package counts as present only when dpkg says "install ok installed".
 # One dpkg-query call for all of them keeps the warm path fast.

@@ -17,10 +17,10 @@
 #
 # Cold build on 2 cores: about 15 min for everything (see test/cluster/README.md).
 set -euo pipefail
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 K8S_VERSION="${K8S_VERSION:-v1.34.4}"
 KWOK_VERSION="${KWOK_VERSION:-v0.7.0}"
-CACHE="${NODETRUST_CACHE:-$HOME/.cache/nodetrust}"
 K8S_DIR="$CACHE/k8s/$K8S_VERSION"
 KWOK_DIR="$CACHE/k8s/kwok-$KWOK_VERSION"
 K8S_BINS=(kube-apiserver kubectl kube-controller-manager kube-scheduler)
@@ -47,7 +47,6 @@ case "${1:-}" in
 	;;
 esac
 
-log() { printf 'k8s-build.sh: %s\n' "$*" >&2; }
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 all_present() {
@@ -67,30 +66,16 @@ if all_present; then
 	exit 0
 fi
 
-# 2 cores: keep parallelism (and peak memory) modest.
-export GOFLAGS="${GOFLAGS:-} -p=2 -buildvcs=false"
-export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
-export CGO_ENABLED=0
+go_build_env
 
 mkdir -p "$K8S_DIR/bin" "$KWOK_DIR/bin"
-exec 9>"$CACHE/k8s/.build.lock"
-if ! flock -n 9; then
-	log "another k8s-build.sh holds $CACHE/k8s/.build.lock; waiting"
-	flock 9
-fi
+build_lock "$CACHE/k8s/.build.lock"
 if all_present; then
 	log "built concurrently by another run; done"
 	exit 0
 fi
 
 t_all=$(date +%s)
-timed() { # name cmd...
-	local name=$1 t0
-	shift
-	t0=$(date +%s)
-	"$@"
-	log "$name: $(($(date +%s) - t0)) s"
-}
 
 # ---------------------------------------------------------------- kubernetes
 src="$K8S_DIR/src"
@@ -171,26 +156,7 @@ done
 if [[ ! -x "$KWOK_DIR/bin/kwok" ]]; then
 	ksrc="$KWOK_DIR/src"
 	mkdir -p "$ksrc"
-	if [[ ! -f "$ksrc/.tidy-ok" ]]; then
-		log "preparing throwaway module in $ksrc for sigs.k8s.io/kwok $KWOK_VERSION"
-		cat >"$ksrc/go.mod" <<EOF
-module nodetrust.test/kwokbuild
-
-go 1.24.0
-
-require sigs.k8s.io/kwok $KWOK_VERSION
-EOF
-		cat >"$ksrc/tools.go" <<'EOF'
-//go:build tools
-
-package kwokbuild
-
-import _ "sigs.k8s.io/kwok/cmd/kwok"
-EOF
-		rm -f "$ksrc/go.sum"
-		(cd "$ksrc" && timed "go mod tidy (kwok $KWOK_VERSION)" go mod tidy)
-		touch "$ksrc/.tidy-ok"
-	fi
+	tool_module "$ksrc" kwokbuild sigs.k8s.io/kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok
 	tmp="$KWOK_DIR/bin/.kwok.tmp.$$"
 	kl="-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION"
 	(cd "$ksrc" && timed "build kwok $KWOK_VERSION" go build -tags tools -trimpath -ldflags "$kl" -o "$tmp" sigs.k8s.io/kwok/cmd/kwok)

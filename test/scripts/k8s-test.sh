@@ -7,5 +7,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$here/k8s-build.sh"
-cd "$here/../cluster"
-NODETRUST_REAL=1 exec go test -count=1 -timeout 15m "$@" ./...
+cd "$here/.."
+NODETRUST_REAL=1 exec go test -count=1 -timeout 15m "$@" ./cluster/...

@@ -17,14 +17,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	cluster.CleanupAgentBinary()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { harness.Main(m) }
 
 // Units of the agent tests.
 const (
@@ -183,12 +179,12 @@ func restartSpans(evs []unitEvent, since time.Time) []restartSpan {
 // startDirAgent runs `nodetrust agent --source-dir dir` on the host against
 // the container's root and bus. It is stopped on cleanup; its log is printed
 // when the test failed.
-func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *cluster.Agent {
+func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *harness.Agent {
 	t.Helper()
-	bin := cluster.AgentBinary(t)
-	port, err := cluster.FreePort()
+	bin := harness.Binary(t)
+	port, err := harness.FreePort()
 	require.NoError(t, err)
-	a := &cluster.Agent{HealthAddr: fmt.Sprintf("127.0.0.1:%d", port)}
+	a := &harness.Agent{HealthAddr: fmt.Sprintf("127.0.0.1:%d", port)}
 	args := append([]string{"agent",
 		"--source-dir", dir,
 		"--host-root", c.root,
@@ -198,7 +194,7 @@ func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *clu
 	}, extra...)
 	logPath := filepath.Join(t.TempDir(), "agent.log")
 	a.Started = time.Now()
-	a.Proc, err = cluster.StartProc("nodetrust agent", logPath, bin, args...)
+	a.Proc, err = harness.StartProc("nodetrust agent", logPath, bin, args...)
 	require.NoError(t, err)
 	t.Logf("started %s", strings.Join(a.Proc.Args, " "))
 	t.Cleanup(func() {
@@ -213,7 +209,7 @@ func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *clu
 }
 
 // stopAgent stops an agent and requires a clean exit.
-func stopAgent(t *testing.T, a *cluster.Agent) {
+func stopAgent(t *testing.T, a *harness.Agent) {
 	t.Helper()
 	err, took, killed := a.Stop()
 	require.False(t, killed, "agent had to be killed")
@@ -222,7 +218,7 @@ func stopAgent(t *testing.T, a *cluster.Agent) {
 }
 
 // logsWith returns the agent's log lines whose msg is msg.
-func logsWith(a *cluster.Agent, msg string) []map[string]any {
+func logsWith(a *harness.Agent, msg string) []map[string]any {
 	lines, _ := a.LogLines()
 	var out []map[string]any
 	for _, l := range lines {
@@ -236,11 +232,11 @@ func logsWith(a *cluster.Agent, msg string) []map[string]any {
 // waitLog waits until the agent logged a line with msg, past the first skip
 // such lines, for which match holds; it returns the line and how many lines
 // with msg there were up to it.
-func waitLog(t testing.TB, a *cluster.Agent, msg string, skip int, timeout time.Duration, match func(map[string]any) bool) (map[string]any, int) {
+func waitLog(t testing.TB, a *harness.Agent, msg string, skip int, timeout time.Duration, match func(map[string]any) bool) (map[string]any, int) {
 	t.Helper()
 	var got map[string]any
 	n := 0
-	ok := cluster.Poll(timeout, 20*time.Millisecond, func() bool {
+	ok := harness.Poll(timeout, 20*time.Millisecond, func() bool {
 		lines := logsWith(a, msg)
 		for i := skip; i < len(lines); i++ {
 			if match(lines[i]) {
@@ -264,7 +260,7 @@ func waitLog(t testing.TB, a *cluster.Agent, msg string, skip int, timeout time.
 
 // settle waits until the agent logged no sync line and unit was neither
 // activating nor deactivating for 1.5 s.
-func settle(t testing.TB, a *cluster.Agent, c *container, unit string, timeout time.Duration) {
+func settle(t testing.TB, a *harness.Agent, c *container, unit string, timeout time.Duration) {
 	t.Helper()
 	const quiet = 1500 * time.Millisecond
 	deadline := time.Now().Add(timeout)
@@ -289,11 +285,11 @@ func num(l map[string]any, key string) float64 {
 }
 
 // restartsMetric reads nodetrust_runtime_restarts_total.
-func restartsMetric(t testing.TB, a *cluster.Agent) float64 {
+func restartsMetric(t testing.TB, a *harness.Agent) float64 {
 	t.Helper()
 	m, body, err := a.Metrics()
 	require.NoError(t, err)
-	v, ok := cluster.MetricSum(m, "nodetrust_runtime_restarts_total")
+	v, ok := harness.MetricSum(m, "nodetrust_runtime_restarts_total")
 	require.True(t, ok, "nodetrust_runtime_restarts_total missing from /metrics:\n%s", body)
 	return v
 }

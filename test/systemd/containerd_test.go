@@ -12,7 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -71,7 +71,7 @@ func (c *container) criConfigPath(t testing.TB, pid uint32) (string, bool) {
 func (c *container) waitCRIConfigPath(t testing.TB, pid uint32) string {
 	t.Helper()
 	var value string
-	ok := cluster.Poll(30*time.Second, 50*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
 		v, found := c.criConfigPath(t, pid)
 		value = v
 		return found
@@ -99,19 +99,19 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 // and the new containerd process runs with config_path set. --uninstall
 // then restores the original file byte for byte and restarts nothing.
 func TestAgentManagesContainerdConfig(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl", "containerd"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh", bin)
 	}
-	cluster.AgentBinary(t)
+	harness.Binary(t)
 
-	root := debianRoot(t)
+	root := harness.DebianRoot(t)
 	host, err := exec.LookPath("containerd")
 	require.NoError(t, err)
 	copyFile(t, host, filepath.Join(root, "usr/local/bin/containerd"), 0o755)
-	fixture, err := os.ReadFile(filepath.Join(testDir(t), "..", "..", "hostfiles", "containerd", "debian12-default.toml"))
+	fixture, err := os.ReadFile(filepath.Join(harness.RepoRoot(), "hostfiles", "containerd", "debian12-default.toml"))
 	require.NoError(t, err)
 	original := string(fixture) + snapshotterNative
 	writeFile(t, root, "etc/containerd/config.toml", original)
@@ -127,7 +127,7 @@ func TestAgentManagesContainerdConfig(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "sources")
 	require.NoError(t, os.Mkdir(src, 0o755))
-	ca := cluster.NewCA("nodetrust containerd config test CA")
+	ca := harness.NewCA("nodetrust containerd config test CA")
 	const reg = "registry.example:5000"
 
 	step := func(name string, f func(t *testing.T)) {

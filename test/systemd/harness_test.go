@@ -7,9 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -20,47 +18,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
-
-// requireReal skips the test unless the real-component suites were asked for.
-func requireReal(t *testing.T) {
-	t.Helper()
-	if os.Getenv("NODETRUST_REAL") != "1" {
-		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh) to run it")
-	}
-}
-
-// requireRoot skips the test unless it runs as root (tar --same-owner,
-// systemd-nspawn).
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("real-component test needs root (tar --same-owner, systemd-nspawn)")
-	}
-}
-
-// testDir is the directory of this package's sources (go test's working dir).
-func testDir(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("runtime.Caller failed")
-	}
-	return filepath.Dir(file)
-}
-
-// debianRoot extracts a fresh Debian bookworm root (cached by
-// test/scripts/debian-root.sh, with systemd, systemd-sysv and dbus) into a
-// temporary directory and returns it.
-func debianRoot(t *testing.T) string {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "root")
-	start := time.Now()
-	require.NoError(t, cluster.DebianRoot(root))
-	t.Logf("Debian root extracted in %s", time.Since(start).Round(time.Millisecond))
-	return root
-}
 
 // writeFile writes content to path (relative to root), creating directories.
 func writeFile(t *testing.T, root, path, content string) {
@@ -156,7 +115,7 @@ func (c *container) waitBooted(t *testing.T) {
 			t.Fatalf("container not running after 60 s (leader %d, SystemState %q)\n%s", c.leader, state, c.consoleOutput())
 		}
 		if c.leader == 0 {
-			c.leader = leaderPID(c.nspawn.Process.Pid)
+			c.leader = harness.LeaderPID(c.nspawn.Process.Pid)
 			if c.leader != 0 {
 				c.address = fmt.Sprintf("unix:path=/proc/%d/root/run/dbus/system_bus_socket", c.leader)
 			}
@@ -183,48 +142,6 @@ func (c *container) waitBooted(t *testing.T) {
 	t.Logf("booted: nspawn PID %d, container PID 1 = host PID %d, SystemState %q after %s; bus %s",
 		c.nspawn.Process.Pid, c.leader, state, c.booted.Round(time.Millisecond), c.address)
 	require.Equal(t, "running", state, "no unit may have failed during boot")
-}
-
-// leaderPID returns the host PID of the container's PID 1: the descendant of
-// nspawn whose PID in its own namespace is 1, or 0 if there is none yet.
-func leaderPID(nspawn int) int {
-	queue := []int{nspawn}
-	for len(queue) > 0 {
-		pid := queue[0]
-		queue = queue[1:]
-		if pid != nspawn && nsPIDIsOne(pid) {
-			return pid
-		}
-		tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/children", pid))
-		for _, f := range tasks {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				continue
-			}
-			for _, field := range strings.Fields(string(b)) {
-				if child, err := strconv.Atoi(field); err == nil {
-					queue = append(queue, child)
-				}
-			}
-		}
-	}
-	return 0
-}
-
-// nsPIDIsOne reports whether pid is PID 1 of a nested PID namespace
-// ("NSpid:\t<host pid>\t1" in /proc/PID/status).
-func nsPIDIsOne(pid int) bool {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "NSpid:"); ok {
-			f := strings.Fields(rest)
-			return len(f) > 1 && f[len(f)-1] == "1"
-		}
-	}
-	return false
 }
 
 // consoleOutput is the console log so far.
@@ -345,7 +262,7 @@ func privateCgroups(name string) ([]string, error) {
 		seen[key] = true
 		dir := filepath.Join(mf[4], rel, name)
 		if err := os.Mkdir(dir, 0o755); err != nil {
-			removeCgroupDirs(dirs)
+			harness.RemoveCgroups(dirs)
 			return nil, err
 		}
 		dirs = append(dirs, dir)
@@ -358,7 +275,7 @@ func privateCgroups(name string) ([]string, error) {
 func removeCgroups(t *testing.T, dirs []string) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		left := removeCgroupDirs(dirs)
+		left := harness.RemoveCgroups(dirs)
 		if len(left) == 0 {
 			return
 		}
@@ -368,25 +285,4 @@ func removeCgroups(t *testing.T, dirs []string) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-}
-
-// removeCgroupDirs removes cgroup directories deepest first and returns
-// those that are still there.
-func removeCgroupDirs(dirs []string) (left []string) {
-	for _, top := range dirs {
-		var all []string
-		_ = filepath.WalkDir(top, func(p string, d os.DirEntry, err error) error {
-			if err == nil && d.IsDir() {
-				all = append(all, p)
-			}
-			return nil
-		})
-		for i := len(all) - 1; i >= 0; i-- {
-			_ = syscall.Rmdir(all[i])
-		}
-		if _, err := os.Stat(top); err == nil {
-			left = append(left, top)
-		}
-	}
-	return left
 }

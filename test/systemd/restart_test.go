@@ -11,7 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // TestAgentRestartsOnlyOnTrustStoreChange runs the real agent binary on the
@@ -21,15 +21,15 @@ import (
 // change must restart containerd.service exactly once; a failing restart
 // degrades the node; --restart=never leaves it Pending.
 func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh (systemd-container)", bin)
 	}
-	cluster.AgentBinary(t) // build before anything is timed
+	harness.Binary(t) // build before anything is timed
 
-	root := debianRoot(t)
+	root := harness.DebianRoot(t)
 	writeFile(t, root, "etc/systemd/system/containerd.service", containerdUnit)
 	writeFile(t, root, "etc/systemd/system/broken.service", brokenUnit)
 	enable(t, root, "containerd.service")
@@ -41,8 +41,8 @@ func TestAgentRestartsOnlyOnTrustStoreChange(t *testing.T) {
 
 	src := filepath.Join(t.TempDir(), "sources")
 	require.NoError(t, os.Mkdir(src, 0o755))
-	ca1, ca2, ca3 := cluster.NewCA("nodetrust restart test CA 1"), cluster.NewCA("nodetrust restart test CA 2"),
-		cluster.NewCA("nodetrust restart test CA 3")
+	ca1, ca2, ca3 := harness.NewCA("nodetrust restart test CA 1"), harness.NewCA("nodetrust restart test CA 2"),
+		harness.NewCA("nodetrust restart test CA 3")
 	const (
 		unit     = "containerd.service"
 		reg1     = "registry-1.example:5000"

@@ -18,7 +18,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // Annotations the agent patches onto its Node (pkg/agent/cluster.go).
@@ -39,16 +39,16 @@ const (
 // show at most --max-concurrent-restarts restarts at any instant, and all ten
 // must finish within a bound.
 func TestRestartSlotsAcrossNodes(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	for _, bin := range []string{"systemd-nspawn", "journalctl"} {
 		_, err := exec.LookPath(bin)
 		require.NoError(t, err, "%s missing: run test/scripts/deps.sh (systemd-container)", bin)
 	}
-	if _, err := os.Stat(cluster.K8sBin("kube-apiserver")); err != nil {
+	if _, err := os.Stat(harness.K8sBin("kube-apiserver")); err != nil {
 		t.Skipf("kube-apiserver missing (%v): run test/scripts/k8s-build.sh first", err)
 	}
-	cluster.AgentBinary(t)
+	harness.Binary(t)
 
 	const nodes = 10
 	setup := time.Now()
@@ -77,7 +77,7 @@ func TestRestartSlotsAcrossNodes(t *testing.T) {
 		t.Logf("node-%d: PID 1 = host PID %d, cgroups %s", i, c.leader, strings.Join(strings.Fields(string(b)), " "))
 	}
 
-	cl := cluster.NewCluster(t)
+	cl := harness.NewCluster(t)
 	_, err := cl.ApplyDeploy()
 	require.NoError(t, err)
 	kubeconfig := cl.AgentKubeconfig(t, t.TempDir())
@@ -89,7 +89,7 @@ func TestRestartSlotsAcrossNodes(t *testing.T) {
 	t.Logf("setup: %d roots extracted in %s, booted in %s; cluster up, deploy/ applied; all in %s",
 		nodes, extracted.Round(time.Millisecond), booted.Round(time.Millisecond), time.Since(setup).Round(time.Millisecond))
 
-	cas := []*cluster.CA{cluster.NewCA("nodetrust slots test CA 1"), cluster.NewCA("nodetrust slots test CA 2")}
+	cas := []*harness.CA{harness.NewCA("nodetrust slots test CA 1"), harness.NewCA("nodetrust slots test CA 2")}
 	var summary []string
 	for k, n := range []int{1, 3} {
 		ok := t.Run(fmt.Sprintf("N=%d", n), func(t *testing.T) {
@@ -105,7 +105,7 @@ func TestRestartSlotsAcrossNodes(t *testing.T) {
 // restartCycle starts one agent per node with --max-concurrent-restarts n,
 // creates (first) or rotates the host-trust Secret and checks the restarts
 // that follow. It returns a one-line summary.
-func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*container, names []string, n int, ca *cluster.CA, create bool) string {
+func restartCycle(t *testing.T, cl *harness.Cluster, kubeconfig string, cs []*container, names []string, n int, ca *harness.CA, create bool) string {
 	ctx := context.Background()
 	const (
 		unit     = "containerd.service"
@@ -117,11 +117,11 @@ func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*co
 		// `update-ca-certificates --fresh` at once take ~100 s on 2 CPUs.
 		overall = 5 * time.Minute
 	)
-	agents := make([]*cluster.Agent, len(cs))
+	agents := make([]*harness.Agent, len(cs))
 	pids := make([]uint32, len(cs))
 	for i, c := range cs {
 		pids[i] = c.mainPID(t, unit)
-		agents[i] = cluster.StartAgent(t, cluster.AgentOptions{
+		agents[i] = harness.StartAgent(t, harness.AgentOptions{
 			Kubeconfig: kubeconfig,
 			Node:       names[i],
 			Root:       c.root,
@@ -154,21 +154,21 @@ func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*co
 	go func() { defer wg.Done(); nodeObs.run(obsCtx, cl, 100*time.Millisecond) }()
 	defer func() { stopObs(); wg.Wait() }()
 
-	secret := cluster.Secret(cluster.AgentNamespace, "restart-ca", ca.PEM, registry)
+	secret := harness.Secret(harness.AgentNamespace, "restart-ca", ca.PEM, registry)
 	secret.Annotations["nodetrust.io/host-trust"] = "true"
 	t0 := time.Now()
 	if create {
-		_, err := cl.Admin.CoreV1().Secrets(cluster.AgentNamespace).Create(ctx, secret, metav1.CreateOptions{})
+		_, err := cl.Admin.CoreV1().Secrets(harness.AgentNamespace).Create(ctx, secret, metav1.CreateOptions{})
 		require.NoError(t, err)
 	} else {
-		_, err := cl.Admin.CoreV1().Secrets(cluster.AgentNamespace).Update(ctx, secret, metav1.UpdateOptions{})
+		_, err := cl.Admin.CoreV1().Secrets(harness.AgentNamespace).Update(ctx, secret, metav1.UpdateOptions{})
 		require.NoError(t, err)
 	}
 
 	// Every agent logs one "restarted" line.
 	var restarted []map[string]any
 	var missing []string
-	done := cluster.Poll(overall, 100*time.Millisecond, func() bool {
+	done := harness.Poll(overall, 100*time.Millisecond, func() bool {
 		restarted, missing = make([]map[string]any, len(agents)), nil
 		for i, a := range agents {
 			if l := logsWith(a, "restarted"); len(l) > 0 {
@@ -233,7 +233,7 @@ func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*co
 		require.NoError(t, err)
 		m, _, err := agents[i].Metrics()
 		require.NoError(t, err)
-		v, _ := cluster.MetricSum(m, "nodetrust_runtime_restarts_total")
+		v, _ := harness.MetricSum(m, "nodetrust_runtime_restarts_total")
 		require.Equal(t, 1.0, v, "%s: nodetrust_runtime_restarts_total", names[i])
 		require.True(t, bundleHolds(t, c.root, derOf(ca.PEM)), "%s: CA in the trust bundle", names[i])
 		rows[i] = row{node: names[i], span: sp[0], firstPending: nodeObs.firstPending[names[i]], logged: logged,
@@ -301,7 +301,7 @@ func restartCycle(t *testing.T, cl *cluster.Cluster, kubeconfig string, cs []*co
 	require.NotEmpty(t, nodeObs.firstPending, "no Node was ever seen Pending waiting for a restart slot")
 
 	// Every turn went through a Lease; all slots are free again.
-	leases, err := cl.Admin.CoordinationV1().Leases(cluster.AgentNamespace).List(ctx, metav1.ListOptions{})
+	leases, err := cl.Admin.CoordinationV1().Leases(harness.AgentNamespace).List(ctx, metav1.ListOptions{})
 	require.NoError(t, err)
 	var slotNames []string
 	for _, l := range leases.Items {
@@ -350,7 +350,7 @@ func debianRoots(t *testing.T, n, parallel int) []string {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			start := time.Now()
-			errs[i] = cluster.DebianRoot(roots[i])
+			errs[i] = harness.ExtractDebianRoot(roots[i])
 			took[i] = time.Since(start)
 		}()
 	}
@@ -364,9 +364,9 @@ func debianRoots(t *testing.T, n, parallel int) []string {
 }
 
 // leaseTransitions sums leaseTransitions of the restart slot Leases.
-func leaseTransitions(t *testing.T, cl *cluster.Cluster) int32 {
+func leaseTransitions(t *testing.T, cl *harness.Cluster) int32 {
 	t.Helper()
-	leases, err := cl.Admin.CoordinationV1().Leases(cluster.AgentNamespace).List(context.Background(), metav1.ListOptions{})
+	leases, err := cl.Admin.CoordinationV1().Leases(harness.AgentNamespace).List(context.Background(), metav1.ListOptions{})
 	require.NoError(t, err)
 	var sum int32
 	for _, l := range leases.Items {
@@ -503,7 +503,7 @@ type nodeWatch struct {
 	pendingMsg   map[string]string
 }
 
-func (w *nodeWatch) run(ctx context.Context, cl *cluster.Cluster, every time.Duration) {
+func (w *nodeWatch) run(ctx context.Context, cl *harness.Cluster, every time.Duration) {
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {

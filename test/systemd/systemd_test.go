@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/nodetrust/nodetrust/pkg/systemd"
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // Units written into the Debian root before it boots.
@@ -73,12 +74,12 @@ WantedBy=multi-user.target
 // drives pkg/systemd against it from the host, over the container's system
 // bus.
 func TestRealSystemd(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, systemd-nspawn")
 	_, err := exec.LookPath("systemd-nspawn")
 	require.NoError(t, err, "systemd-nspawn missing: run test/scripts/deps.sh (systemd-container)")
 
-	root := debianRoot(t)
+	root := harness.DebianRoot(t)
 	writeFile(t, root, "etc/systemd/system/containerd.service", containerdUnit)
 	writeFile(t, root, "etc/systemd/system/broken.service", brokenUnit)
 	writeFile(t, root, "etc/systemd/system/slow.service", slowUnit)

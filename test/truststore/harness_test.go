@@ -2,130 +2,28 @@ package truststore
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sort"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // chrootPath is the PATH given to every process run inside a Debian root.
 const chrootPath = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-// requireReal skips the test unless the real-component suites were asked for.
-func requireReal(t *testing.T) {
-	t.Helper()
-	if os.Getenv("NODETRUST_REAL") != "1" {
-		t.Skip("real-component test: set NODETRUST_REAL=1 (after test/scripts/deps.sh) to run it")
-	}
-}
-
-// requireRoot skips the test unless it runs as root (debootstrap, chroot).
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Skip("real-component test needs root (tar --same-owner, chroot)")
-	}
-}
-
-// testDir is the directory of this package's sources (go test's working dir).
-func testDir(t *testing.T) string {
-	t.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		t.Fatal("runtime.Caller failed")
-	}
-	return filepath.Dir(file)
-}
-
-// repoRoot is the nodetrust repository root, two levels above this package.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	return filepath.Clean(filepath.Join(testDir(t), "..", ".."))
-}
-
-var (
-	binOnce sync.Once
-	binPath string
-	binErr  error
-	binDir  string
-)
-
-// TestMain removes the shared build directory after all tests ran.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if binDir != "" {
-		_ = os.RemoveAll(binDir)
-	}
-	os.Exit(code)
-}
-
-// nodetrustBin returns $NODETRUST_BIN, or builds ./cmd/nodetrust once per run.
-func nodetrustBin(t *testing.T) string {
-	t.Helper()
-	binOnce.Do(func() {
-		if p := os.Getenv("NODETRUST_BIN"); p != "" {
-			binPath, binErr = filepath.Abs(p)
-			return
-		}
-		dir, err := os.MkdirTemp("", "nodetrust-bin-")
-		if err != nil {
-			binErr = err
-			return
-		}
-		binDir = dir
-		binPath = filepath.Join(dir, "nodetrust")
-		start := time.Now()
-		cmd := exec.Command("go", "build", "-o", binPath, "./cmd/nodetrust")
-		cmd.Dir = repoRoot(t)
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			binErr = fmt.Errorf("go build ./cmd/nodetrust in %s: %v\n%s", cmd.Dir, err, out)
-			return
-		}
-		t.Logf("built nodetrust in %s", time.Since(start).Round(time.Millisecond))
-	})
-	if binErr != nil {
-		t.Fatal(binErr)
-	}
-	return binPath
-}
-
-// debianRoot extracts a fresh Debian bookworm root (cached by
-// test/scripts/debian-root.sh) into a temporary directory and returns it.
-func debianRoot(t *testing.T) string {
-	t.Helper()
-	root := filepath.Join(t.TempDir(), "root")
-	script := filepath.Join(testDir(t), "..", "scripts", "debian-root.sh")
-	start := time.Now()
-	cmd := exec.Command("bash", script, root)
-	out, err := cmd.CombinedOutput()
-	t.Logf("debian-root.sh (%s):\n%s", time.Since(start).Round(time.Millisecond), strings.TrimSpace(string(out)))
-	if err != nil {
-		t.Fatalf("debian-root.sh %s: %v", root, err)
-	}
-	return root
-}
 
 // result is the outcome of one nodetrust run.
 type result struct {
@@ -175,52 +73,13 @@ type pki struct {
 
 func newPKI(t *testing.T, cn string) pki {
 	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := harness.NewCA(cn)
+	leaf := ca.Serving("127.0.0.1", "localhost")
+	pair, err := tls.X509KeyPair(leaf.CertPEM, leaf.KeyPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(now.UnixNano()),
-		Subject:               pkix.Name{CommonName: cn, Organization: []string{"nodetrust test"}},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ca, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leafTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(now.UnixNano() + 1),
-		Subject:      pkix.Name{CommonName: "127.0.0.1"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		DNSNames:     []string{"localhost"},
-	}
-	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, ca, &leafKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pki{
-		caDER:   caDER,
-		caPEM:   pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}),
-		leafPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leafDER}),
-		leaf:    tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: leafKey},
-	}
+	return pki{caDER: ca.Cert.Raw, caPEM: ca.PEM, leafPEM: leaf.CertPEM, leaf: pair}
 }
 
 // secretManifest is a labelled Secret that asks for host trust of caPEM.
@@ -296,33 +155,20 @@ func snapshot(t *testing.T, root string, dirs ...string) map[string]entry {
 	snap := map[string]entry{}
 	for _, dir := range dirs {
 		base := filepath.Join(root, dir)
-		err := filepath.WalkDir(base, func(path string, d fs.DirEntry, err error) error {
-			if err != nil {
-				return err
-			}
-			info, err := d.Info()
-			if err != nil {
-				return err
-			}
-			e := entry{mode: info.Mode(), modTime: info.ModTime()}
-			switch {
-			case info.Mode()&fs.ModeSymlink != 0:
-				e.sum, err = os.Readlink(path)
-			case info.Mode().IsRegular():
-				var data []byte
-				data, err = os.ReadFile(path)
-				h := sha256.Sum256(data)
-				e.sum = hex.EncodeToString(h[:])
-			}
-			if err != nil {
-				return err
-			}
-			rel, _ := filepath.Rel(root, path)
-			snap[rel] = e
-			return nil
-		})
+		tree, err := harness.Walk(base)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			t.Fatalf("walking %s: %v", base, err)
+		}
+		for rel, e := range tree {
+			en := entry{mode: e.Mode, modTime: e.ModTime}
+			switch {
+			case e.Mode&fs.ModeSymlink != 0:
+				en.sum = e.Content
+			case e.Mode.IsRegular():
+				h := sha256.Sum256([]byte(e.Content))
+				en.sum = hex.EncodeToString(h[:])
+			}
+			snap[filepath.Join(dir, filepath.FromSlash(rel))] = en
 		}
 	}
 	return snap

@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 const (
@@ -25,10 +27,10 @@ const (
 // root, checks the root's own tools now trust the CA, applies it again (no
 // change), then applies an empty set and checks the trust is gone again.
 func TestDebianHostTrust(t *testing.T) {
-	requireReal(t)
-	requireRoot(t)
-	bin := nodetrustBin(t)
-	root := debianRoot(t)
+	harness.SkipUnlessReal(t)
+	harness.SkipUnlessRoot(t, "tar --same-owner, chroot")
+	bin := harness.Binary(t)
+	root := harness.DebianRoot(t)
 	p := newPKI(t, "nodetrust host-trust test CA")
 
 	// A TLS server on loopback with the leaf: curl inside the root (same
@@ -146,8 +148,8 @@ func TestDebianHostTrust(t *testing.T) {
 // is never followed out of the host root (this machine is Debian, so a naive
 // read would install anchors).
 func TestImmutableOrUnknownOSHostTrust(t *testing.T) {
-	requireReal(t)
-	bin := nodetrustBin(t)
+	harness.SkipUnlessReal(t)
+	bin := harness.Binary(t)
 	p := newPKI(t, "nodetrust unsupported-OS test CA")
 
 	talos := "NAME=\"Talos\"\nID=talos\nVERSION_ID=v1.7.6\nPRETTY_NAME=\"Talos (v1.7.6)\"\n"

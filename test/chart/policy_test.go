@@ -1,6 +1,6 @@
 package chart
 
-// The Own-Node admission policy on a real kube-apiserver (test/cluster's
+// The Own-Node admission policy on a real kube-apiserver (test/harness's
 // harness): deploy/ and deploy/admission applied with kubectl, a Pod of the
 // agent's ServiceAccount bound to Node a, and a TokenRequest token bound to
 // that Pod, as the kubelet mounts it into the agent's container.
@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	authenticationv1 "k8s.io/api/authentication/v1"
@@ -37,13 +37,13 @@ const (
 
 // boundToken creates a Pod of the agent's ServiceAccount on node (no
 // kubelet runs it) and returns a token bound to that Pod.
-func boundToken(t *testing.T, c *cluster.Cluster, ns, node string) string {
+func boundToken(t *testing.T, c *harness.Cluster, ns, node string) string {
 	t.Helper()
 	ctx := context.Background()
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Name: "agent-" + node, Namespace: ns},
 		Spec: corev1.PodSpec{
-			ServiceAccountName: cluster.AgentServiceAccount,
+			ServiceAccountName: harness.AgentServiceAccount,
 			NodeName:           node,
 			Containers:         []corev1.Container{{Name: "agent", Image: "ghcr.io/nodetrust/nodetrust:latest"}},
 		},
@@ -57,7 +57,7 @@ func boundToken(t *testing.T, c *cluster.Cluster, ns, node string) string {
 		_ = c.Admin.CoreV1().Pods(ns).Delete(context.Background(), pod.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 	})
 	secs := int64(3600)
-	tr, err := c.Admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, cluster.AgentServiceAccount, &authenticationv1.TokenRequest{
+	tr, err := c.Admin.CoreV1().ServiceAccounts(ns).CreateToken(ctx, harness.AgentServiceAccount, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{
 			ExpirationSeconds: &secs,
 			BoundObjectRef:    &authenticationv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: pod.Name, UID: pod.UID},
@@ -67,7 +67,7 @@ func boundToken(t *testing.T, c *cluster.Cluster, ns, node string) string {
 	return tr.Status.Token
 }
 
-func tokenClient(t *testing.T, c *cluster.Cluster, token string) *kubernetes.Clientset {
+func tokenClient(t *testing.T, c *harness.Cluster, token string) *kubernetes.Clientset {
 	t.Helper()
 	cs, err := kubernetes.NewForConfig(&rest.Config{Host: c.Server, BearerToken: token, TLSClientConfig: rest.TLSClientConfig{CAData: c.CAPEM}})
 	require.NoError(t, err)
@@ -110,7 +110,7 @@ func condition(node, typ, status string) patch {
 
 // createNodes creates Nodes a and b with a label, a foreign annotation, a
 // Ready condition and a taint each, as a kubelet would have.
-func createNodes(t *testing.T, c *cluster.Cluster, startupTaint string, names ...string) {
+func createNodes(t *testing.T, c *harness.Cluster, startupTaint string, names ...string) {
 	t.Helper()
 	ctx := context.Background()
 	for _, name := range names {
@@ -136,7 +136,7 @@ func createNodes(t *testing.T, c *cluster.Cluster, startupTaint string, names ..
 func waitPolicy(t *testing.T, agent *kubernetes.Clientset, foreign string) {
 	t.Helper()
 	var last error
-	ok := cluster.Poll(30*time.Second, 200*time.Millisecond, func() bool {
+	ok := harness.Poll(30*time.Second, 200*time.Millisecond, func() bool {
 		last = annotate(foreign, "nodetrust.io/probe", "1").do(agent)
 		return deniedByPolicy(last)
 	})
@@ -165,7 +165,7 @@ func untaint(node, key string) func(cs *kubernetes.Clientset) error {
 // grantNodeStatus lets the agent's ServiceAccount patch nodes/status (for
 // its NodeTrustReady condition) when deploy/'s ClusterRole does not yet, so
 // that the policy, not RBAC, is what the status cases meet.
-func grantNodeStatus(t *testing.T, c *cluster.Cluster) {
+func grantNodeStatus(t *testing.T, c *harness.Cluster) {
 	t.Helper()
 	ctx := context.Background()
 	cr, err := c.Admin.RbacV1().ClusterRoles().Get(ctx, "nodetrust", metav1.GetOptions{})
@@ -184,7 +184,7 @@ func grantNodeStatus(t *testing.T, c *cluster.Cluster) {
 	_, err = c.Admin.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{
 		ObjectMeta: metav1.ObjectMeta{Name: "nodetrust-test-status"},
 		RoleRef:    rbacv1.RoleRef{APIGroup: "rbac.authorization.k8s.io", Kind: "ClusterRole", Name: "nodetrust-test-status"},
-		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: cluster.AgentServiceAccount, Namespace: cluster.AgentNamespace}},
+		Subjects:   []rbacv1.Subject{{Kind: "ServiceAccount", Name: harness.AgentServiceAccount, Namespace: harness.AgentNamespace}},
 	}, metav1.CreateOptions{})
 	require.NoError(t, err)
 }
@@ -193,10 +193,10 @@ func grantNodeStatus(t *testing.T, c *cluster.Cluster) {
 // type-checked every expression of the
 // policy against the Node schema without a warning (a misspelt field would
 // show here, not as a denial).
-func requireTypeChecked(t *testing.T, c *cluster.Cluster) {
+func requireTypeChecked(t *testing.T, c *harness.Cluster) {
 	t.Helper()
 	var vap *admissionregistrationv1.ValidatingAdmissionPolicy
-	require.True(t, cluster.Poll(20*time.Second, 200*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(20*time.Second, 200*time.Millisecond, func() bool {
 		var err error
 		vap, err = c.Admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(context.Background(), policyName, metav1.GetOptions{})
 		return err == nil && vap.Status.TypeChecking != nil
@@ -230,16 +230,16 @@ func runPolicyCases(t *testing.T, agent *kubernetes.Clientset, cases map[string]
 // Node). The real agent, with the same token and --startup-taint, runs a
 // sync, reports on its Node and removes the taint.
 func TestOwnNodePolicy(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	t.Parallel()
-	c := cluster.NewCluster(t)
+	c := harness.NewCluster(t)
 	_, err := c.ApplyDeploy()
 	require.NoError(t, err)
 	out, err := c.Kubectl("apply", "-k", filepath.Join(RepoRoot(), "deploy", "admission"))
 	require.NoError(t, err, out)
 	grantNodeStatus(t, c)
 	createNodes(t, c, startupTaint, "node-a", "node-b")
-	tok := boundToken(t, c, cluster.AgentNamespace, "node-a")
+	tok := boundToken(t, c, harness.AgentNamespace, "node-a")
 	agent := tokenClient(t, c, tok)
 
 	// kube-apiserver v1.34 puts the Pod's node into the token (and into
@@ -285,15 +285,15 @@ func TestOwnNodePolicy(t *testing.T) {
 
 	// The agent itself, with this token, applies a source and reports.
 	ctx := context.Background()
-	ca := cluster.NewCA("policy-ca")
-	_, err = c.Admin.CoreV1().Secrets(cluster.AgentNamespace).Create(ctx, cluster.Secret(cluster.AgentNamespace, "policy-ca", ca.PEM, "registry.example:5000"), metav1.CreateOptions{})
+	ca := harness.NewCA("policy-ca")
+	_, err = c.Admin.CoreV1().Secrets(harness.AgentNamespace).Create(ctx, harness.Secret(harness.AgentNamespace, "policy-ca", ca.PEM, "registry.example:5000"), metav1.CreateOptions{})
 	require.NoError(t, err)
 	kc := filepath.Join(t.TempDir(), "agent.kubeconfig")
-	require.NoError(t, cluster.WriteKubeconfig(kc, c.Server, c.CAPEM, tok, cluster.AgentNamespace))
-	a := cluster.StartAgent(t, cluster.AgentOptions{Kubeconfig: kc, Node: "node-a", Root: cluster.NewHostRoot(t), Extra: []string{"--verify=false", "--startup-taint", startupTaint}})
+	require.NoError(t, harness.WriteKubeconfig(kc, c.Server, c.CAPEM, tok, harness.AgentNamespace))
+	a := harness.StartAgent(t, harness.AgentOptions{Kubeconfig: kc, Node: "node-a", Root: harness.NewHostRoot(t), Extra: []string{"--verify=false", "--startup-taint", startupTaint}})
 	a.WaitReady(t, 30*time.Second)
 	var n *corev1.Node
-	require.True(t, cluster.Poll(20*time.Second, 100*time.Millisecond, func() bool {
+	require.True(t, harness.Poll(20*time.Second, 100*time.Millisecond, func() bool {
 		n, err = c.Admin.CoreV1().Nodes().Get(ctx, "node-a", metav1.GetOptions{})
 		return err == nil && n.Annotations["nodetrust.io/state"] == "Ready" && n.Annotations["nodetrust.io/sources"] == "1" &&
 			slices.ContainsFunc(n.Status.Conditions, func(c corev1.NodeCondition) bool {
@@ -316,11 +316,11 @@ func TestOwnNodePolicy(t *testing.T) {
 // the plugin, and `kubectl nodetrust status` reads the Nodes through
 // $KUBECONFIG: node-a (its agent reported) Ready, exit 0; with node-b (no
 // agent) exit 1.
-func pluginStatus(t *testing.T, c *cluster.Cluster) {
+func pluginStatus(t *testing.T, c *harness.Cluster) {
 	dir := t.TempDir()
-	require.NoError(t, os.Symlink(cluster.AgentBinary(t), filepath.Join(dir, "kubectl-nodetrust")))
+	require.NoError(t, os.Symlink(harness.Binary(t), filepath.Join(dir, "kubectl-nodetrust")))
 	kubectl := func(args ...string) (string, error) {
-		cmd := exec.Command(cluster.K8sBin("kubectl"), args...)
+		cmd := exec.Command(harness.K8sBin("kubectl"), args...)
 		cmd.Env = append(os.Environ(), "PATH="+dir+":"+os.Getenv("PATH"), "KUBECONFIG="+c.AdminKubeconfig)
 		out, err := cmd.CombinedOutput()
 		return string(out), err

@@ -8,7 +8,7 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -87,11 +87,11 @@ func TestRestrictedCapabilities(t *testing.T) {
 	if err != nil {
 		t.Skip("setpriv (util-linux) missing")
 	}
-	bin := cluster.AgentBinary(t)
-	ca := cluster.NewCA("restricted-ca")
+	bin := harness.Binary(t)
+	ca := harness.NewCA("restricted-ca")
 	const reg = "registry.example:5000"
 	src := t.TempDir()
-	y, err := yaml.Marshal(cluster.Secret(AgentNamespace, "restricted-ca", ca.PEM, reg))
+	y, err := yaml.Marshal(harness.Secret(AgentNamespace, "restricted-ca", ca.PEM, reg))
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(src, "secret.yaml"), append([]byte("apiVersion: v1\nkind: Secret\n"), y...), 0o644))
 
@@ -134,7 +134,7 @@ func TestRestrictedCapabilities(t *testing.T) {
 			}
 			require.NoError(t, err, "%s", out)
 			require.Contains(t, string(out), "0 failed")
-			require.NoError(t, cluster.Trust(root, reg, ca.Leaf(reg))["containerd"])
+			require.NoError(t, harness.Trust(root, reg, ca.Leaf(reg))["containerd"])
 			if tc.foreignHosts {
 				fi, err := os.Stat(hosts)
 				require.NoError(t, err)

@@ -1,7 +1,7 @@
 // Package chart renders nodetrust's Helm chart (deploy/chart/nodetrust) with
 // Helm's own Go library and the kustomize base (deploy/) with kustomize's, so
 // tests can compare them object by object, lint the chart, check its values
-// schema, install it on a real kube-apiserver (test/cluster's harness) and
+// schema, install it on a real kube-apiserver (test/harness) and
 // test the alert rules with Prometheus's Go module. It is a separate module
 // so that Helm and Prometheus never enter the main go.mod.
 package chart
@@ -63,7 +63,7 @@ func (o Object) Labels() map[string]any {
 	return l
 }
 
-// RepoRoot is the repository root (this module lives in tools/chart).
+// RepoRoot is the repository root (this package lives in test/chart).
 func RepoRoot() string {
 	abs, err := filepath.Abs(filepath.Join("..", ".."))
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -26,7 +26,7 @@ import (
 
 const startupTaint = "nodetrust.io/agent-not-ready"
 
-func helmConfig(t *testing.T, c *cluster.Cluster, releaseNS string) *action.Configuration {
+func helmConfig(t *testing.T, c *harness.Cluster, releaseNS string) *action.Configuration {
 	t.Helper()
 	flags := genericclioptions.NewConfigFlags(false)
 	kc := c.AdminKubeconfig
@@ -39,7 +39,7 @@ func helmConfig(t *testing.T, c *cluster.Cluster, releaseNS string) *action.Conf
 // rollout runs `kubectl rollout status`. Meanwhile it deletes the agent's
 // terminating pods at once, as a kubelet does when the agent exits on
 // SIGTERM (kwok would take up to their 30 s grace period each).
-func rollout(t *testing.T, c *cluster.Cluster) time.Duration {
+func rollout(t *testing.T, c *harness.Cluster) time.Duration {
 	t.Helper()
 	start := time.Now()
 	done := make(chan struct{})
@@ -89,7 +89,7 @@ func agentPods(t *testing.T, cs *kubernetes.Clientset) []corev1.Pod {
 	return live
 }
 
-func fakeNodes(t *testing.T, c *cluster.Cluster, names ...string) {
+func fakeNodes(t *testing.T, c *harness.Cluster, names ...string) {
 	t.Helper()
 	for _, name := range names {
 		n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{
@@ -105,7 +105,7 @@ func fakeNodes(t *testing.T, c *cluster.Cluster, names ...string) {
 // release drives one Helm release with Helm's action package.
 type release struct {
 	t   *testing.T
-	c   *cluster.Cluster
+	c   *harness.Cluster
 	cfg *action.Configuration
 	ns  string
 }
@@ -139,7 +139,7 @@ func (r release) uninstall() {
 	_, err := action.NewUninstall(r.cfg).Run(ReleaseName)
 	require.NoError(r.t, err)
 	ctx := context.Background()
-	require.True(r.t, cluster.Poll(30*time.Second, 250*time.Millisecond, func() bool {
+	require.True(r.t, harness.Poll(30*time.Second, 250*time.Millisecond, func() bool {
 		_, err := r.c.Admin.AppsV1().DaemonSets(AgentNamespace).Get(ctx, "nodetrust", metav1.GetOptions{})
 		return apierrors.IsNotFound(err) && len(agentPods(r.t, r.c.Admin)) == 0
 	}), "DaemonSet or its pods left")
@@ -165,11 +165,11 @@ func (r release) daemonSet() *appsv1.DaemonSet {
 //     namespace, upgrades to this one without touching the DaemonSet's
 //     immutable selector.
 func TestHelmLifecycle(t *testing.T) {
-	cluster.SkipUnlessReal(t)
+	harness.SkipUnlessReal(t)
 	t.Parallel()
 	cur := loadChart(t)
-	c := cluster.NewCluster(t)
-	cluster.StartControlPlane(t, c)
+	c := harness.NewCluster(t)
+	harness.StartControlPlane(t, c)
 	fakeNodes(t, c, "kwok-a", "kwok-b")
 	ctx := context.Background()
 
@@ -201,7 +201,7 @@ func TestHelmLifecycle(t *testing.T) {
 		r.uninstall()
 		_, err := c.Admin.AdmissionregistrationV1().ValidatingAdmissionPolicies().Get(ctx, policyName, metav1.GetOptions{})
 		require.True(t, apierrors.IsNotFound(err), "policy: %v", err)
-		require.True(t, cluster.Poll(60*time.Second, 250*time.Millisecond, func() bool {
+		require.True(t, harness.Poll(60*time.Second, 250*time.Millisecond, func() bool {
 			_, err := c.Admin.CoreV1().Namespaces().Get(ctx, AgentNamespace, metav1.GetOptions{})
 			return apierrors.IsNotFound(err)
 		}), "namespace %s not deleted", AgentNamespace)
@@ -229,7 +229,7 @@ func TestHelmLifecycle(t *testing.T) {
 
 // chartPolicy: the chart's policy (startupTaint set) type-checks, and the
 // agent's pod-bound token may remove that taint from its Node, not another.
-func chartPolicy(t *testing.T, c *cluster.Cluster) {
+func chartPolicy(t *testing.T, c *harness.Cluster) {
 	requireTypeChecked(t, c)
 	ctx := context.Background()
 	// Windows: the DaemonSet puts no pod there (nodeSelector), so rollouts stay complete.

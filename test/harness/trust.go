@@ -1,22 +1,14 @@
-package cluster
+package harness
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"io/fs"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
-	"syscall"
-	"time"
 
 	toml "github.com/pelletier/go-toml/v2"
 	corev1 "k8s.io/api/core/v1"
@@ -39,90 +31,6 @@ const (
 	DockerCertsDir     = "etc/docker/certs.d"
 	ContainersCertsDir = "etc/containers/certs.d"
 )
-
-// CA is a test certificate authority that can sign registry serving certificates.
-type CA struct {
-	Cert *x509.Certificate
-	PEM  []byte
-	key  *ecdsa.PrivateKey
-	// KeyPEM is the CA's private key, for "private key in tls.crt" rejections.
-	KeyPEM []byte
-}
-
-// Serving is a serving certificate with its key, for a registry's TLS.
-type Serving struct {
-	Cert            *x509.Certificate
-	CertPEM, KeyPEM []byte
-}
-
-// NewCA makes a CA valid for a day.
-func NewCA(cn string) *CA {
-	s, key := issue(&x509.Certificate{
-		Subject:               pkix.Name{CommonName: cn},
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}, nil, nil)
-	return &CA{Cert: s.Cert, PEM: s.CertPEM, key: key, KeyPEM: s.KeyPEM}
-}
-
-// Leaf signs a serving certificate for registry reg ("host" or "host:port").
-func (ca *CA) Leaf(reg string) *x509.Certificate {
-	return ca.Serving(RegistryHost(reg)).Cert
-}
-
-// Serving signs a serving certificate for names, each a DNS name or an IP
-// address; the first is its common name.
-func (ca *CA) Serving(names ...string) Serving {
-	tmpl := &x509.Certificate{
-		Subject:     pkix.Name{CommonName: names[0]},
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	for _, n := range names {
-		if ip := net.ParseIP(n); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, n)
-		}
-	}
-	s, _ := issue(tmpl, ca.Cert, ca.key)
-	return s
-}
-
-// issue signs tmpl, valid for a day, with a new key: by parent's key, or
-// itself when parent is nil. It panics on failure, which only a broken
-// crypto/rand causes.
-func issue(tmpl, parent *x509.Certificate, parentKey *ecdsa.PrivateKey) (Serving, *ecdsa.PrivateKey) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		panic(err)
-	}
-	if tmpl.SerialNumber, err = rand.Int(rand.Reader, big.NewInt(1<<62)); err != nil {
-		panic(err)
-	}
-	tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour)
-	if parent == nil {
-		parent, parentKey = tmpl, key
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, &key.PublicKey, parentKey)
-	if err != nil {
-		panic(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		panic(err)
-	}
-	kder, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		panic(err)
-	}
-	return Serving{
-		Cert:    cert,
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
-		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
-	}, key
-}
 
 // RegistryHost strips the port (and IPv6 brackets) from a registry name.
 func RegistryHost(reg string) string {
@@ -322,103 +230,4 @@ func RegistryDirsGone(root, reg string) (bool, string) {
 		}
 	}
 	return len(left) == 0, "left: " + strings.Join(left, "; ")
-}
-
-// FileInfo is what a snapshot records per path.
-type FileInfo struct {
-	Mode    fs.FileMode
-	Size    int64
-	ModTime time.Time
-	Ino     uint64
-}
-
-// Snapshot records every path under root (mtime, size, mode, inode).
-func Snapshot(root string) (map[string]FileInfo, error) {
-	out := map[string]FileInfo{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		info, err := d.Info()
-		if err != nil {
-			return err
-		}
-		rel, _ := filepath.Rel(root, p)
-		if rel == lockFile {
-			return nil // names its holder: it changes with each process that takes it
-		}
-		fi := FileInfo{Mode: info.Mode(), Size: info.Size(), ModTime: info.ModTime()}
-		if st, ok := info.Sys().(*syscall.Stat_t); ok {
-			fi.Ino = st.Ino
-		}
-		out[rel] = fi
-		return nil
-	})
-	// The lock's directory, while it holds nothing else, exists only while
-	// some nodetrust holds the lock.
-	alone := true
-	for k := range out {
-		if strings.HasPrefix(k, lockDir+"/") {
-			alone = false
-		}
-	}
-	if alone {
-		delete(out, lockDir)
-	}
-	return out, err
-}
-
-// The host root's lock (SPEC §5), relative to the root.
-const (
-	lockDir  = "var/lib/nodetrust"
-	lockFile = lockDir + "/lock"
-)
-
-// DiffSnapshots lists every difference between two snapshots.
-func DiffSnapshots(a, b map[string]FileInfo) []string {
-	var diffs []string
-	for _, k := range sortedKeys(a) {
-		bv, ok := b[k]
-		if !ok {
-			diffs = append(diffs, "removed "+k)
-			continue
-		}
-		av := a[k]
-		if av.Mode != bv.Mode || av.Size != bv.Size || !av.ModTime.Equal(bv.ModTime) || av.Ino != bv.Ino {
-			diffs = append(diffs, fmt.Sprintf("changed %s: %+v -> %+v", k, av, bv))
-		}
-	}
-	for _, k := range sortedKeys(b) {
-		if _, ok := a[k]; !ok {
-			diffs = append(diffs, "added "+k)
-		}
-	}
-	return diffs
-}
-
-// WaitSettled polls snapshots of root until nothing changed for quiet (the
-// agent finishes a sync after the files a test looks at: the ownership
-// record is written last). It returns the settled snapshot.
-func WaitSettled(root string, quiet, timeout time.Duration) (map[string]FileInfo, error) {
-	deadline := time.Now().Add(timeout)
-	prev, err := Snapshot(root)
-	if err != nil {
-		return nil, err
-	}
-	since := time.Now()
-	for time.Now().Before(deadline) {
-		time.Sleep(100 * time.Millisecond)
-		cur, err := Snapshot(root)
-		if err != nil {
-			return nil, err
-		}
-		if len(DiffSnapshots(prev, cur)) > 0 {
-			prev, since = cur, time.Now()
-			continue
-		}
-		if time.Since(since) >= quiet {
-			return cur, nil
-		}
-	}
-	return nil, fmt.Errorf("%s kept changing for %v", root, timeout)
 }

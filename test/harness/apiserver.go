@@ -1,34 +1,21 @@
-// Package cluster runs nodetrust's agent against a real kube-apiserver (built
-// from Go modules by test/scripts/k8s-build.sh) backed by Debian's etcd. The
-// agent runs as local processes, one per (API-only) Node object, each with its
-// own host root in a temporary directory; it authenticates with a
-// ServiceAccount token from TokenRequest, so the RBAC in deploy/ is what is
-// exercised. See README.md.
-package cluster
+package harness
 
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -43,232 +30,12 @@ import (
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 )
 
-// Versions built by test/scripts/k8s-build.sh; keep in step with it.
-const (
-	K8sVersion  = "v1.34.4"
-	KwokVersion = "v0.7.0"
-
-	// AgentNamespace and AgentServiceAccount are what deploy/ creates.
-	AgentNamespace      = "nodetrust-system"
-	AgentServiceAccount = "nodetrust"
-)
-
-// Real reports whether the real-component tests are enabled.
-func Real() bool { return os.Getenv("NODETRUST_REAL") == "1" }
-
-// SkipUnlessReal skips t unless NODETRUST_REAL=1.
-func SkipUnlessReal(t testing.TB) {
-	t.Helper()
-	if !Real() {
-		t.Skip("real API server tests: set NODETRUST_REAL=1 (after test/scripts/k8s-build.sh)")
-	}
-}
-
-// RepoRoot is the nodetrust repository root (this module lives in test/cluster).
-func RepoRoot() string {
-	abs, err := filepath.Abs(filepath.Join("..", ".."))
-	if err != nil {
-		panic(err)
-	}
-	return abs
-}
-
-// DebianRoot extracts a fresh Debian bookworm root into dir with
-// test/scripts/debian-root.sh, which builds it once (debootstrap) and caches
-// it; the error carries the script's output.
-func DebianRoot(dir string) error {
-	script := filepath.Join(RepoRoot(), "test", "scripts", "debian-root.sh")
-	if out, err := exec.Command("bash", script, dir).CombinedOutput(); err != nil {
-		return fmt.Errorf("debian-root.sh %s: %v\n%s", dir, err, out)
-	}
-	return nil
-}
-
-func cacheDir() string {
-	if d := os.Getenv("NODETRUST_CACHE"); d != "" {
-		return d
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "nodetrust")
-}
-
-// K8sBin returns the path of a Kubernetes binary (kube-apiserver, kubectl,
-// kube-controller-manager, kube-scheduler): $NODETRUST_K8S_BIN/<name> or the
-// k8s-build.sh cache.
-func K8sBin(name string) string {
-	dir := os.Getenv("NODETRUST_K8S_BIN")
-	if dir == "" {
-		dir = filepath.Join(cacheDir(), "k8s", K8sVersion, "bin")
-	}
-	return filepath.Join(dir, name)
-}
-
-// KwokBin returns the kwok binary: $NODETRUST_KWOK_BIN or the k8s-build.sh cache.
-func KwokBin() string {
-	if b := os.Getenv("NODETRUST_KWOK_BIN"); b != "" {
-		return b
-	}
-	return filepath.Join(cacheDir(), "k8s", "kwok-"+KwokVersion, "bin", "kwok")
-}
-
-func needBinary(path string) error {
-	if _, err := os.Stat(path); err != nil {
-		return fmt.Errorf("%s missing (%v): run test/scripts/k8s-build.sh first", path, err)
-	}
-	return nil
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
-
-// ----------------------------------------------------------------- processes
-
-// Proc is a child process whose combined output goes to a log file.
-type Proc struct {
-	Name    string
-	LogPath string
-	Args    []string
-	cmd     *exec.Cmd
-	done    chan struct{}
-	err     error
-}
-
-// StartProc starts bin with args, output appended to logPath.
-func StartProc(name, logPath, bin string, args ...string) (*Proc, error) {
-	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Stdout, cmd.Stderr = f, f
-	// Own process group, so a stray signal to the test does not hit it first
-	// and so it can never outlive us unnoticed as part of our group.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &Proc{Name: name, LogPath: logPath, Args: append([]string{bin}, args...), cmd: cmd, done: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Pid returns the process id.
-func (p *Proc) Pid() int { return p.cmd.Process.Pid }
-
-// Exited reports whether the process has exited, and its wait error.
-func (p *Proc) Exited() (bool, error) {
-	select {
-	case <-p.done:
-		return true, p.err
-	default:
-		return false, nil
-	}
-}
-
-// Stop sends SIGTERM, waits up to grace, then SIGKILLs. It returns the wait
-// error (nil for exit 0), how long the exit took, and whether it had to kill.
-func (p *Proc) Stop(grace time.Duration) (err error, took time.Duration, killed bool) {
-	start := time.Now()
-	select {
-	case <-p.done:
-		return p.err, 0, false
-	default:
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return p.err, time.Since(start), false
-	case <-time.After(grace):
-	}
-	_ = p.cmd.Process.Kill()
-	<-p.done
-	return p.err, time.Since(start), true
-}
-
-// Tail returns the last n bytes of the process log.
-func (p *Proc) Tail(n int) string { return tailFile(p.LogPath, n) }
-
-func tailFile(path string, n int) string {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return fmt.Sprintf("(cannot read %s: %v)", path, err)
-	}
-	if len(b) > n {
-		b = b[len(b)-n:]
-	}
-	return string(b)
-}
-
-// ----------------------------------------------------------------------- PKI
-
-func randHex(n int) string {
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		panic(err)
-	}
-	return hex.EncodeToString(b)
-}
-
-func writePEM(path, typ string, der []byte, mode os.FileMode) error {
-	return os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), mode)
-}
-
 // clusterPKI writes ca.crt, apiserver.crt/.key (also used as the client CA),
 // sa.key/sa.pub and tokens.csv into dir.
 func clusterPKI(dir, adminToken string) error {
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	now := time.Now()
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "nodetrust-test-cluster-ca"},
-		NotBefore:             now.Add(-time.Hour),
-		NotAfter:              now.Add(24 * time.Hour),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	caCert, _ := x509.ParseCertificate(caDER)
-	srvKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	srvTmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "kube-apiserver"},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(24 * time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc.cluster.local"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1"), net.ParseIP("10.96.0.1")},
-	}
-	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, caCert, &srvKey.PublicKey, caKey)
-	if err != nil {
-		return err
-	}
-	srvKeyDER, err := x509.MarshalECPrivateKey(srvKey)
-	if err != nil {
-		return err
-	}
+	ca := NewCA("nodetrust-test-cluster-ca")
+	srv := ca.Serving("kube-apiserver", "localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc",
+		"kubernetes.default.svc.cluster.local", "127.0.0.1", "10.96.0.1")
 	saKey, err := rsa.GenerateKey(rand.Reader, 2048)
 	if err != nil {
 		return err
@@ -278,24 +45,22 @@ func clusterPKI(dir, adminToken string) error {
 		return err
 	}
 	for _, w := range []struct {
-		name, typ string
-		der       []byte
-		mode      os.FileMode
+		name string
+		pem  []byte
+		mode os.FileMode
 	}{
-		{"ca.crt", "CERTIFICATE", caDER, 0o644},
-		{"apiserver.crt", "CERTIFICATE", srvDER, 0o644},
-		{"apiserver.key", "EC PRIVATE KEY", srvKeyDER, 0o600},
-		{"sa.key", "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(saKey), 0o600},
-		{"sa.pub", "PUBLIC KEY", saPub, 0o644},
+		{"ca.crt", ca.PEM, 0o644},
+		{"apiserver.crt", srv.CertPEM, 0o644},
+		{"apiserver.key", srv.KeyPEM, 0o600},
+		{"sa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(saKey)}), 0o600},
+		{"sa.pub", pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: saPub}), 0o644},
 	} {
-		if err := writePEM(filepath.Join(dir, w.name), w.typ, w.der, w.mode); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, w.name), w.pem, w.mode); err != nil {
 			return err
 		}
 	}
 	return os.WriteFile(filepath.Join(dir, "tokens.csv"), []byte(adminToken+`,admin,1000,"system:masters"`+"\n"), 0o600)
 }
-
-// ------------------------------------------------------------------- cluster
 
 // Cluster is etcd + kube-apiserver on 127.0.0.1 with free ports, all state in Dir.
 type Cluster struct {
@@ -334,7 +99,7 @@ func StartCluster() (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, AdminToken: randHex(16)}
+	c := &Cluster{Dir: dir, AdminToken: RandHex(16)}
 	ok := false
 	defer func() {
 		if !ok {
@@ -347,10 +112,26 @@ func StartCluster() (*Cluster, error) {
 	if c.CAPEM, err = os.ReadFile(filepath.Join(dir, "ca.crt")); err != nil {
 		return nil, err
 	}
+	if err := c.admin(); err != nil {
+		return nil, err
+	}
+	if err := c.startEtcd(); err != nil {
+		return nil, err
+	}
+	if err := c.StartAPIServer(); err != nil {
+		return nil, err
+	}
+	ok = true
+	return c, nil
+}
+
+// admin picks c's ports and makes its admin client and kubeconfig.
+func (c *Cluster) admin() error {
 	ports := make([]int, 4)
 	for i := range ports {
+		var err error
 		if ports[i], err = FreePort(); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	c.apiPort, c.etcdPort, c.etcdPeerPort, c.etcdMetricsPort = ports[0], ports[1], ports[2], ports[3]
@@ -362,21 +143,12 @@ func StartCluster() (*Cluster, error) {
 		QPS:             100,
 		Burst:           200,
 	}
+	var err error
 	if c.Admin, err = kubernetes.NewForConfig(c.AdminConfig); err != nil {
-		return nil, err
+		return err
 	}
-	c.AdminKubeconfig = filepath.Join(dir, "admin.kubeconfig")
-	if err := WriteKubeconfig(c.AdminKubeconfig, c.Server, c.CAPEM, c.AdminToken, ""); err != nil {
-		return nil, err
-	}
-	if err := c.startEtcd(); err != nil {
-		return nil, err
-	}
-	if err := c.StartAPIServer(); err != nil {
-		return nil, err
-	}
-	ok = true
-	return c, nil
+	c.AdminKubeconfig = filepath.Join(c.Dir, "admin.kubeconfig")
+	return WriteKubeconfig(c.AdminKubeconfig, c.Server, c.CAPEM, c.AdminToken, "")
 }
 
 func (c *Cluster) startEtcd() error {
@@ -451,6 +223,12 @@ func (c *Cluster) StartAPIServer() error {
 	c.mu.Lock()
 	c.apiserver = p
 	c.mu.Unlock()
+	return c.waitReady(p, start)
+}
+
+// waitReady waits up to 90 s until the API server p answers /readyz,
+// recording how long it took since start in c.APIReady.
+func (c *Cluster) waitReady(p *Proc, start time.Time) error {
 	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: mustPool(c.CAPEM)}}
 	defer tr.CloseIdleConnections()
 	hc := &http.Client{Transport: tr, Timeout: 2 * time.Second}
@@ -556,14 +334,6 @@ func NewCluster(t testing.TB) *Cluster {
 	return c
 }
 
-func mustPool(pemData []byte) *x509.CertPool {
-	p := x509.NewCertPool()
-	if !p.AppendCertsFromPEM(pemData) {
-		panic("no certificates in CA PEM")
-	}
-	return p
-}
-
 // WriteKubeconfig writes a kubeconfig for a bearer token.
 func WriteKubeconfig(path, server string, caPEM []byte, token, namespace string) error {
 	cfg := clientcmdapi.NewConfig()
@@ -584,11 +354,6 @@ func (c *Cluster) Kubectl(args ...string) (string, error) {
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
-
-// ------------------------------------------------------------------- deploy/
-
-// DeployDir is the repository's kustomize base.
-func DeployDir() string { return filepath.Join(RepoRoot(), "deploy") }
 
 // ApplyDeploy runs `kubectl apply -k deploy/` and returns its output.
 func (c *Cluster) ApplyDeploy() (string, error) {
@@ -648,7 +413,7 @@ func (c *Cluster) AgentClient(t testing.TB) *kubernetes.Clientset {
 func (c *Cluster) Tenant(t testing.TB, prefix string) string {
 	t.Helper()
 	ctx := context.Background()
-	ns := prefix + "-" + randHex(3)
+	ns := prefix + "-" + RandHex(3)
 	if _, err := c.Admin.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatalf("create namespace %s: %v", ns, err)
 	}

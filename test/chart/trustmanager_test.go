@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/nodetrust/nodetrust/test/cluster"
+	"github.com/nodetrust/nodetrust/test/harness"
 	"github.com/stretchr/testify/require"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -77,12 +77,12 @@ func TestTrustManagerBundle(t *testing.T) {
 	require.Equal(t, "trust.cert-manager.io/v1alpha1", b.APIVersion)
 	require.Equal(t, AgentNamespace, b.Spec.Target.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"])
 
-	caA, caB := cluster.NewCA("bundle-ca-a"), cluster.NewCA("bundle-ca-b")
+	caA, caB := harness.NewCA("bundle-ca-a"), harness.NewCA("bundle-ca-b")
 	data := strings.TrimSpace(string(caA.PEM)) + "\n" + strings.TrimSpace(string(caB.PEM)) + "\n"
-	bin := cluster.AgentBinary(t)
+	bin := harness.Binary(t)
 	apply := func(t *testing.T, cm *corev1.ConfigMap) (root, out string) {
 		t.Helper()
-		dir, root := t.TempDir(), cluster.NewHostRoot(t)
+		dir, root := t.TempDir(), harness.NewHostRoot(t)
 		y, err := yaml.Marshal(cm)
 		require.NoError(t, err)
 		require.NoError(t, os.WriteFile(filepath.Join(dir, "configmap.yaml"), y, 0o644))
@@ -97,11 +97,11 @@ func TestTrustManagerBundle(t *testing.T) {
 		regs := strings.Split(b.Spec.Target.ConfigMap.Metadata.Annotations["nodetrust.io/registries"], ",")
 		require.Len(t, regs, 2)
 		for _, reg := range regs {
-			for _, ca := range []*cluster.CA{caA, caB} {
-				ok, why := cluster.TrustedEverywhere(root, reg, ca.Leaf(reg))
+			for _, ca := range []*harness.CA{caA, caB} {
+				ok, why := harness.TrustedEverywhere(root, reg, ca.Leaf(reg))
 				require.True(t, ok, "%s via %s: %s", reg, ca.Cert.Subject.CommonName, why)
 			}
-			ok, _ := cluster.TrustedEverywhere(root, reg, cluster.NewCA("other").Leaf(reg))
+			ok, _ := harness.TrustedEverywhere(root, reg, harness.NewCA("other").Leaf(reg))
 			require.False(t, ok, "an unrelated CA")
 		}
 	})
@@ -110,7 +110,7 @@ func TestTrustManagerBundle(t *testing.T) {
 		delete(cm.Labels, "nodetrust.io/ca")
 		root, out := apply(t, cm)
 		require.Contains(t, out, "0 sources applied")
-		ok, _ := cluster.TrustedNowhere(root, "registry.example.com", caA.Leaf("registry.example.com"))
+		ok, _ := harness.TrustedNowhere(root, "registry.example.com", caA.Leaf("registry.example.com"))
 		require.True(t, ok)
 	})
 }

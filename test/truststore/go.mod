@@ -1,3 +1,0 @@
-module github.com/nodetrust/nodetrust/test/truststore
-
-go 1.26.8
