@@ -235,3 +235,17 @@ func FuzzSetConfigPath(f *testing.F) {
 		}
 	})
 }
+
+// Keys below an array of tables belong to its element, not to the top
+// level: a config_path written there is not the CRI's, and setting the
+// CRI's leaves it alone. (Before 0f2b1f8, locate read such keys as
+// top-level ones and refused the edit as changing other settings.)
+func TestSetConfigPathIgnoresKeysBelowAnArrayOfTables(t *testing.T) {
+	in := "version = 2\n\n[[extra]]\n  name = \"a\"\n  plugins.\"io.containerd.grpc.v1.cri\".registry.config_path = \"/x\"\n\n" +
+		"[plugins.\"io.containerd.grpc.v1.cri\".registry]\n"
+	require.Empty(t, edited(t, []byte(in)).ConfigPath, "the array's key is not the CRI's config_path")
+	out, err := SetConfigPath([]byte(in), CertsDir)
+	require.NoError(t, err)
+	require.Equal(t, CertsDir, edited(t, out).ConfigPath)
+	require.Contains(t, string(out), "registry.config_path = \"/x\"\n", "the array's key is kept as it was")
+}

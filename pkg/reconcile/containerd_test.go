@@ -218,3 +218,18 @@ func TestSyncCreatedConfigReplacedByAPackage(t *testing.T) {
 	h.sync(source.Set{}, nil)
 	require.Equal(t, pkg, h.read(configFile), "the package's file survives, byte for byte")
 }
+
+// A hosts directory is read by name, not as a glob pattern: a mirror's
+// hosts.toml in a config_path holding glob metacharacters gets the CA as
+// in any other (SPEC §2a Mirrors). Before ab20292 the directory was
+// globbed, so "certs[x].d" matched nothing and the mirror was missed.
+func TestSyncMirrorInHostsDirWithGlobMetacharacters(t *testing.T) {
+	h := newHost(t, "etc/containerd")
+	hostfstest.WriteFile(t, h.dir, configFile, "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = \"/etc/containerd/certs[x].d\"\n")
+	mirror := "etc/containerd/certs[x].d/docker.io/hosts.toml"
+	hostfstest.WriteFile(t, h.dir, mirror, "server = \"https://registry-1.docker.io\"\n[host.\"https://harbor.example\"]\n  capabilities = [\"pull\"]\n")
+	rep := h.sync(source.Set{Sources: []source.Source{mkSource(t, "a", regs("harbor.example"))}}, nil)
+	require.True(t, rep.OK(), "%v", rep.Failed)
+	require.Contains(t, rep.Written, mirror)
+	require.Contains(t, h.read(mirror), "../harbor.example/")
+}
