@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -23,7 +24,13 @@ const (
 	upstreamHost = "upstream.nodetrust.test"
 	k3sCertsDir  = "/var/lib/rancher/k3s/agent/etc/containerd/certs.d"
 	k3sConfig    = "/var/lib/rancher/k3s/agent/etc/containerd/config.toml"
-	listPath     = "/etc/containerd/certs.d:/etc/docker/certs.d"
+	rke2CertsDir = "/var/lib/rancher/rke2/agent/etc/containerd/certs.d"
+	rke2Config   = "/var/lib/rancher/rke2/agent/etc/containerd/config.toml"
+	// MicroK8s's containerd reads ${SNAP_DATA}/args, SNAP_DATA being the
+	// snap's "current" link to its revision (here 7589).
+	microk8sCertsDir = "/var/snap/microk8s/current/args/certs.d"
+	microk8sConfig   = "/var/snap/microk8s/current/args/containerd.toml"
+	listPath         = "/etc/containerd/certs.d:/etc/docker/certs.d"
 )
 
 // containerd2Bin is containerd v2.2.4 built by test/scripts/containerd2-build.sh:
@@ -138,6 +145,12 @@ type pullCase struct {
 	wantPull    bool // the pull after apply succeeds (else fails x509)
 	wantProblem bool // nodetrust reports a node problem
 	preIssue9   bool // needs issue 9's discovery (skipped with an older binary)
+	// setup prepares the host root before containerd starts (a MicroK8s
+	// snap's "current" link).
+	setup func(t *testing.T, root string)
+	// wantDir is the host directory nodetrust must write hosts.toml under
+	// (the layout's, with no symlink in it); "" does not check.
+	wantDir string
 	// bug names a known nodetrust bug this case shows; it is skipped
 	// unless NODETRUST_LAYOUTS_STRICT=1, so that the branch stays green.
 	bug string
@@ -154,6 +167,10 @@ func layoutCases() []pullCase {
 		{name: "1.6: single directory", spec: debianSpec, version: "1.6.20", wantPull: true},
 		{name: "1.6: two-directory list", spec: deb("/etc/containerd/config.toml", listPath), version: "1.6.20", wantPull: true, preIssue9: true},
 		{name: "1.6: k3s layout (no /etc/containerd)", spec: deb(k3sConfig, k3sCertsDir), version: "1.6.20", wantPull: true, preIssue9: true},
+		{name: "1.6: RKE2 layout (no /etc/containerd)", spec: deb(rke2Config, rke2CertsDir), version: "1.6.20", wantPull: true, preIssue9: true,
+			wantDir: strings.TrimPrefix(rke2CertsDir, "/")},
+		{name: "1.6: MicroK8s layout (snap revision behind current)", spec: deb(microk8sConfig, microk8sCertsDir), version: "1.6.20", wantPull: true, preIssue9: true,
+			setup: microk8sSnap, wantDir: "var/snap/microk8s/7589/args/certs.d"},
 		{name: "1.6: mirror [host] of upstream.nodetrust.test", spec: debianSpec, version: "1.6.20", mirror: true, wantPull: true, preIssue9: true},
 		{name: "2.2: transfer service, two-directory list", spec: cd2(listPath), version: "2.2.4", wantPull: false, wantProblem: true},
 		{name: "2.2: discard_unpacked_layers, two-directory list", spec: cd2(listPath, "discard_unpacked_layers = true"), version: "2.2.4", wantPull: true, preIssue9: true},
@@ -271,6 +288,9 @@ func (pc pullCase) run(t *testing.T, env layoutEnv, note func(string)) {
 	if spec.bin == "" {
 		spec.bin = env.cd2
 	}
+	if pc.setup != nil {
+		pc.setup(t, root)
+	}
 	ctrd, took := startContainerdSpec(t, env.hostsFile, root, spec)
 	ref := env.reg.imageRef()
 	note(fmt.Sprintf("%s up in %.2fs", ctrd.version, took.Seconds()))
@@ -295,6 +315,15 @@ func (pc pullCase) run(t *testing.T, env layoutEnv, note func(string)) {
 	manifests := secretManifest(t, env.ca, env.reg.name())
 	applied := env.cli.apply(t, manifests, root, pc.version)
 	note("apply: " + applied.String())
+	if pc.wantDir != "" {
+		if !slices.ContainsFunc(applied.Written, func(w string) bool {
+			return strings.HasPrefix(strings.TrimPrefix(w, "/"), pc.wantDir+"/") && strings.HasSuffix(w, "/hosts.toml")
+		}) {
+			t.Errorf("apply wrote %q, want a hosts.toml under %s", applied.Written, pc.wantDir)
+		} else {
+			note("hosts.toml written under " + pc.wantDir)
+		}
+	}
 	if pc.wantProblem != (len(applied.NodeProblems) > 0) {
 		t.Errorf("nodetrust nodeProblems %q, want a problem: %v", applied.NodeProblems, pc.wantProblem)
 	}
@@ -314,6 +343,18 @@ func (pc pullCase) run(t *testing.T, env layoutEnv, note func(string)) {
 		} else {
 			note("operator's mirror hosts.toml restored byte for byte")
 		}
+	}
+}
+
+// microk8sSnap lays out a MicroK8s snap: its revision directory and the
+// "current" link to it, which containerd's config_path goes through.
+func microk8sSnap(t *testing.T, root string) {
+	snap := filepath.Join(root, "var/snap/microk8s")
+	if err := os.MkdirAll(filepath.Join(snap, "7589/args"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("7589", filepath.Join(snap, "current")); err != nil {
+		t.Fatal(err)
 	}
 }
 
