@@ -37,7 +37,7 @@ demo: build
 # deploy/ manifests are rendered with kustomize and checked.
 test:
 	go test -race -count=1 ./...
-	cd tools/image && go test -count=1 ./...
+	cd test && go test -count=1 ./image/...
 
 # A short real fuzzing session per target.
 fuzz:
@@ -72,9 +72,9 @@ test-loaders: build
 test-truststore: build deps
 	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./truststore/...
 
-# A real containerd imports the image tarball and runs it.
+# A real containerd imports the image tarball (built by tools/image) and runs it.
 test-image: build deps
-	cd tools/image && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./...
+	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) go test -count=1 ./image/...
 
 # systemd 252 booted in nspawn from the cached Debian root: restarts through
 # D-Bus, the agent restarting only after trust store changes, and ten nodes

@@ -18,8 +18,9 @@
 //   - apiserver.go, controllers.go, controlplane.go: kube-apiserver + etcd,
 //     controller-manager, scheduler and kwok.
 //   - agent.go: the agent as a local process on that API server.
-//   - nspawn.go: a booted systemd-nspawn machine's leader PID, removing
-//     its cgroups.
+//   - nspawn.go: a systemd-nspawn machine (Machine) booted in private
+//     cgroups, its leader PID, its halt; the systemd and node suites add
+//     their options (network, capabilities, binds) and readiness checks.
 //   - report.go: the timed step reports of test/e2e and test/node.
 //
 // Black-box by design: it drives the built binary and imports no product

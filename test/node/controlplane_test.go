@@ -1,14 +1,12 @@
 package node
 
 import (
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/nodetrust/nodetrust/test/harness"
 )
@@ -60,38 +58,12 @@ func applyOverlay(t *testing.T, c *harness.Cluster, name string) string {
 	return rendered
 }
 
-// goBuild builds a static binary of pkg (a directory, relative to dir) into out.
-func goBuild(dir, pkg, out string) error {
-	cmd := exec.Command("go", "build", "-trimpath", "-o", out, pkg)
-	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
-	}
-	return nil
-}
-
-// imageTool is tools/image, built once per test into dir.
-func imageTool(t *testing.T, dir string) string {
-	t.Helper()
-	out := filepath.Join(dir, "image-tool")
-	if _, err := os.Stat(out); err == nil {
-		return out
-	}
-	start := time.Now()
-	if err := goBuild(filepath.Join(harness.RepoRoot(), "tools", "image"), ".", out); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built tools/image in %v", time.Since(start).Round(time.Millisecond))
-	return out
-}
-
 // packImage packs the static binary bin as an image tagged tag into a
 // docker-archive tarball in dir, with tools/image.
 func packImage(t *testing.T, dir, bin, tag string) string {
 	t.Helper()
 	out := filepath.Join(dir, strings.NewReplacer("/", "_", ":", "_").Replace(tag)+".tar")
-	cmd := exec.Command(imageTool(t, dir), "-bin", bin, "-o", out, "-tag", tag)
+	cmd := exec.Command(harness.ImageTool(t, dir), "-bin", bin, "-o", out, "-tag", tag)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("tools/image %s: %v\n%s", tag, err, b)
 	}

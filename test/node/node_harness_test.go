@@ -1,7 +1,6 @@
 package node
 
 import (
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,21 +35,14 @@ const (
 // node is one Kubernetes node: a Debian root booted by systemd-nspawn on the
 // host's network, whose systemd runs containerd and the kubelet.
 type node struct {
-	name    string
-	dir     string // harness files (console log, cgroups)
-	root    string // the node's / as seen from this machine
-	id      string // short random id: bridge, cgroup names
-	console string
-
-	nspawn      *exec.Cmd
-	exited      chan struct{}
-	waitErr     error
-	leader      int    // host PID of the node's systemd
-	leaderStart string // and its start time (procStart)
+	name string
+	dir  string // harness files (kubeconfig)
+	root string // the node's / as seen from this machine
+	id   string // short random id: the bridge's name
+	m    *harness.Machine
 
 	containerd string   // binary bound over /usr/bin/containerd, or ""
 	taints     []string // registerWithTaints keys (NoSchedule)
-	ownCgroups []string // name=systemd and cgroup2 cgroups nspawn runs in
 	bridge     string
 
 	kubeletPort int
@@ -74,9 +65,7 @@ func randID(n int) string {
 func (n *node) hostPath(p string) string { return filepath.Join(n.root, p) }
 
 // procRoot is p inside the node's mount namespace (its /run is nspawn's tmpfs).
-func (n *node) procRoot(p string) string {
-	return filepath.Join(fmt.Sprintf("/proc/%d/root", n.leader), p)
-}
+func (n *node) procRoot(p string) string { return n.m.Inside(p) }
 
 // nodeOptions vary a node.
 type nodeOptions struct {
@@ -100,7 +89,6 @@ func startNode(t *testing.T, c *harness.Cluster, name string, o nodeOptions) *no
 func newNode(t *testing.T, name string, o nodeOptions) *node {
 	n := &node{name: name, dir: t.TempDir(), id: randID(3), containerd: o.containerd, taints: o.taints}
 	n.root = filepath.Join(n.dir, "root")
-	n.console = filepath.Join(n.dir, "console.log")
 	n.bridge = "ntnode" + n.id[:4]
 	return n
 }
@@ -259,23 +247,11 @@ WantedBy=multi-user.target
 	}
 }
 
-// boot starts systemd-nspawn in cgroups of its own and waits for the
-// node's containerd socket.
+// boot starts systemd-nspawn on the host's network (harness.StartMachine)
+// and waits for the node's containerd socket.
 func (n *node) boot(t *testing.T) {
 	t.Helper()
-	var err error
-	if n.ownCgroups, err = ownCgroups("nodetrust-node-" + n.id); err != nil {
-		t.Fatalf("cgroups for nspawn: %v", err)
-	}
-	console, err := os.Create(n.console)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer console.Close()
-	// The shell moves itself into the private cgroups, then becomes nspawn
-	// (with --keep-unit, nspawn puts the container below its own cgroup).
-	args := []string{"-D", n.root, "--register=no", "--keep-unit", "--console=pipe",
-		"--machine=" + n.name,
+	args := []string{"--machine=" + n.name,
 		// The kubelet, containerd and runc need every capability, the
 		// kubelet's OOM watcher /dev/kmsg, and the CNI bridge plugin
 		// writable /proc/sys and /sys (SYSTEMD_NSPAWN_API_VFS_WRITABLE);
@@ -287,48 +263,19 @@ func (n *node) boot(t *testing.T) {
 	if n.containerd != "" {
 		args = append(args, "--bind-ro="+n.containerd+":/usr/bin/containerd")
 	}
-	n.nspawn = exec.Command("sh", append([]string{"-c", `for d in $NODETRUST_CGROUPS; do echo 0 >"$d/cgroup.procs" || exit 125; done; exec systemd-nspawn "$@"`,
-		"sh"}, append(args, "-b")...)...)
-	n.nspawn.Env = append(os.Environ(),
-		"NODETRUST_CGROUPS="+strings.Join(n.ownCgroups, " "),
-		"SYSTEMD_SECCOMP=0",
-		"SYSTEMD_NSPAWN_API_VFS_WRITABLE=1")
-	n.nspawn.Stdout, n.nspawn.Stderr = console, console
-	n.nspawn.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	n.exited = make(chan struct{})
-	start := time.Now()
-	if err := n.nspawn.Start(); err != nil {
-		t.Fatalf("systemd-nspawn: %v", err)
-	}
-	go func() {
-		n.waitErr = n.nspawn.Wait()
-		close(n.exited)
-	}()
+	n.m = harness.StartMachine(t, n.root, harness.MachineOptions{
+		Name: "node-" + n.name, Args: args, Grace: 30 * time.Second,
+		Env: []string{"SYSTEMD_SECCOMP=0", "SYSTEMD_NSPAWN_API_VFS_WRITABLE=1"}})
 	t.Cleanup(func() { n.stop(t) })
-	ok := harness.Poll(60*time.Second, 50*time.Millisecond, func() bool {
-		select {
-		case <-n.exited:
-			return true
-		default:
-		}
-		if n.leader == 0 {
-			n.leader = harness.LeaderPID(n.nspawn.Process.Pid)
-			n.leaderStart = procStart(n.leader)
-			return false
-		}
+	ok := n.m.WaitBoot(t, 60*time.Second, func() bool {
 		_, err := os.Stat(n.procRoot(containerdSock))
 		return err == nil
 	})
-	select {
-	case <-n.exited:
-		t.Fatalf("systemd-nspawn exited: %v\n%s", n.waitErr, tail(n.console, 3000))
-	default:
-	}
 	if !ok {
-		t.Fatalf("no containerd socket in the node after 60 s\n%s\n%s", tail(n.console, 2000), tail(n.hostPath("/var/log/containerd.log"), 2000))
+		t.Fatalf("no containerd socket in the node after 60 s\n%s\n%s", n.m.ConsoleTail(2000), tail(n.hostPath("/var/log/containerd.log"), 2000))
 	}
-	n.Booted = time.Since(start)
-	t.Logf("node %s booted: systemd is host PID %d, containerd up after %v", n.name, n.leader, n.Booted.Round(time.Millisecond))
+	n.Booted = time.Since(n.m.Started)
+	t.Logf("node %s booted: systemd is host PID %d, containerd up after %v", n.name, n.m.Leader, n.Booted.Round(time.Millisecond))
 }
 
 // waitReady waits for the Node object to be Ready.
@@ -358,11 +305,10 @@ func (n *node) waitReady(t *testing.T, c *harness.Cluster) {
 	t.Logf("Node %s Ready %v after the kubelet's start", n.name, n.Ready.Round(time.Millisecond))
 }
 
-// stop halts the node (SIGTERM to nspawn: systemd powers off) and removes
-// what it left outside its root: its cgroups and the CNI bridge.
+// stop halts the node (harness.Machine.Stop) and removes what it left
+// outside its root: the containers' cgroups and the CNI bridge.
 func (n *node) stop(t *testing.T) {
 	if t.Failed() {
-		t.Logf("---- node %s console ----\n%s", n.name, tail(n.console, 2000))
 		t.Logf("---- node %s kubelet ----\n%s", n.name, tail(n.hostPath("/var/log/kubelet.log"), 4000))
 		t.Logf("---- node %s containerd ----\n%s", n.name, tail(n.hostPath("/var/log/containerd.log"), 3000))
 		logs, _ := filepath.Glob(n.hostPath("/var/log/pods/*/*/*.log"))
@@ -370,101 +316,22 @@ func (n *node) stop(t *testing.T) {
 			t.Logf("---- node %s %s ----\n%s", n.name, strings.TrimPrefix(l, n.hostPath("/var/log/pods")), tail(l, 3000))
 		}
 	}
-	wait := func(d time.Duration) bool {
-		select {
-		case <-n.exited:
-			return true
-		case <-time.After(d):
-			return false
-		}
-	}
 	// containerd puts each container's cgroup at /k8s.io/<id> in every
 	// controller (cgroup v1 has no namespaces): those of this node are
 	// removed once it is down.
 	ids, _ := n.ctr("containers", "ls", "-q")
-	_ = n.nspawn.Process.Signal(syscall.SIGTERM)
-	if !wait(30 * time.Second) {
-		t.Errorf("node %s did not halt within 30 s of SIGTERM", n.name)
-		_ = n.nspawn.Process.Kill()
-		<-n.exited
-	}
-	// nspawn gone, its container may not be (a SIGKILLed nspawn leaves it
-	// running): killing its init ends the whole PID namespace.
-	if n.leader != 0 && n.leaderStart != "" && procStart(n.leader) == n.leaderStart {
-		_ = syscall.Kill(n.leader, syscall.SIGKILL)
-		harness.Poll(10*time.Second, 50*time.Millisecond, func() bool { return procStart(n.leader) != n.leaderStart })
-	}
-	_ = exec.Command("ip", "link", "delete", n.bridge).Run()
-	dirs := append([]string(nil), n.ownCgroups...)
+	var dirs []string
 	for _, id := range strings.Fields(ids) {
 		found, _ := filepath.Glob("/sys/fs/cgroup/*/k8s.io/" + id)
 		dirs = append(dirs, found...)
 	}
-	if !harness.Poll(10*time.Second, 100*time.Millisecond, func() bool { return len(harness.RemoveCgroups(dirs)) == 0 }) {
-		t.Errorf("cgroups left: %v", harness.RemoveCgroups(dirs))
-	}
-}
-
-// procStart is field 22 of /proc/PID/stat (start time in clock ticks), or
-// "" when there is no such process: a PID with the same start time is the
-// same process.
-func procStart(pid int) string {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return ""
-	}
-	// The command (field 2) is in parentheses and may hold spaces.
-	i := bytes.LastIndexByte(b, ')')
-	if i < 0 {
-		return ""
-	}
-	f := strings.Fields(string(b[i+1:]))
-	if len(f) < 20 {
-		return ""
-	}
-	return f[19]
-}
-
-// ownCgroups creates a cgroup called name below this process's own cgroup
-// in the hierarchies systemd tracks units in (name=systemd and cgroup2).
-func ownCgroups(name string) ([]string, error) {
-	own := map[string]string{}
-	b, err := os.ReadFile("/proc/self/cgroup")
-	if err != nil {
-		return nil, err
-	}
-	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.SplitN(line, ":", 3)
-		if len(f) != 3 {
-			continue
-		}
-		switch {
-		case f[0] == "0" && f[1] == "":
-			own["/sys/fs/cgroup/unified"] = f[2]
-		case f[1] == "name=systemd":
-			own["/sys/fs/cgroup/systemd"] = f[2]
-		}
-	}
-	var dirs []string
-	for mnt, path := range own {
-		if _, err := os.Stat(filepath.Join(mnt, "cgroup.procs")); err != nil {
-			continue
-		}
-		d := filepath.Join(mnt, path, name)
-		if err := os.Mkdir(d, 0o755); err != nil {
-			return nil, err
-		}
-		dirs = append(dirs, d)
-	}
-	if len(dirs) == 0 {
-		return nil, fmt.Errorf("no name=systemd or cgroup2 hierarchy in /proc/self/cgroup:\n%s", b)
-	}
-	return dirs, nil
+	n.m.Stop(t, dirs...)
+	_ = exec.Command("ip", "link", "delete", n.bridge).Run()
 }
 
 // inNode runs a command in the node's namespaces (systemctl, journalctl).
 func (n *node) inNode(args ...string) (string, error) {
-	cmd := exec.Command("nsenter", append([]string{"-t", fmt.Sprint(n.leader), "-m", "-u", "-i", "-p", "--"}, args...)...)
+	cmd := exec.Command("nsenter", append([]string{"-t", fmt.Sprint(n.m.Leader), "-m", "-u", "-i", "-p", "--"}, args...)...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }

@@ -94,7 +94,7 @@ func runStory(t *testing.T, o storyOptions) {
 	})
 	s.rep.Step("build the pause image (tools/image) and the agent image", func() string {
 		pauseBin = filepath.Join(s.imgs, "pause")
-		require.NoError(t, goBuild(".", "./pause", pauseBin))
+		require.NoError(t, harness.GoBuild(".", "./pause", pauseBin))
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})

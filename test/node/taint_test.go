@@ -34,7 +34,7 @@ func TestNodeStartupTaint(t *testing.T) {
 	s.rep.Step("control plane, pause and agent images", func() string {
 		s.c = startControlPlane(t)
 		pauseBin := filepath.Join(s.imgs, "pause")
-		require.NoError(t, goBuild(".", "./pause", pauseBin))
+		require.NoError(t, harness.GoBuild(".", "./pause", pauseBin))
 		packImage(t, s.imgs, pauseBin, pauseImage)
 		return filepath.Base(s.agentImageTar())
 	})

@@ -109,9 +109,9 @@ type unitEvent struct {
 // so both /var/log/journal and /run/log/journal are read).
 func (c *container) unitEvents(t testing.TB, unit string) []unitEvent {
 	t.Helper()
-	out, err := exec.Command("journalctl", "--root", c.inside("/"), "--no-pager", "-o", "json",
+	out, err := exec.Command("journalctl", "--root", c.Inside("/"), "--no-pager", "-o", "json",
 		"UNIT="+unit, "_PID=1").Output()
-	require.NoError(t, err, "journalctl in container %s", c.root)
+	require.NoError(t, err, "journalctl in container %s", c.Root)
 	var evs []unitEvent
 	for _, line := range bytes.Split(out, []byte("\n")) {
 		if len(bytes.TrimSpace(line)) == 0 {
@@ -187,7 +187,7 @@ func startDirAgent(t *testing.T, c *container, dir string, extra ...string) *har
 	a := &harness.Agent{HealthAddr: fmt.Sprintf("127.0.0.1:%d", port)}
 	args := append([]string{"agent",
 		"--source-dir", dir,
-		"--host-root", c.root,
+		"--host-root", c.Root,
 		"--systemd-address", c.address,
 		"--health-addr", a.HealthAddr,
 		"--resync", "1h",

@@ -50,9 +50,9 @@ WantedBy=multi-user.target
 // {...Registry:{ConfigPath:...}"), read from the container's journal.
 func (c *container) criConfigPath(t testing.TB, pid uint32) (string, bool) {
 	t.Helper()
-	out, err := exec.Command("journalctl", "--root", c.inside("/"), "--no-pager", "-o", "cat",
+	out, err := exec.Command("journalctl", "--root", c.Inside("/"), "--no-pager", "-o", "cat",
 		fmt.Sprintf("_PID=%d", pid)).Output()
-	require.NoError(t, err, "journalctl in container %s", c.root)
+	require.NoError(t, err, "journalctl in container %s", c.Root)
 	for _, line := range strings.Split(string(out), "\n") {
 		if !strings.Contains(line, "Start cri plugin with config") {
 			continue

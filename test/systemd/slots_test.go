@@ -69,12 +69,12 @@ func TestRestartSlotsAcrossNodes(t *testing.T) {
 	}
 	booted := time.Since(bootStart)
 	for i, c := range cs {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.leader))
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", c.Leader))
 		require.NoError(t, err)
 		for _, other := range cs[:i] {
-			require.NotEqual(t, other.cgroups, c.cgroups)
+			require.NotEqual(t, other.Cgroups, c.Cgroups)
 		}
-		t.Logf("node-%d: PID 1 = host PID %d, cgroups %s", i, c.leader, strings.Join(strings.Fields(string(b)), " "))
+		t.Logf("node-%d: PID 1 = host PID %d, cgroups %s", i, c.Leader, strings.Join(strings.Fields(string(b)), " "))
 	}
 
 	cl := harness.NewCluster(t)
@@ -124,7 +124,7 @@ func restartCycle(t *testing.T, cl *harness.Cluster, kubeconfig string, cs []*co
 		agents[i] = harness.StartAgent(t, harness.AgentOptions{
 			Kubeconfig: kubeconfig,
 			Node:       names[i],
-			Root:       c.root,
+			Root:       c.Root,
 			Extra: []string{"--systemd-address", c.address, "--max-concurrent-restarts", fmt.Sprint(n),
 				"--resync", "1h"},
 		})
@@ -235,7 +235,7 @@ func restartCycle(t *testing.T, cl *harness.Cluster, kubeconfig string, cs []*co
 		require.NoError(t, err)
 		v, _ := harness.MetricSum(m, "nodetrust_runtime_restarts_total")
 		require.Equal(t, 1.0, v, "%s: nodetrust_runtime_restarts_total", names[i])
-		require.True(t, bundleHolds(t, c.root, derOf(ca.PEM)), "%s: CA in the trust bundle", names[i])
+		require.True(t, bundleHolds(t, c.Root, derOf(ca.PEM)), "%s: CA in the trust bundle", names[i])
 		rows[i] = row{node: names[i], span: sp[0], firstPending: nodeObs.firstPending[names[i]], logged: logged,
 			oldPID: pids[i], newPID: newPID}
 		spans = append(spans, sp[0])

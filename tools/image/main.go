@@ -12,7 +12,8 @@
 // from $SOURCE_DATE_EPOCH (default 0), so one binary always gives one digest.
 //
 // It lives in its own module so the agent's go.mod does not carry
-// go-containerregistry.
+// go-containerregistry; its tests are in test/image, which builds and runs
+// it as a command.
 package main
 
 import (

@@ -1,4 +1,4 @@
-package main
+package image
 
 // A real containerd (the Debian package, as test/scripts/deps.sh installs
 // it) imports the archive the way an operator would side-load it onto a node,

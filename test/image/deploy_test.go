@@ -1,4 +1,4 @@
-package main
+package image
 
 // Renders deploy/ (the `kubectl apply -k deploy/` base) with kustomize's own
 // library, decodes every object strictly into the Kubernetes API types and

@@ -1,10 +1,12 @@
-package main
+package image
 
 import (
 	"archive/tar"
 	"bytes"
 	"crypto/sha256"
 	"debug/elf"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -40,10 +42,19 @@ func tinyBinary(t *testing.T, goarch string) string {
 	return out
 }
 
+// runTool runs tools/image (built once, see tool_test.go) with args and
+// returns its stdout and stderr; a failure's error carries the message the
+// tool printed ("image: …").
 func runTool(t *testing.T, args ...string) (string, error) {
 	t.Helper()
 	var stdout, stderr bytes.Buffer
-	err := run(args, &stdout, &stderr)
+	cmd := exec.Command(imageTool(t), args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		err = fmt.Errorf("%s (%w)", strings.TrimSpace(stderr.String()), err)
+	}
 	return stdout.String() + stderr.String(), err
 }
 
