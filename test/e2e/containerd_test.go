@@ -51,40 +51,23 @@ var debianSpec = containerdSpec{bin: "containerd", nodeConfig: "/etc/containerd/
 // config renders the containerd config of spec; certsRoot prefixes every
 // config_path entry (the host root for the running containerd, "" for the
 // node view).
-func (spec containerdSpec) config(dir, sock, certsRoot string) string {
+func (spec containerdSpec) config(dir, certsRoot string) string {
 	var entries []string
 	for _, p := range filepath.SplitList(spec.configPath) {
 		entries = append(entries, filepath.Join(certsRoot, p))
 	}
 	configPath := strings.Join(entries, string(filepath.ListSeparator))
-	version, disabled, q := 2, `disabled_plugins = [
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-]
-`, `"`
+	version, q := 2, `"`
+	disabled := []string{"io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
+		"io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs"}
 	if spec.v3 {
 		// containerd 2.x is built without those snapshotters.
-		version, disabled, q = 3, "", "'"
+		version, disabled, q = 3, nil, "'"
 	}
-	top := fmt.Sprintf(`version = %d
-root = %q
-state = %q
-%s
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[debug]
-  address = %q
-
+	top := harness.ContainerdConfigTop(dir, version, disabled...) + fmt.Sprintf(`
 [plugins.%sio.containerd.internal.v1.opt%s]
   path = %q
-`, version, filepath.Join(dir, "root"), filepath.Join(dir, "state"), disabled, sock, sock+".ttrpc",
-		filepath.Join(dir, "debug.sock"), q, q, filepath.Join(dir, "opt"))
+`, q, q, filepath.Join(dir, "opt"))
 	cniBin, cniConf := filepath.Join(dir, "cni", "bin"), filepath.Join(dir, "cni", "conf")
 	if spec.v3 {
 		return top + fmt.Sprintf(`
@@ -151,66 +134,30 @@ func startContainerd(t *testing.T, hostsFile, hostRoot string) (*containerdNode,
 func startContainerdSpec(t *testing.T, hostsFile, hostRoot string, spec containerdSpec) (*containerdNode, time.Duration) {
 	t.Helper()
 	dir := t.TempDir()
-	c := &containerdNode{dir: dir, sock: filepath.Join(dir, "containerd.sock")}
+	c := &containerdNode{dir: dir, sock: harness.ContainerdSock(dir)}
+	var err error
 	nodeView := filepath.Join(hostRoot, spec.nodeConfig)
 	if err := os.MkdirAll(filepath.Dir(nodeView), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(nodeView, []byte(spec.config(dir, c.sock, "")), 0o644); err != nil {
+	if err := os.WriteFile(nodeView, []byte(spec.config(dir, "")), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	cfg := filepath.Join(dir, "config.toml")
-	if err := os.WriteFile(cfg, []byte(spec.config(dir, c.sock, hostRoot)), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(spec.config(dir, hostRoot)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
-	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, spec.bin, "--config", cfg)
-	p, err := harness.StartProc("containerd", filepath.Join(dir, "containerd.log"), bin, args...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.proc = p
-	t.Cleanup(func() {
-		if c.conn != nil {
-			c.conn.Close()
-		}
-		err, took, killed := p.Stop(15 * time.Second)
-		if killed {
-			t.Errorf("containerd did not exit within 15 s of SIGTERM (%v, %v)", err, took)
-		}
-		if t.Failed() {
-			t.Logf("---- containerd log tail (%s) ----\n%s", p.LogPath, p.Tail(6000))
-		}
-	})
 	c.conn, err = grpc.NewClient("unix://"+c.sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { c.conn.Close() })
 	c.images = runtimeapi.NewImageServiceClient(c.conn)
 	c.runtime = runtimeapi.NewRuntimeServiceClient(c.conn)
-	var last string
-	ok := harness.Poll(30*time.Second, 50*time.Millisecond, func() bool {
-		if done, werr := p.Exited(); done {
-			last = fmt.Sprintf("exited: %v", werr)
-			return true
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		v, err := c.runtime.Version(ctx, &runtimeapi.VersionRequest{})
-		if err != nil {
-			last = err.Error()
-			return false
-		}
-		if _, err := c.images.ListImages(ctx, &runtimeapi.ListImagesRequest{}); err != nil {
-			last = err.Error()
-			return false
-		}
-		c.version = v.RuntimeName + " " + v.RuntimeVersion + " (CRI " + v.RuntimeApiVersion + ")"
-		return true
-	})
-	if done, werr := p.Exited(); done || !ok {
-		t.Fatalf("containerd CRI not ready (exited=%v %v; last: %s)\n%s", done, werr, last, p.Tail(6000))
-	}
+	start := time.Now()
+	bin, args := inMountNS([][2]string{{hostsFile, "/etc/hosts"}}, spec.bin, "--config", cfg)
+	p := harness.StartContainerd(t, dir, c.criReady, bin, args...)
+	c.proc = p
 	c.pid = p.Pid()
 	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", c.pid))
 	if got := strings.TrimSpace(string(comm)); got != "containerd" {
@@ -218,6 +165,22 @@ func startContainerdSpec(t *testing.T, hostsFile, hostRoot string, spec containe
 	}
 	c.started = procStartTime(c.pid)
 	return c, time.Since(start)
+}
+
+// criReady asks the CRI for its version and images: containerd serves
+// pulls once both answer.
+func (c *containerdNode) criReady() error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	v, err := c.runtime.Version(ctx, &runtimeapi.VersionRequest{})
+	if err != nil {
+		return err
+	}
+	if _, err := c.images.ListImages(ctx, &runtimeapi.ListImagesRequest{}); err != nil {
+		return err
+	}
+	c.version = v.RuntimeName + " " + v.RuntimeVersion + " (CRI " + v.RuntimeApiVersion + ")"
+	return nil
 }
 
 // procStartTime is field 22 of /proc/PID/stat (clock ticks since boot).

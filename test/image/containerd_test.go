@@ -13,9 +13,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/nodetrust/nodetrust/test/harness"
 )
 
 // ctrNamespace is where kubelet's CRI looks for images.
@@ -142,78 +143,27 @@ type containerd struct {
 }
 
 // startContainerd runs containerd with its own root, state and sockets under
-// dir (CRI off: ctr needs none of it) and stops it when the test ends.
+// dir (CRI off: ctr needs none of it), with only path on its PATH, and stops
+// it when the test ends.
 func startContainerd(ctx context.Context, t *testing.T, dir, path string) containerd {
 	t.Helper()
-	c := containerd{sock: filepath.Join(dir, "containerd.sock"), path: path}
-	config := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-disabled_plugins = ["io.containerd.grpc.v1.cri"]
-
-[grpc]
-  address = %q
-
-[ttrpc]
-  address = %q
-
-[debug]
-  address = %q
-
+	c := containerd{sock: harness.ContainerdSock(dir), path: path}
+	config := harness.ContainerdConfigTop(dir, 2, "io.containerd.grpc.v1.cri") + `
 [plugins."io.containerd.grpc.v1.cri"]
   disable_tcp_service = true
   stream_server_address = "127.0.0.1"
-`, filepath.Join(dir, "root"), filepath.Join(dir, "state"), c.sock, c.sock+".ttrpc", filepath.Join(dir, "debug.sock"))
+`
 	cfg := filepath.Join(dir, "config.toml")
 	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "containerd.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("containerd", "--config", cfg)
-	cmd.Env = []string{"PATH=" + path}
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-			<-exited
-		}
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("containerd log:\n%s", tail(b, 4000))
-		}
-	})
-
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	ready := func() error {
 		cmd := exec.CommandContext(ctx, "ctr", "--address", c.sock, "version")
 		cmd.Env = []string{"PATH=" + path}
-		if err := cmd.Run(); err == nil {
-			return c
-		}
-		select {
-		case err := <-exited:
-			b, _ := os.ReadFile(logf.Name())
-			t.Fatalf("containerd exited: %v\n%s", err, tail(b, 4000))
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("containerd not ready after 20 s")
-		}
-		time.Sleep(50 * time.Millisecond)
+		return cmd.Run()
 	}
+	harness.StartContainerd(t, dir, ready, "env", "-i", "PATH="+path, "containerd", "--config", cfg)
+	return c
 }
 
 // ctr runs ctr against this containerd in the k8s.io namespace and returns
@@ -247,11 +197,4 @@ func lookPath(file, path string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%s: not in %s", file, path)
-}
-
-func tail(b []byte, n int) []byte {
-	if len(b) > n {
-		return b[len(b)-n:]
-	}
-	return b
 }
