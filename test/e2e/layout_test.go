@@ -33,24 +33,6 @@ const (
 	listPath         = "/etc/containerd/certs.d:/etc/docker/certs.d"
 )
 
-// containerd2Bin is containerd v2.2.4 built by test/scripts/containerd2-build.sh:
-// $NODETRUST_CONTAINERD2, or the script's cache.
-func containerd2Bin(t *testing.T) string {
-	t.Helper()
-	bin := os.Getenv("NODETRUST_CONTAINERD2")
-	if bin == "" {
-		out, err := exec.Command(filepath.Join(harness.RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
-		if err != nil {
-			t.Fatalf("containerd2-build.sh --print-bin: %v", err)
-		}
-		bin = strings.TrimSpace(string(out))
-	}
-	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
-		t.Fatalf("containerd 2 binary %s missing (%v): run test/scripts/containerd2-build.sh (make test-layouts does)", bin, err)
-	}
-	return bin
-}
-
 // layoutApply is the part of `nodetrust apply --output json` the pulls are
 // held against.
 type layoutApply struct {
@@ -212,7 +194,7 @@ func TestLayoutPulls(t *testing.T) {
 	env := layoutEnv{
 		hostsFile: filepath.Join(t.TempDir(), "hosts.alias"),
 		cli:       newNodetrustCLI(t),
-		cd2:       containerd2Bin(t),
+		cd2:       harness.Containerd2Bin(t),
 		strict:    os.Getenv("NODETRUST_LAYOUTS_STRICT") == "1",
 	}
 	if err := hostsWithAlias(env.hostsFile); err != nil {

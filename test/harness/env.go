@@ -136,3 +136,21 @@ func RandHex(n int) string {
 
 // DeployDir is the repository's kustomize base.
 func DeployDir() string { return filepath.Join(RepoRoot(), "deploy") }
+
+// Containerd2Bin is containerd v2.2.4 built by test/scripts/containerd2-build.sh:
+// $NODETRUST_CONTAINERD2, or the script's cache.
+func Containerd2Bin(t testing.TB) string {
+	t.Helper()
+	bin := os.Getenv("NODETRUST_CONTAINERD2")
+	if bin == "" {
+		out, err := exec.Command(filepath.Join(RepoRoot(), "test/scripts/containerd2-build.sh"), "--print-bin").Output()
+		if err != nil {
+			t.Fatalf("containerd2-build.sh --print-bin: %v", err)
+		}
+		bin = strings.TrimSpace(string(out))
+	}
+	if st, err := os.Stat(bin); err != nil || st.Mode()&0o111 == 0 {
+		t.Fatalf("containerd 2 binary %s missing (%v): run test/scripts/containerd2-build.sh (make test-layouts does)", bin, err)
+	}
+	return bin
+}

@@ -68,10 +68,7 @@ func TestNodeStory(t *testing.T) {
 // node in place of Debian's containerd; the shim and runc stay Debian's.
 func TestNodeStoryContainerd2(t *testing.T) {
 	skipUnlessNode(t)
-	bin := os.Getenv("NODETRUST_CONTAINERD2")
-	if bin == "" {
-		t.Skip("NODETRUST_CONTAINERD2 unset (make test-node sets it from test/scripts/containerd2-build.sh)")
-	}
+	bin := harness.Containerd2Bin(t)
 	runStory(t, storyOptions{runtime: "containerd 2.2.4", runtimeVersion: "containerd://2.2.", containerd: bin, reportSuffix: "-containerd2"})
 }
 
