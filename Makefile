@@ -114,7 +114,7 @@ test-faults: build
 test-check: build deps
 	NODETRUST_SKIP_DEPS=1 test/scripts/k8s-build.sh
 	cd test && NODETRUST_REAL=1 NODETRUST_BIN=$(CURDIR)/$(BIN) NODETRUST_E2E_REPORT=$(NODETRUST_CACHE)/e2e/check-report.txt \
-		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer' ./e2e/...
+		go test -count=1 -v -timeout 5m -run 'TestCheckMatchesPulls|TestCheckAgentOnAPIServer|TestCheckConfigPathUnset' ./e2e/...
 
 # The Helm chart (deploy/chart/nodetrust) rendered and linted with Helm's Go
 # library and compared object by object with deploy/; its values schema; the

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -148,7 +149,11 @@ func TestCheckFailures(t *testing.T) {
 		require.Len(t, cd.Warnings, 1)
 		require.Contains(t, cd.Warnings[0], "config_path is unset under [plugins.\"io.containerd.grpc.v1.cri\".registry] in /etc/containerd/config.toml")
 		require.Equal(t, "unknown-authority", string(cd.Endpoints[0].Probe.Verdict))
+		require.True(t, strings.HasPrefix(cd.Endpoints[0].Probe.Reason, "no labelled CA is in containerd's trust, as it reads no hosts.toml: the labelled CA did not sign"),
+			"the CA is labelled: its reason must not read as if it were not: %s", cd.Endpoints[0].Probe.Reason)
+		require.Equal(t, cd.Warnings[0], cd.Endpoints[0].Probe.Hint, "the fix is the config, not another label")
 		require.True(t, rep.Runtimes[1].OK, "docker still verifies")
+		require.True(t, rep.Runtimes[2].OK, "containers/image reads its certs.d and verifies")
 	})
 	t.Run("host_port_ directory comes first", func(t *testing.T) {
 		n := newCheckNode(t)

@@ -46,6 +46,9 @@ type Runtime struct {
 	From      string     `json:"from"`
 	Warnings  []string   `json:"warnings"`
 	Endpoints []Endpoint `json:"endpoints"`
+	// unread is why the runtime reads none of the files nodetrust writes
+	// (containerd without a hosts directory), "" when it reads them.
+	unread string
 }
 
 // Endpoint is one endpoint and its probe. Problem is set instead of a
@@ -127,6 +130,9 @@ func Registry(ctx context.Context, root *hostfs.Root, reg string, opts Options) 
 		rep.OK = false
 	}
 	probeAll(ctx, p, fsys, system, runtimes)
+	for i := range runtimes {
+		explainUnread(&runtimes[i])
+	}
 	now := time.Now()
 	for i := range runtimes {
 		rt := &runtimes[i]
@@ -141,6 +147,25 @@ func Registry(ctx context.Context, root *hostfs.Root, reg string, opts Options) 
 	}
 	rep.Runtimes = nonNil(runtimes)
 	return rep
+}
+
+// explainUnread makes a failed trust verdict of a runtime that reads no
+// hosts directory say so: labelling the CA again cannot help there, its
+// config must change first. The verdict stays what the pull meets.
+func explainUnread(rt *Runtime) {
+	if rt.unread == "" {
+		return
+	}
+	for _, e := range rt.Endpoints {
+		if e.Probe == nil {
+			continue
+		}
+		switch e.Probe.Verdict {
+		case probe.UnknownAuthority, probe.IncompleteChain:
+			e.Probe.Reason = "no labelled CA is in " + rt.Runtime + "'s trust, as it reads no hosts.toml: " + e.Probe.Reason
+			e.Probe.Hint = rt.unread
+		}
+	}
 }
 
 // nonNil keeps JSON arrays arrays.
@@ -180,6 +205,7 @@ func containerdCheck(root *hostfs.Root, fsys fs.FS, reg string, reading containe
 	dir := ""
 	if reading.Problem != "" {
 		rt.Warnings = append(rt.Warnings, reading.Problem) // containerd reads no hosts directory: its defaults apply
+		rt.unread = reading.Problem
 	} else {
 		dir = containerdHostsDir(root, reading, reg)
 	}
