@@ -31,13 +31,7 @@ func TestNodeStartupTaint(t *testing.T) {
 	s := &story{t: t, rep: newReport(t, "-startup-taint"), ctx: context.Background(), imgs: t.TempDir()}
 	s.rep.Note("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint)
 	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.Step("control plane, pause and agent images", func() string {
-		s.c = startControlPlane(t)
-		pauseBin := filepath.Join(s.imgs, "pause")
-		require.NoError(t, harness.GoBuild(".", "./pause", pauseBin))
-		packImage(t, s.imgs, pauseBin, pauseImage)
-		return filepath.Base(s.agentImageTar())
-	})
+	s.rep.Step("control plane, pause and agent images", s.controlPlaneImages)
 	s.rep.Step("a cluster with nodetrust (overlay/startup-taint), the registry's Secret labelled, the app Deployment", func() string {
 		applyOverlay(t, s.c, "startup-taint")
 		s.startRegistry(pauseTar)
@@ -125,17 +119,7 @@ func TestNodeStartupTaint(t *testing.T) {
 			return p != nil && p.Status.Phase == corev1.PodRunning
 		}), "the app pod does not run")
 		running := time.Since(removed)
-		require.Zero(t, p.Status.ContainerStatuses[0].RestartCount)
-		evs, err := s.c.Admin.CoreV1().Events(workNS).List(s.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
-		require.NoError(t, err)
-		pulls := 0
-		for _, e := range evs.Items {
-			require.NotContains(t, []string{"Failed", "BackOff", "ErrImagePull"}, e.Reason, "event %s: %s", e.Reason, e.Message)
-			if e.Reason == "Pulling" {
-				pulls += max(1, int(e.Count))
-			}
-		}
-		require.Equal(t, 1, pulls, "pull attempts")
+		s.requireOnePull(p)
 		return fmt.Sprintf("Running %s after the taint's removal; 1 pull, no failure events (pull %s)", secs(running), s.pullTime(p.Name))
 	})
 	s.rep.Step("API server down, agent container killed: the kubelet restarts it and it says why it is not ready", s.apiDown)
@@ -170,14 +154,7 @@ func (s *story) apiDown() string {
 	var body, logLine string
 	ok := harness.Poll(90*time.Second, 200*time.Millisecond, func() bool {
 		if logLine == "" {
-			logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
-			for _, l := range logs {
-				if b, err := os.ReadFile(l); err == nil {
-					if i := strings.Index(string(b), "not ready: waiting for the API server"); i >= 0 {
-						logLine = firstLineOf(string(b[i:]))
-					}
-				}
-			}
+			logLine = s.agentLog("not ready: waiting for the API server")
 		}
 		resp, err := hc.Get("http://127.0.0.1:9713/readyz")
 		if err != nil {
@@ -204,6 +181,47 @@ func (s *story) apiDown() string {
 	}), "the agent is not ready again after the API server's return")
 	return fmt.Sprintf("said so %s after the kill: log %q; /readyz %q; Ready %s after kube-apiserver's /readyz",
 		secs(said), clip(logLine, 110), clip(body, 90), secs(time.Since(back)))
+}
+
+// controlPlaneImages starts the control plane and builds the pause and
+// agent images (a step of the tests whose node joins later).
+func (s *story) controlPlaneImages() string {
+	s.c = startControlPlane(s.t)
+	pauseBin := filepath.Join(s.imgs, "pause")
+	require.NoError(s.t, harness.GoBuild(".", "./pause", pauseBin))
+	packImage(s.t, s.imgs, pauseBin, pauseImage)
+	return filepath.Base(s.agentImageTar())
+}
+
+// requireOnePull asserts the app pod p pulled once, with no failure event
+// and no restart.
+func (s *story) requireOnePull(p *corev1.Pod) {
+	t := s.t
+	require.Zero(t, p.Status.ContainerStatuses[0].RestartCount)
+	evs, err := s.c.Admin.CoreV1().Events(workNS).List(s.ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + p.Name})
+	require.NoError(t, err)
+	pulls := 0
+	for _, e := range evs.Items {
+		require.NotContains(t, []string{"Failed", "BackOff", "ErrImagePull"}, e.Reason, "event %s: %s", e.Reason, e.Message)
+		if e.Reason == "Pulling" {
+			pulls += max(1, int(e.Count))
+		}
+	}
+	require.Equal(t, 1, pulls, "pull attempts")
+}
+
+// agentLog is the first line from substr on in the agent pods' logs on
+// the node, or "".
+func (s *story) agentLog(substr string) string {
+	logs, _ := filepath.Glob(s.n.hostPath("/var/log/pods/nodetrust-system_*/agent/*.log"))
+	for _, l := range logs {
+		if b, err := os.ReadFile(l); err == nil {
+			if i := strings.Index(string(b), substr); i >= 0 {
+				return firstLineOf(string(b[i:]))
+			}
+		}
+	}
+	return ""
 }
 
 func firstLineOf(s string) string {
