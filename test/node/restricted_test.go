@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -31,14 +30,9 @@ const restrictedCaps = "0000000000000009"
 // attempt.
 func TestNodeRestricted(t *testing.T) {
 	skipUnlessNode(t)
-	s := &story{t: t, rep: newReport(t, "-restricted"), ctx: context.Background(), imgs: t.TempDir()}
-	s.rep.Note("node runtime: containerd 1.6; examples/deploy/restricted")
-	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.Step("control plane, pause and agent images", s.controlPlaneImages)
+	s, pauseTar := overlayStory(t, "-restricted", "node runtime: containerd 1.6; examples/deploy/restricted")
 	s.rep.Step("a cluster with nodetrust (overlay/restricted) and the registry's Secret labelled; no node yet", func() string {
-		applyOverlay(t, s.c, "restricted")
-		s.startRegistry(pauseTar)
-		s.updateSecret(regSecret, s.makeSource)
+		s.overlayWithSource("restricted", pauseTar)
 		return s.reg.ref("app:v1")
 	})
 	s.rep.Step("a node joins; rollout status: the agent's first sync wrote the CA into certs.d", func() string {

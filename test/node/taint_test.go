@@ -22,20 +22,35 @@ import (
 // startupTaint is the key examples/deploy/startup-taint removes.
 const startupTaint = "nodetrust.io/agent-not-ready"
 
+// overlayStory starts a story of its own (report suffix, a note on what it
+// runs) with the control plane and images up, and returns the archive of
+// the pause image its node loads.
+func overlayStory(t *testing.T, suffix, note string) (*story, string) {
+	s := &story{t: t, rep: newReport(t, suffix), ctx: context.Background(), imgs: t.TempDir()}
+	s.rep.Note("%s", note)
+	s.rep.Step("control plane, pause and agent images", s.controlPlaneImages)
+	return s, filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
+}
+
+// overlayWithSource applies test/node's overlay name and labels the
+// registry's Secret, served from a registry holding the pause archive,
+// before any node exists.
+func (s *story) overlayWithSource(name, pauseTar string) {
+	applyOverlay(s.t, s.c, name)
+	s.startRegistry(pauseTar)
+	s.updateSecret(regSecret, s.makeSource)
+}
+
 // TestNodeStartupTaint is a new node joining a cluster whose sources
 // already exist (SPEC §4): the kubelet registers it with the startup taint,
 // the app pod waits for it unscheduled, the agent's first complete sync
 // removes it, and the pod then pulls on its first attempt.
 func TestNodeStartupTaint(t *testing.T) {
 	skipUnlessNode(t)
-	s := &story{t: t, rep: newReport(t, "-startup-taint"), ctx: context.Background(), imgs: t.TempDir()}
-	s.rep.Note("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint)
-	pauseTar := filepath.Join(s.imgs, strings.NewReplacer("/", "_", ":", "_").Replace(pauseImage)+".tar")
-	s.rep.Step("control plane, pause and agent images", s.controlPlaneImages)
+	s, pauseTar := overlayStory(t, "-startup-taint",
+		fmt.Sprintf("node runtime: containerd 1.6; kubelet registerWithTaints %s:NoSchedule; examples/deploy/startup-taint", startupTaint))
 	s.rep.Step("a cluster with nodetrust (overlay/startup-taint), the registry's Secret labelled, the app Deployment", func() string {
-		applyOverlay(t, s.c, "startup-taint")
-		s.startRegistry(pauseTar)
-		s.updateSecret(regSecret, s.makeSource)
+		s.overlayWithSource("startup-taint", pauseTar)
 		s.createApp()
 		return s.reg.ref("app:v1") + "; no node yet"
 	})
